@@ -1,0 +1,138 @@
+"""The Backend protocol: the seam that makes the model pluggable.
+
+A backend turns one rendered request into one completion and measures tokens with the model's own tokenizer.
+It never sees Redis or job state; the runner never sees HTTP or torch. Errors cross the seam as the small tree
+below, so the runner can tell "retry this" from "this failed" without knowing the transport.
+
+    BackendError
+    ├── TransientBackendError      retried by the backend itself; surfaces only once retries are spent
+    ├── PermanentBackendError      a request the server will never accept (400/401/403/404/422)
+    │   └── ContextLengthError     |prompt| + max_tokens does not fit the model's context
+    └── BackendUnavailableError    the backend cannot be reached or does not speak the protocol
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rsa_service.core.tails import Tail
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerationRequest(BaseModel):
+    """One completion to produce. Exactly one of `messages` (chat) or `prompt` (plain text) is set."""
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    max_tokens: int = Field(gt=0)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, gt=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class Generation(BaseModel):
+    """A finished completion, with the reasoning already separated from the answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    reasoning: str = ""
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class BackendOptions(BaseModel):
+    """Everything a backend factory may need besides its location. Each backend reads the fields it uses."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str | None = Field(default=None, description="Model name sent to the server (remote) or reported.")
+    api_key: str | None = Field(default=None, repr=False)
+    tokenizer_path: str | None = Field(default=None, description="A local tokenizer.json for exact token counts.")
+    max_concurrency: int = Field(default=64, gt=0, description="Requests or sequences in flight at once.")
+    requests_per_s: float | None = Field(default=None, gt=0, description="Client-side rate limit.")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=1800.0, gt=0, description="Long: a 40K-token rollout takes minutes.")
+    max_retries: int = Field(default=6, ge=0)
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    device: str = "cpu"
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    context_length: int | None = None
+    separate_reasoning: bool = False
+    exact_tokenizer: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the runner needs from a model. Implementations must be safe to call concurrently."""
+
+    async def generate(self, request: GenerationRequest) -> Generation: ...
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """Tokens the rendered prompt of `request` occupies (chat template included)."""
+        ...
+
+    async def tail(self, text: str, max_tokens: int) -> Tail:
+        """The last `max_tokens` tokens of `text`, cut at a clean boundary (see `core.tails`)."""
+        ...
+
+    async def capabilities(self) -> Capabilities: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BackendError(Exception):
+    """Base of every error a backend raises."""
+
+
+class TransientBackendError(BackendError):
+    """Worth retrying later: timeouts, dropped connections, 408/409/429/5xx."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentBackendError(BackendError):
+    """The same request will fail again; retrying wastes budget."""
+
+
+class ContextLengthError(PermanentBackendError):
+    """The prompt plus the generation budget exceeds the model's context window."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot be reached, or answers in a way that is not the expected protocol."""

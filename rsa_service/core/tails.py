@@ -1,0 +1,102 @@
+"""Token-exact tails: the Markovian state that one round hands to the next.
+
+A tail is the last τ tokens of a trace, measured with the model's own tokenizer. The cut is then moved *forward*
+(never backward, so the tail never exceeds τ) to the nearest clean boundary: a line break, else a sentence end,
+else a space. Offsets are Python string indices, so a cut can never split a multi-byte character.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+# How far past the token cut we look for a clean boundary, as a share of the tail's characters. A tail may lose
+# at most this share to boundary alignment.
+BOUNDARY_WINDOW_SHARE = 0.1
+_SENTENCE_END = re.compile(r"[.!?;:](?:\s+)")
+_SPACE = re.compile(r"\s+")
+
+
+class Tail(BaseModel):
+    """A trace's tail. `tokens` counts the kept text; `source_tokens` the whole trace."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    tokens: int
+    source_tokens: int
+
+    @property
+    def trimmed(self) -> bool:
+        return self.tokens < self.source_tokens
+
+
+def clean_boundary(text: str, cut: int) -> int:
+    """Move `cut` forward to just after the nearest line break, sentence end or space within the window."""
+    if cut <= 0:
+        return 0
+    if text[cut - 1] == "\n":
+        return cut
+    limit = cut + max(1, int((len(text) - cut) * BOUNDARY_WINDOW_SHARE))
+    window = text[cut:limit]
+    newline = window.find("\n")
+    if newline >= 0:
+        return cut + newline + 1
+    for pattern in (_SENTENCE_END, _SPACE):
+        match = pattern.search(window)
+        if match:
+            return cut + match.end()
+    return cut
+
+
+def tail_from_offsets(text: str, starts: Sequence[int], max_tokens: int) -> Tail:
+    """Cut `text` to its last `max_tokens` tokens, given each token's start offset (ascending)."""
+    total = len(starts)
+    if total <= max_tokens:
+        return Tail(text=text, tokens=total, source_tokens=total)
+    cut = clean_boundary(text, starts[total - max_tokens])
+    kept = total - _first_at_or_after(starts, cut)
+    return Tail(text=text[cut:], tokens=kept, source_tokens=total)
+
+
+def _first_at_or_after(starts: Sequence[int], offset: int) -> int:
+    lo, hi = 0, len(starts)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if starts[mid] < offset:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def suffix_bisection(length: int) -> Generator[int, bool, int]:
+    """Find the smallest offset whose suffix fits a token budget, for tokenizers that count but give no offsets.
+
+    A coroutine so the search stays pure: it yields a candidate offset, the caller sends back whether
+    `text[offset:]` fits (counting however it likes, e.g. over HTTP), and it returns the answer. Suffix counts are
+    monotone in practice, so O(log len) counts suffice.
+    """
+    lo, hi = 0, length
+    while lo < hi:
+        mid = (lo + hi) // 2
+        fits = yield mid
+        if fits:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+_APPROX_TOKEN = re.compile(r"\s*(?:[A-Za-z]{1,4}|\d|[^\sA-Za-z\d])", re.UNICODE)
+
+
+def approximate_token_starts(text: str) -> list[int]:
+    """Approximate token starts when no tokenizer is available: up to four letters, one digit or one symbol each.
+
+    Sub-word tokenizers for English average about four characters a token and split digits singly, so this errs
+    towards more tokens than the real count, which keeps tails within budget. Callers warn when they use it.
+    """
+    return [m.start() for m in _APPROX_TOKEN.finditer(text)]
