@@ -17,6 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rsa_service.core.steps import Usage
 from rsa_service.core.tails import Tail
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -45,19 +46,6 @@ class GenerationRequest(BaseModel):
     stop: tuple[str, ...] = ()
 
 
-class Usage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-        )
-
-
 class Generation(BaseModel):
     """A finished completion, with the reasoning already separated from the answer."""
 
@@ -76,12 +64,20 @@ class BackendOptions(BaseModel):
 
     model: str | None = Field(default=None, description="Model name sent to the server (remote) or reported.")
     api_key: str | None = Field(default=None, repr=False)
-    tokenizer_path: str | None = Field(default=None, description="A local tokenizer.json for exact token counts.")
+    tokenizer_path: str | None = Field(
+        default=None, description="A local tokenizer.json for exact token counts."
+    )
     max_concurrency: int = Field(default=64, gt=0, description="Requests or sequences in flight at once.")
     requests_per_s: float | None = Field(default=None, gt=0, description="Client-side rate limit.")
     connect_timeout_s: float = Field(default=10.0, gt=0)
-    read_timeout_s: float = Field(default=1800.0, gt=0, description="Long: a 40K-token rollout takes minutes.")
+    read_timeout_s: float = Field(
+        default=1800.0, gt=0, description="Long: a 40K-token rollout takes minutes."
+    )
     max_retries: int = Field(default=6, ge=0)
+    retry_backoff_s: float = Field(
+        default=0.5, gt=0, description="First backoff wait; doubles per retry, jittered."
+    )
+    retry_max_wait_s: float = Field(default=30.0, gt=0, description="Cap on one wait, Retry-After included.")
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     device: str = "cpu"
 

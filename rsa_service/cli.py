@@ -1,0 +1,215 @@
+"""The `rsa` command. Every command takes `--json` for machine output; errors are one line on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, NoReturn, TypeVar
+
+import redis
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from rsa_service.backends import BackendError, BackendOptions, open_backend
+from rsa_service.backends.base import Backend
+from rsa_service.backends.engine.cli import engine_app
+from rsa_service.cli_options import JobOptions, describe_validation, with_job_options
+from rsa_service.config import Settings, backend_api_key
+from rsa_service.core.params import check_problem
+from rsa_service.core.prompts import PromptTemplates
+from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_owner_id, run_attempt
+from rsa_service.jobs.connect import open_store
+from rsa_service.jobs.models import JobResult, JobSpec
+from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.store import JobNotFound, JobStore
+from rsa_service.progress import LiveProgress, follow_events, render_result
+
+app = typer.Typer(
+    name="rsa",
+    help="Markovian Recursive Self-Aggregation: frontier answers from small reasoning models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(engine_app, name="engine", help="Drive the in-process ZAYA1 engine directly.")
+
+stdout = Console()
+stderr = Console(stderr=True)
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+CLAIM_RETRY_S = 1.0
+NO_BACKEND = (
+    "no backend configured: pass --backend openai:http://HOST:PORT/v1 (any OpenAI-compatible server: vLLM, "
+    "SGLang, llama.cpp) or --backend engine:/path/to/checkpoint, or set RSA_BACKEND"
+)
+
+
+class CLIError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_async(main: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine, turning every expected failure into one clear line and an exit code."""
+    try:
+        return asyncio.run(main())  # type: ignore[arg-type]
+    except CLIError as exc:
+        fail(str(exc), exc.code)
+    except ValidationError as exc:
+        fail(describe_validation(exc))
+    except (ValueError, BackendError, JobNotFound) as exc:
+        fail(str(exc))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        fail(f"cannot reach Redis: {exc}", EXIT_FAILED)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+def read_problem(problem: str | None) -> str:
+    if problem is None:
+        raise CLIError("problem: give the problem text, or - to read it from stdin")
+    text = sys.stdin.read() if problem == "-" else problem
+    return check_problem(text)
+
+
+def backend_options(settings: Settings, model: str | None) -> BackendOptions:
+    return BackendOptions(
+        model=model or settings.model, api_key=backend_api_key(settings), tokenizer_path=settings.tokenizer
+    )
+
+
+def build_spec(settings: Settings, problem: str, job: JobOptions) -> JobSpec:
+    backend = job.backend or settings.backend
+    if not backend:
+        raise CLIError(NO_BACKEND)
+    return JobSpec(
+        problem=problem,
+        params=job.params(),
+        backend=backend,
+        model=job.model or settings.model,
+        templates=PromptTemplates.load(job.prompts),
+    )
+
+
+async def _claim_and_run(
+    store: JobStore, backend: Backend, job_id: str, settings: Settings, concurrency: int | None
+) -> AttemptOutcome:
+    """Run the job here; wait out a live foreign lease, take a dead local process's lease at once."""
+    owner = process_owner_id()
+    announced = False
+    while True:
+        record = await store.get(job_id)
+        outcome = await run_attempt(
+            store,
+            backend,
+            job_id,
+            owner,
+            lease_s=settings.lease_s,
+            max_attempts=settings.max_attempts,
+            concurrency=concurrency,
+            steal_from=dead_local_owner(record.owner),
+        )
+        if outcome.end != "busy":
+            return outcome
+        if not announced:
+            stderr.print(f"job {job_id} is held by {outcome.detail}; waiting for its lease to expire")
+            announced = True
+        await asyncio.sleep(CLAIM_RETRY_S)
+
+
+async def _show_progress(store: JobStore, job_id: str, spec: JobSpec) -> None:
+    params = spec.params
+    with LiveProgress(stderr, params.population, params.rounds, aggregate=params.select == "aggregate") as view:
+        async for event in follow_events(store, job_id):
+            view.handle(event)
+
+
+async def _reason(
+    settings: Settings,
+    problem: str | None,
+    job: JobOptions,
+    resume: str | None,
+    quiet: bool,
+    concurrency: int | None,
+) -> JobResult:
+    async with open_store(settings) as store:
+        if resume:
+            record = await store.get(resume)
+            spec, job_id = record.spec, resume
+            if record.terminal and record.result is not None:
+                return record.result
+        else:
+            spec = build_spec(settings, read_problem(problem), job)
+            job_id = ""
+        backend = open_backend(job.backend or spec.backend, backend_options(settings, spec.model))
+        try:
+            await check_fits(backend, spec)
+            if not job_id:
+                job_id = await store.create(spec, queue=False)
+            stderr.print(f"job {job_id} (continue it with: rsa reason --resume {job_id})", highlight=False)
+            viewer = None if quiet else asyncio.create_task(_show_progress(store, job_id, spec))
+            try:
+                outcome = await _claim_and_run(store, backend, job_id, settings, concurrency)
+            finally:
+                if viewer is not None:
+                    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                        await asyncio.wait_for(viewer, timeout=2)
+        finally:
+            await backend.aclose()
+        return await _result_of(store, job_id, outcome)
+
+
+async def _result_of(store: JobStore, job_id: str, outcome: AttemptOutcome) -> JobResult:
+    if outcome.result is not None:
+        return outcome.result
+    record = await store.get(job_id)
+    if record.result is not None:
+        return record.result
+    raise CLIError(f"job {job_id} ended {outcome.end}: {outcome.detail or record.status}", EXIT_FAILED)
+
+
+def print_result(result: JobResult, as_json: bool) -> None:
+    if as_json:
+        stdout.out(json.dumps(result.model_dump(mode="json")), highlight=False)
+    else:
+        render_result(stdout, result)
+    if result.status != "completed":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+@with_job_options
+def reason(
+    problem: Annotated[str | None, typer.Argument(help="The problem text, or - for stdin.")] = None,
+    *,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted job by id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="Generations in flight.")] = None,
+    job: JobOptions,
+) -> None:
+    """Run one Markovian RSA job to completion in this process, with live per-round progress."""
+    settings = Settings()
+    result = run_async(lambda: _reason(settings, problem, job, resume, as_json, concurrency))
+    print_result(result, as_json)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

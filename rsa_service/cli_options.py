@@ -1,0 +1,116 @@
+"""The job flags shared by `rsa reason`, `rsa submit` and `rsa batch`, declared once.
+
+`with_job_options` appends the flags below to a command's signature and hands the command one `JobOptions`
+instead, so the commands cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from rsa_service.core.params import RSAParams
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PARAM_FLAGS: dict[str, tuple[type, typer.models.OptionInfo]] = {
+    "population": (int, typer.Option("--population", "-n", help="N: traces per round.")),
+    "subset": (int, typer.Option("--subset", "-k", help="K: tails per aggregation prompt (≤ N).")),
+    "rounds": (int, typer.Option("--rounds", "-t", help="T: aggregation rounds (T+1 stages).")),
+    "trace_tokens": (int, typer.Option("--trace-tokens", help="β: max new tokens of a non-final trace.")),
+    "tail_tokens": (int, typer.Option("--tail-tokens", help="τ: reasoning tokens carried forward (≤ β).")),
+    "final_tokens": (int, typer.Option("--final-tokens", help="Max new tokens in the final stage.")),
+    "select": (str, typer.Option("--select", help="vote | aggregate | sample.")),
+    "tail_source": (str, typer.Option("--tail-source", help="reasoning | answer | hybrid.")),
+    "seed": (int, typer.Option("--seed", help="Seed of every random choice of the job.")),
+    "temperature": (float, typer.Option("--temperature", help="Sampling temperature of traces.")),
+    "top_p": (float, typer.Option("--top-p", help="Nucleus sampling of traces.")),
+    "top_k": (int, typer.Option("--top-k", help="Top-k sampling of traces.")),
+    "max_total_tokens": (
+        int,
+        typer.Option("--max-total-tokens", help="Stop once this many tokens are spent."),
+    ),
+    "max_wall_s": (float, typer.Option("--max-wall-s", help="Stop after this many seconds.")),
+    "round_deadline_s": (float, typer.Option("--round-deadline-s", help="Per-round deadline (seconds).")),
+    "straggler_policy": (str, typer.Option("--stragglers", help="At the deadline: wait | quorum.")),
+    "quorum": (float, typer.Option("--quorum", help="Share of slots that lets a round proceed.")),
+    "stop_agreement": (float, typer.Option("--stop-agreement", help="Stop once this share agrees.")),
+}
+
+
+class JobOptions(BaseModel):
+    """What the shared flags say: the backend to use and the parameter overrides given."""
+
+    backend: str | None = None
+    model: str | None = None
+    prompts: Path | None = None
+    overrides: dict[str, Any] = {}
+
+    def params(self, defaults: dict[str, Any] | None = None) -> RSAParams:
+        """RSAParams from `defaults` (e.g. a bundled model's card) overridden by the flags given."""
+        return RSAParams.model_validate({**(defaults or {}), **self.overrides})
+
+
+def describe_validation(error: ValidationError) -> str:
+    """One line per problem, naming the field and the limit, without pydantic's boilerplate."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"{field}: {message}" if field else message)
+    return "; ".join(lines)
+
+
+def with_job_options(command: F) -> F:
+    """Add the shared flags to `command`, which must take a keyword `job: JobOptions`."""
+    extra = [
+        inspect.Parameter(
+            "backend",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                typer.Option("--backend", help="openai:http://HOST:PORT/v1 or engine:/path/to/ckpt."),
+            ],
+        ),
+        inspect.Parameter(
+            "model",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[str | None, typer.Option("--model", help="Model name sent to the backend.")],
+        ),
+        inspect.Parameter(
+            "prompts",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option("--prompts", help="A directory with your own aggregate/refine templates."),
+            ],
+        ),
+    ]
+    extra += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option])
+        for name, (kind, option) in _PARAM_FLAGS.items()
+    ]
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "job"]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        job = JobOptions(
+            backend=kwargs.pop("backend"),
+            model=kwargs.pop("model"),
+            prompts=kwargs.pop("prompts"),
+            overrides={name: value for name in _PARAM_FLAGS if (value := kwargs.pop(name)) is not None},
+        )
+        return command(*args, job=job, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]

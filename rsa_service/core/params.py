@@ -1,0 +1,107 @@
+"""The parameters of one Markovian RSA run, validated where they enter the system.
+
+Rounds follow the ZAYA1 report: `rounds` (T) counts *aggregation* rounds, so a run has T+1 generation stages.
+The RSA paper counts stages instead: its "T=10" is 1 initial stage + 9 aggregation rounds, i.e. `rounds=9` here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rsa_service.core.reasoning import TailSource
+
+SelectMode = Literal["vote", "aggregate", "sample"]
+StragglerPolicy = Literal["wait", "quorum"]
+
+
+class Limits(BaseModel):
+    """Operator-set ceilings. Defaults admit the report's "extra-high" setting (T=8, N=32, K=4, β=32K)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_population: int = Field(default=64, gt=0)
+    max_rounds: int = Field(default=16, ge=0)
+    max_trace_tokens: int = Field(default=131_072, gt=0)
+    max_problem_chars: int = Field(default=100_000, gt=0)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class RSAParams(BaseModel):
+    """N, K, T, β, τ and friends. Defaults are the ZAYA1 report's deployment setting (T=2, N=16, K=4, 16K/4K/40K)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    population: int = Field(default=16, gt=0, description="N: traces per round.")
+    subset: int = Field(default=4, gt=0, description="K: tails shown in one aggregation prompt.")
+    rounds: int = Field(default=2, ge=0, description="T: aggregation rounds (T+1 stages).")
+    trace_tokens: int = Field(default=16_384, gt=0, description="β: max new tokens of a non-final generation.")
+    tail_tokens: int = Field(default=4_096, gt=0, description="τ: tokens of reasoning carried to the next round.")
+    final_tokens: int = Field(default=40_960, gt=0, description="Max new tokens in the final stage.")
+    select: SelectMode = "vote"
+    tail_source: TailSource = "reasoning"
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, gt=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    # Sampling of the extra `aggregate` selection call, as in the published proxy.
+    select_temperature: float = Field(default=0.6, ge=0.0, le=2.0)
+    select_top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    select_top_k: int | None = Field(default=40, gt=0)
+    # Budgets and stopping rules; None disables each.
+    max_total_tokens: int | None = Field(default=None, gt=0, description="Stop once this many tokens are spent.")
+    max_wall_s: float | None = Field(default=None, gt=0, description="Stop after this much wall time.")
+    round_deadline_s: float | None = Field(default=None, gt=0, description="Per-round deadline for stragglers.")
+    straggler_policy: StragglerPolicy = "wait"
+    quorum: float = Field(default=0.75, gt=0.0, le=1.0, description="Share of slots that lets a round proceed.")
+    stop_agreement: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Stop early once this share of a round agrees on its answer.",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        if self.subset > self.population:
+            raise ValueError(f"subset (K={self.subset}) must be at most population (N={self.population})")
+        if self.tail_tokens > self.trace_tokens:
+            raise ValueError(
+                f"tail_tokens (τ={self.tail_tokens}) must be at most trace_tokens (β={self.trace_tokens}); "
+                "τ = β is full-chain RSA"
+            )
+        return self
+
+    def check_limits(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        """Raise ValueError naming the first field over its operator limit."""
+        checks = (
+            ("population", self.population, limits.max_population),
+            ("rounds", self.rounds, limits.max_rounds),
+            ("trace_tokens", self.trace_tokens, limits.max_trace_tokens),
+            ("final_tokens", self.final_tokens, limits.max_trace_tokens),
+        )
+        for name, value, ceiling in checks:
+            if value > ceiling:
+                raise ValueError(f"{name} ({value}) is over the limit of {ceiling}")
+
+    @property
+    def stages(self) -> int:
+        return self.rounds + 1
+
+    def max_tokens_for(self, round_index: int) -> int:
+        """β for intermediate stages; the final budget for the last stage (round T)."""
+        return self.final_tokens if round_index == self.rounds else self.trace_tokens
+
+
+def check_problem(problem: str, limits: Limits = DEFAULT_LIMITS) -> str:
+    """The problem text, stripped; ValueError when empty or over the size limit."""
+    text = problem.strip()
+    if not text:
+        raise ValueError("problem: must not be empty")
+    if len(text) > limits.max_problem_chars:
+        raise ValueError(f"problem: {len(text)} characters is over the limit of {limits.max_problem_chars}")
+    return text

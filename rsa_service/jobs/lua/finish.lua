@@ -1,0 +1,9 @@
+-- ARGV: fence, status, result_json, error_json, maxlen, ttl_s. Returns 1 finished, -1 stale fence.
+if not fenced(ARGV[1]) then return -1 end
+local fields = {}
+if ARGV[3] ~= '' then table.insert(fields, 'result'); table.insert(fields, ARGV[3]) end
+if ARGV[4] ~= '' then table.insert(fields, 'error'); table.insert(fields, ARGV[4]) end
+local data = cjson.encode({status = ARGV[2]})
+if ARGV[3] ~= '' then data = ARGV[3] elseif ARGV[4] ~= '' then data = ARGV[4] end
+terminate(ARGV[2], fields, ARGV[6], ARGV[5], data)
+return 1

@@ -1,0 +1,341 @@
+"""Runs one claimed job: the Markovian RSA rounds, each step committed to Redis the moment it finishes.
+
+Load → execute → record. Loading reads the committed steps, so a resumed job skips them and, because every
+random choice derives from (seed, round, slot), rebuilds exactly the prompts the first attempt built. The runner
+never sees HTTP or torch (only the Backend protocol) and never touches Redis except through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+
+from rsa_service.backends.base import (
+    Backend,
+    BackendError,
+    ChatMessage,
+    ContextLengthError,
+    Generation,
+    GenerationRequest,
+)
+from rsa_service.core.answers import extract_boxed
+from rsa_service.core.plan import FINAL_SLOT, choose_subset, generation_seed
+from rsa_service.core.reasoning import tail_source_text
+from rsa_service.core.steps import FINAL_STEP, StepResult, step_key
+from rsa_service.core.summary import round_steps, summarise
+from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
+from rsa_service.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+EMPTY_OUTPUT_RETRIES = 2  # a generation that returns no text is sampled again with a fresh seed this many times
+CONTEXT_MARGIN_TOKENS_PER_TAIL = 16  # re-tokenising a tail inside a prompt may merge a few tokens differently
+
+
+class JobFailed(Exception):
+    """The job cannot produce an answer; carries the problem details recorded on the job."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.detail or problem.title)
+        self.problem = problem
+
+
+class _Stop(Exception):
+    """A budget or stopping rule ended the run early; the job still completes with its best answer."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def check_fits(backend: Backend, spec: JobSpec) -> None:
+    """Refuse a configuration whose largest prompt plus budget cannot fit the model's context.
+
+    The Markovian bound: an aggregation prompt is at most |q| + K·τ + template overhead, however long the model
+    thought, so one count decides every round in advance.
+    """
+    context = (await backend.capabilities()).context_length
+    if context is None:
+        return
+    params = spec.params
+    first = await backend.count_tokens(_request(spec, spec.problem, params.max_tokens_for(0), 0))
+    if first + params.max_tokens_for(0) > context:
+        raise ContextLengthError(
+            f"the problem ({first} tokens) plus its budget ({params.max_tokens_for(0)}) exceeds the model's "
+            f"context of {context} tokens"
+        )
+    if params.rounds == 0 and params.select != "aggregate":
+        return
+    k = min(params.subset, params.population)
+    overhead = await backend.count_tokens(_request(spec, spec.templates.render(spec.problem, ["."] * k), 1, 0))
+    largest = overhead + k * (params.tail_tokens + CONTEXT_MARGIN_TOKENS_PER_TAIL)
+    budget = max(params.trace_tokens if params.rounds > 1 else 0, params.final_tokens)
+    if largest + budget > context:
+        raise ContextLengthError(
+            f"an aggregation prompt can reach {largest} tokens (problem and template {overhead} + "
+            f"K={k} × τ={params.tail_tokens}); with a budget of {budget} new tokens that exceeds the model's "
+            f"context of {context}. Lower tail_tokens, subset or the token budgets."
+        )
+
+
+def _request(
+    spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool = False
+) -> GenerationRequest:
+    params = spec.params
+    return GenerationRequest(
+        messages=(ChatMessage(role="user", content=content),),
+        max_tokens=max_tokens,
+        temperature=params.select_temperature if final_select else params.temperature,
+        top_p=params.select_top_p if final_select else params.top_p,
+        top_k=params.select_top_k if final_select else params.top_k,
+        min_p=None if final_select else params.min_p,
+        seed=seed,
+    )
+
+
+class JobRunner:
+    """One attempt at one job, under one fence. Create a fresh runner for every claim."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        backend: Backend,
+        job: JobRecord,
+        fence: int,
+        *,
+        concurrency: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.job = job
+        self.spec = job.spec
+        self.params = job.spec.params
+        self.fence = fence
+        self.clock = clock
+        self._slots = asyncio.Semaphore(concurrency or self.params.population)
+        self._steps: dict[str, StepResult] = {}
+
+    # ---- load → execute → record ----------------------------------------------------------------------------
+
+    async def run(self) -> JobResult:
+        """Run the missing steps and finish the job. Raises LeaseLost if fenced off mid-way."""
+        self._steps = await self.store.steps(self.job.id)
+        started = self.clock()
+        stopped_reason: str | None = None
+        error: Problem | None = None
+        try:
+            await self._execute_within_wall_budget()
+        except _Stop as stop:
+            stopped_reason = stop.reason
+        except JobFailed as failed:
+            error = failed.problem
+        result = await asyncio.to_thread(
+            self.result, stopped_reason=stopped_reason, wall_s=self.clock() - started, error=error
+        )
+        await self.store.finish(self.job.id, self.fence, result=result, error=error)
+        return result.model_copy(update={"status": "failed" if error else "completed"})
+
+    def result(
+        self, *, stopped_reason: str | None = None, wall_s: float | None = None, error: Problem | None = None
+    ) -> JobResult:
+        summary = summarise(self.params, self._steps, stopped_reason=stopped_reason, wall_s=wall_s)
+        return JobResult(
+            job_id=self.job.id,
+            status="failed" if error else "completed",
+            answer=summary.answer,
+            select=summary.select,
+            rounds=summary.rounds,
+            usage=summary.usage,
+            stopped_reason=summary.stopped_reason,
+            wall_s=summary.wall_s,
+            error=error,
+        )
+
+    async def _execute_within_wall_budget(self) -> None:
+        if self.params.max_wall_s is None:
+            await self._execute()
+            return
+        elapsed_s = max(0.0, (await self.store.now_ms() - self.job.created_ms) / 1000)
+        remaining = self.params.max_wall_s - elapsed_s
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                await self._execute()
+        except TimeoutError:
+            raise _Stop(f"wall time budget of {self.params.max_wall_s:g}s reached") from None
+
+    async def _execute(self) -> None:
+        for round_index in range(self.params.stages):
+            await self._run_round(round_index)
+            await self._after_round(round_index)
+        if self.params.select == "aggregate" and FINAL_STEP not in self._steps:
+            survivors = self._survivors(self.params.rounds)
+            await self._generate_and_commit(self.params.rounds + 1, FINAL_SLOT, survivors)
+
+    async def _after_round(self, round_index: int) -> None:
+        stats = (await asyncio.to_thread(summarise, self.params, dict(self._steps))).rounds[-1]
+        await self.store.emit(self.job.id, self.fence, "round", stats.model_dump(mode="json"))
+        members = round_steps(self._steps, round_index, self.params.population)
+        succeeded = sum(1 for step in members if step.status == "ok")
+        if succeeded < math.ceil(self.params.population / 2):
+            first_error = next((step.error for step in members if step.error), "no usable output")
+            raise JobFailed(
+                Problem(
+                    title="Generation failed",
+                    status=502,
+                    detail=f"round {round_index}: only {succeeded} of {self.params.population} generations "
+                    f"succeeded; first error: {first_error}",
+                    step=step_key(round_index, next((s.slot for s in members if s.status != "ok"), 0)),
+                )
+            )
+        threshold = self.params.stop_agreement
+        if threshold is not None and round_index < self.params.rounds and stats.agreement >= threshold:
+            raise _Stop(f"agreement {stats.agreement:.2f} reached {threshold:g} after round {round_index}")
+
+    # ---- one round ----------------------------------------------------------------------------------------
+
+    def _survivors(self, round_index: int) -> list[int]:
+        members = round_steps(self._steps, round_index, self.params.population)
+        return [step.slot for step in members if step.status == "ok" and step.tail]
+
+    async def _run_round(self, round_index: int) -> None:
+        survivors = self._survivors(round_index - 1) if round_index else []
+        missing = [slot for slot in range(self.params.population) if step_key(round_index, slot) not in self._steps]
+        if not missing:
+            return
+        tasks = {
+            slot: asyncio.create_task(self._generate_and_commit(round_index, slot, survivors), name=f"slot-{slot}")
+            for slot in missing
+        }
+        try:
+            await self._await_round(round_index, tasks)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _await_round(self, round_index: int, tasks: Mapping[int, asyncio.Task[None]]) -> None:
+        """Wait for the round; with a deadline and the quorum policy, cut stragglers once a quorum is done."""
+        deadline = self.params.round_deadline_s
+        if deadline is None or self.params.straggler_policy == "wait":
+            await asyncio.gather(*tasks.values())
+            return
+        needed = math.ceil(self.params.quorum * self.params.population)
+        _, pending = await asyncio.wait(tasks.values(), timeout=deadline)
+        while pending and self._done_in(round_index) < needed:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks.values():
+            if task.done() and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        for slot, task in tasks.items():
+            if task in pending:
+                task.cancel()
+                straggler = StepResult(
+                    round=round_index,
+                    slot=slot,
+                    status="straggler",
+                    error=f"still running after the {deadline:g}s round deadline",
+                )
+                await self._commit(straggler)
+
+    def _done_in(self, round_index: int) -> int:
+        members = round_steps(self._steps, round_index, self.params.population)
+        return sum(1 for step in members if step.status == "ok")
+
+    # ---- one step -----------------------------------------------------------------------------------------
+
+    def _prompt(self, round_index: int, slot: int, survivors: list[int]) -> tuple[str, list[int]]:
+        if round_index == 0:
+            return self.spec.problem, []
+        previous = round_index - 1 if slot != FINAL_SLOT else self.params.rounds
+        chosen = choose_subset(self.params.seed, round_index, slot, survivors, self.params.subset)
+        tails = [self._steps[step_key(previous, candidate)].tail for candidate in chosen]
+        return self.spec.templates.render(self.spec.problem, tails), chosen
+
+    async def _generate_and_commit(self, round_index: int, slot: int, survivors: list[int]) -> None:
+        if round_index and not survivors:
+            raise JobFailed(
+                Problem(
+                    title="Generation failed",
+                    status=502,
+                    detail=f"round {round_index - 1} left no usable trace to aggregate",
+                )
+            )
+        content, chosen = self._prompt(round_index, slot, survivors)
+        final_select = slot == FINAL_SLOT
+        max_tokens = self.params.final_tokens if final_select else self.params.max_tokens_for(round_index)
+        started = self.clock()
+        async with self._slots:
+            step = await self._generate_step(round_index, slot, content, chosen, max_tokens, final_select)
+        await self._commit(step.model_copy(update={"duration_s": self.clock() - started}))
+
+    async def _generate_step(
+        self,
+        round_index: int,
+        slot: int,
+        content: str,
+        chosen: list[int],
+        max_tokens: int,
+        final_select: bool,
+    ) -> StepResult:
+        base = StepResult(round=round_index, slot=slot, candidates=chosen)
+        for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
+            seed = generation_seed(self.params.seed, round_index, slot, attempt)
+            request = _request(self.spec, content, max_tokens, seed, final_select=final_select)
+            try:
+                generation = await self.backend.generate(request)
+            except BackendError as exc:
+                log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
+                return base.model_copy(
+                    update={"status": "failed", "error": str(exc), "seed": seed, "attempts": attempt + 1}
+                )
+            if generation.text.strip() or generation.reasoning.strip():
+                return await self._record(base, generation, seed, attempt + 1)
+        return base.model_copy(
+            update={
+                "status": "failed",
+                "error": "the model returned empty output",
+                "attempts": EMPTY_OUTPUT_RETRIES + 1,
+            }
+        )
+
+    async def _record(self, base: StepResult, generation: Generation, seed: int, attempts: int) -> StepResult:
+        finished = generation.finish_reason == "stop"
+        source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
+        tail = await self.backend.tail(source, self.params.tail_tokens)
+        answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
+        return base.model_copy(
+            update={
+                "seed": seed,
+                "text": generation.text,
+                "reasoning": generation.reasoning,
+                "tail": tail.text,
+                "tail_tokens": tail.tokens,
+                "source_tokens": tail.source_tokens,
+                "answer": answer,
+                "finish_reason": generation.finish_reason,
+                "usage": generation.usage,
+                "attempts": attempts,
+            }
+        )
+
+    async def _commit(self, step: StepResult) -> None:
+        event = {
+            "round": step.round,
+            "slot": step.slot,
+            "status": step.status,
+            "answer": step.answer,
+            "finish_reason": step.finish_reason,
+            "completion_tokens": step.usage.completion_tokens,
+            "tail_tokens": step.tail_tokens,
+        }
+        await self.store.commit(self.job.id, self.fence, step, event)
+        self._steps[step.key] = step
+        budget = self.params.max_total_tokens
+        if budget is not None:
+            spent = sum(s.usage.total for s in self._steps.values())
+            if spent >= budget:
+                raise _Stop(f"token budget of {budget} reached ({spent} tokens spent)")

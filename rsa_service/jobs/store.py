@@ -1,0 +1,314 @@
+"""The job store: every state change is one Lua script over one job's keys (see `lua/`).
+
+Exceptions, translated here from redis-py so callers never see transport details:
+
+    StoreError
+    ├── JobNotFound        no such job (or it expired after finishing)
+    └── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from rsa_service.core.steps import StepResult
+from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
+from rsa_service.jobs.models import Event, JobRecord, JobResult, JobSpec, Problem
+
+EVENTS_MAXLEN = 10_000
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+DEFAULT_MAX_ATTEMPTS = 5
+
+ClaimOutcome = Literal["claimed", "busy", "terminal", "poisoned", "missing"]
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class JobNotFound(StoreError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class LeaseLost(StoreError):
+    def __init__(self, job_id: str, fence: int) -> None:
+        super().__init__(f"job {job_id}: fence {fence} is stale (cancelled, released or taken over)")
+        self.job_id = job_id
+        self.fence = fence
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    fence: int = 0
+    attempts: int = 0
+    lease_until_ms: int = 0
+    owner: str = ""
+    status: str = ""
+
+
+def new_job_id() -> str:
+    """Sortable by creation time (milliseconds in hex), then 48 random bits."""
+    return f"job_{time.time_ns() // 1_000_000:011x}{secrets.token_hex(6)}"
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = files("rsa_service.jobs") / "lua"
+    prelude = (folder / "_prelude.lua").read_text(encoding="utf-8")
+    names = ("create", "claim", "renew", "commit", "emit", "finish", "cancel", "settle", "release")
+    return {name: prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
+
+
+_SCRIPT_SOURCES = _load_scripts()
+
+
+class JobStore:
+    """Async access to jobs in one Redis namespace. Safe to share across tasks."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        namespace: str = "rsa",
+        retention_s: int = DEFAULT_RETENTION_S,
+        events_maxlen: int = EVENTS_MAXLEN,
+    ) -> None:
+        self.redis = redis
+        self.keys = Keys(namespace)
+        self.retention_s = retention_s
+        self.events_maxlen = events_maxlen
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(source) for name, source in _SCRIPT_SOURCES.items()
+        }
+
+    async def _run(self, name: str, job_id: str, *args: object) -> Any:
+        return await self._scripts[name](keys=list(self.keys.job(job_id).all), args=list(args))
+
+    # ---- creation and reads -------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        spec: JobSpec,
+        *,
+        tenant: str = "local",
+        fingerprint: str = "",
+        job_id: str | None = None,
+        queue: bool = True,
+    ) -> str:
+        """Write the job durably, then the hints that let a worker find it (`queue=False`: the caller runs it)."""
+        job_id = job_id or new_job_id()
+        created = await self._run(
+            "create",
+            job_id,
+            spec.model_dump_json(),
+            tenant,
+            fingerprint,
+            self.events_maxlen,
+            STORE_FORMAT_VERSION,
+        )
+        if not created:
+            raise StoreError(f"job {job_id} already exists")
+        await self.enqueue(job_id, created_ms=int(created), tenant=tenant, queue=queue)
+        return job_id
+
+    async def enqueue(
+        self, job_id: str, *, created_ms: int | None = None, tenant: str | None = None, queue: bool = True
+    ) -> None:
+        score = created_ms if created_ms is not None else time.time_ns() // 1_000_000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if queue:
+                pipe.lpush(self.keys.queue, job_id)
+            pipe.zadd(self.keys.pending, {job_id: score})
+            if tenant is not None:
+                pipe.zadd(self.keys.listing(tenant), {job_id: score})
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> JobRecord:
+        fields = await self.redis.hgetall(self.keys.job(job_id).meta)
+        if not fields:
+            raise JobNotFound(job_id)
+        return JobRecord.from_hash(job_id, fields)
+
+    async def steps(self, job_id: str) -> dict[str, StepResult]:
+        raw = await self.redis.hgetall(self.keys.job(job_id).steps)
+        return {key: StepResult.model_validate_json(value) for key, value in raw.items()}
+
+    async def step_count(self, job_id: str) -> int:
+        return int(await self.redis.hlen(self.keys.job(job_id).steps))
+
+    async def events(
+        self, job_id: str, *, after: str = "0-0", block_ms: int | None = None, count: int = 500
+    ) -> list[Event]:
+        """Events after the stream id `after`; with `block_ms`, wait that long for the first new one."""
+        answer = await self.redis.xread({self.keys.job(job_id).events: after}, count=count, block=block_ms)
+        if not answer:
+            return []
+        _, entries = answer[0]
+        return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+    # ---- ownership ----------------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        job_id: str,
+        owner: str,
+        *,
+        lease_ms: int,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        steal_from: str = "",
+    ) -> Claim:
+        reply = [
+            str(part)
+            for part in await self._run(
+                "claim",
+                job_id,
+                owner,
+                lease_ms,
+                max_attempts,
+                steal_from,
+                self.events_maxlen,
+                self.retention_s,
+            )
+        ]
+        outcome = reply[0]
+        if outcome == "claimed":
+            claim = Claim("claimed", fence=int(reply[1]), attempts=int(reply[2]), lease_until_ms=int(reply[3]))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(self.keys.leases, {job_id: claim.lease_until_ms})
+                pipe.zrem(self.keys.pending, job_id)
+                await pipe.execute()
+            return claim
+        if outcome == "busy":
+            return Claim("busy", owner=reply[1], lease_until_ms=int(reply[2]))
+        if outcome == "poisoned":
+            await self._forget(job_id, dead=True)
+            return Claim("poisoned", attempts=int(reply[1]))
+        if outcome == "terminal":
+            await self._forget(job_id)
+            return Claim("terminal", status=reply[1])
+        await self._forget(job_id)
+        return Claim("missing")
+
+    async def renew(self, job_id: str, fence: int, *, lease_ms: int) -> int:
+        """Extend the lease; raises LeaseLost when the fence moved."""
+        lease_until = int(await self._run("renew", job_id, fence, lease_ms))
+        if not lease_until:
+            raise LeaseLost(job_id, fence)
+        await self.redis.zadd(self.keys.leases, {job_id: lease_until})
+        return lease_until
+
+    async def release(self, job_id: str, fence: int) -> bool:
+        """Hand a job back (graceful drain): it is queued again and the attempt is not counted."""
+        if int(await self._run("release", job_id, fence, self.events_maxlen)) != 1:
+            return False
+        await self._forget(job_id)
+        await self.enqueue(job_id)
+        return True
+
+    # ---- progress -----------------------------------------------------------------------------------------
+
+    async def commit(self, job_id: str, fence: int, step: StepResult, event: dict[str, Any]) -> bool:
+        """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off."""
+        outcome = int(
+            await self._run(
+                "commit",
+                job_id,
+                fence,
+                step.key,
+                step.model_dump_json(),
+                "step",
+                json.dumps(event),
+                self.events_maxlen,
+            )
+        )
+        if outcome < 0:
+            raise LeaseLost(job_id, fence)
+        return outcome == 1
+
+    async def emit(self, job_id: str, fence: int, kind: str, data: dict[str, Any]) -> str:
+        entry = await self._run("emit", job_id, fence, kind, json.dumps(data), self.events_maxlen)
+        if not entry:
+            raise LeaseLost(job_id, fence)
+        return str(entry)
+
+    async def finish(
+        self, job_id: str, fence: int, result: JobResult | None = None, error: Problem | None = None
+    ) -> None:
+        """Terminal transition: `completed` with a result, or `failed` with an error (and any partial result)."""
+        status = "failed" if error is not None else "completed"
+        outcome = int(
+            await self._run(
+                "finish",
+                job_id,
+                fence,
+                status,
+                result.model_copy(update={"status": status}).model_dump_json() if result else "",
+                error.model_dump_json() if error else "",
+                self.events_maxlen,
+                self.retention_s,
+            )
+        )
+        if outcome < 0:
+            raise LeaseLost(job_id, fence)
+        await self._forget(job_id)
+
+    async def cancel(self, job_id: str) -> str:
+        """Request cancellation; returns the status now. Idempotent; a finished job is left as it is."""
+        status = str(await self._run("cancel", job_id, self.events_maxlen, self.retention_s))
+        if status == "missing":
+            raise JobNotFound(job_id)
+        if status == "cancelled":
+            await self._forget(job_id)
+        return status
+
+    async def settle_cancelled(self, job_id: str, result: JobResult | None) -> str:
+        """Move `cancelling` to `cancelled`, keeping the partial result. Anyone may; the first one wins."""
+        payload = result.model_copy(update={"status": "cancelled"}).model_dump_json() if result else ""
+        status = str(await self._run("settle", job_id, payload, self.events_maxlen, self.retention_s))
+        await self._forget(job_id)
+        return status
+
+    async def delete(self, job_id: str) -> None:
+        record = await self.get(job_id)
+        await self.redis.delete(*self.keys.job(job_id).all)
+        await self._forget(job_id)
+        await self.redis.zrem(self.keys.listing(record.tenant), job_id)
+
+    async def _forget(self, job_id: str, *, dead: bool = False) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.leases, job_id)
+            pipe.zrem(self.keys.pending, job_id)
+            if dead:
+                pipe.sadd(self.keys.dead, job_id)
+            await pipe.execute()
+
+    # ---- hints for workers --------------------------------------------------------------------------------
+
+    async def next_queued(self, timeout_s: float) -> str | None:
+        """Pop a job id hint; None after `timeout_s` without one."""
+        popped = await self.redis.brpop([self.keys.queue], timeout=timeout_s)
+        return popped[1] if popped else None
+
+    async def expired_leases(self, limit: int = 100) -> Sequence[str]:
+        now_ms = await self.now_ms()
+        return await self.redis.zrangebyscore(self.keys.leases, "-inf", now_ms, start=0, num=limit)
+
+    async def stale_pending(self, older_than_ms: int, limit: int = 100) -> Sequence[str]:
+        now_ms = await self.now_ms()
+        return await self.redis.zrangebyscore(self.keys.pending, "-inf", now_ms - older_than_ms, start=0, num=limit)
+
+    async def now_ms(self) -> int:
+        """Redis server time: one clock for every worker, whatever their hosts' clocks say."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
