@@ -1,0 +1,418 @@
+"""The `openai:` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Zyphra Cloud) over httpx.
+
+One request per completion (never `n`: llama.cpp rejects it and vLLM splits it anyway), explicit timeouts per
+phase, retries only where `backends.retry` says a retry can help, a client-side rate limit and a concurrency
+cap. httpx errors and error statuses are translated here, at the boundary, into the `backends.base` tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from asyncio_throttle import Throttler
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from rsa_service.backends.base import (
+    BackendError,
+    BackendOptions,
+    BackendUnavailableError,
+    Capabilities,
+    ContextLengthError,
+    FinishReason,
+    Generation,
+    GenerationRequest,
+    PermanentBackendError,
+    TransientBackendError,
+    Usage,
+)
+from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error
+from rsa_service.backends.token_counting import OffsetCounter, ServerCounter, TokenCounter
+from rsa_service.core.reasoning import THINK_OPEN, split_reasoning
+from rsa_service.core.tails import Tail
+
+log = logging.getLogger(__name__)
+
+# Connections beyond the generation cap, so tokenize and /models calls never queue behind long rollouts.
+AUXILIARY_CONNECTIONS = 8
+# How much of a non-JSON body an error message quotes.
+BODY_EXCERPT_CHARS = 200
+_FINISH_REASONS: Mapping[str, FinishReason] = {
+    "stop": "stop",
+    "eos": "stop",
+    "tool_calls": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "abort": "cancelled",
+    "cancelled": "cancelled",
+    "error": "error",
+}
+
+
+class _Unreachable(TransientBackendError):
+    """Could not connect at all; once retries are spent this becomes BackendUnavailableError."""
+
+
+class _NotOpenAI(BackendUnavailableError):
+    """The server answered, but not with OpenAI-style JSON."""
+
+
+class _Message(BaseModel):
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class _Choice(BaseModel):
+    message: _Message | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _Completion(BaseModel):
+    """A chat or plain completion response; unknown fields are ignored."""
+
+    choices: list[_Choice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    max_model_len: int | None = None
+
+
+class _ModelList(BaseModel):
+    data: list[_Model]
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's error message: OpenAI `error.message`, vLLM `message`, FastAPI `detail`, or raw text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:BODY_EXCERPT_CHARS].strip()
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        for key in ("message", "detail", "error"):
+            if key in body:
+                return str(body[key])
+    return str(body)[:BODY_EXCERPT_CHARS]
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("content-type", "")
+
+
+def _http_error(method: str, url: str, response: httpx.Response) -> BackendError:
+    """Translate an error status into the base.py tree; the message names the status and the server's text."""
+    status = response.status_code
+    text = _error_text(response)
+    message = f"{method} {url} → {status}: {text}"
+    if status in (404, 405, 501) and not _is_json(response):
+        return _NotOpenAI(f"{url} is not an OpenAI-compatible endpoint ({status}: {text})")
+    decision = decide(HTTPFailure(status=status, headers=response.headers, message=text))
+    if decision.verdict == "retry":
+        return TransientBackendError(message, retry_after_s=decision.retry_after_s)
+    if decision.verdict == "context_length":
+        return ContextLengthError(message)
+    return PermanentBackendError(message)
+
+
+def _transport_error(method: str, url: str, exc: httpx.HTTPError) -> BackendError:
+    message = f"{method} {url}: {type(exc).__name__}: {exc or 'no detail'}"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return _Unreachable(message)
+    if is_transient_transport_error(exc):
+        return TransientBackendError(message)
+    return BackendUnavailableError(message)
+
+
+class RemoteBackend:
+    """A Backend over an OpenAI-compatible HTTP API rooted at `base_url` (e.g. `http://127.0.0.1:8000/v1`).
+
+    Safe to share between tasks. `transport` lets tests inject an httpx transport (respx, ASGI).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        options: BackendOptions | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.options = options or BackendOptions()
+        self.base_url = base_url.rstrip("/")
+        # vLLM, SGLang and llama.cpp serve /tokenize beside /v1, not under it.
+        self.root_url = self.base_url.removesuffix("/v1")
+        opts = self.options
+        timeout = httpx.Timeout(
+            connect=opts.connect_timeout_s,
+            read=opts.read_timeout_s,
+            # Bodies are prompts (a few hundred KB at most): they go out about as fast as a connection opens.
+            write=opts.connect_timeout_s,
+            # The pool has room beyond the concurrency cap: waiting for a connection means something is stuck.
+            pool=opts.connect_timeout_s,
+        )
+        connections = opts.max_concurrency + AUXILIARY_CONNECTIONS
+        headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            headers=headers,
+            transport=transport,
+        )
+        self._slots = asyncio.Semaphore(opts.max_concurrency)
+        self._throttler = self._make_throttler(opts.requests_per_s)
+        self._policy = RetryPolicy(
+            max_retries=opts.max_retries,
+            backoff_base_s=opts.retry_backoff_s,
+            max_wait_s=opts.retry_max_wait_s,
+        )
+        self._models_lock = asyncio.Lock()
+        self._counter_lock = asyncio.Lock()
+        self._model: str | None = opts.model
+        self._context_length: int | None = None
+        self._models_listed = False
+        self._counter: TokenCounter | None = None
+        self._separate_reasoning = False
+        self._warned_no_usage = False
+
+    @classmethod
+    def from_spec(cls, location: str, options: BackendOptions) -> RemoteBackend:
+        """Entry point of the `openai:` scheme: `location` is the API base URL, `/v1` included."""
+        return cls(location, options)
+
+    @staticmethod
+    def _make_throttler(requests_per_s: float | None) -> Throttler | None:
+        if requests_per_s is None:
+            return None
+        # One request per 1/rate seconds: smooth pacing, no bursts, and fractional rates work.
+        period = 1.0 / requests_per_s
+        return Throttler(rate_limit=1, period=period, retry_interval=min(0.01, period / 4))
+
+    # -- the Backend protocol ------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        model = await self._model_name()
+        chat = request.messages is not None
+        body = self._request_body(request, model)
+        path = "/chat/completions" if chat else "/completions"
+        url = self.base_url + path
+        data = await self._call("POST", url, body, generation=True)
+        try:
+            completion = _Completion.model_validate(data)
+        except ValidationError as exc:
+            raise _NotOpenAI(f"{url} answered JSON that is not an OpenAI completion: {exc}") from exc
+        choice = completion.choices[0]
+        opened = not chat and (request.prompt or "").rstrip().endswith(THINK_OPEN)
+        reasoning, answer = self._split(choice, opened=opened)
+        usage = await self._usage(completion.usage, request, reasoning + answer)
+        finish = _FINISH_REASONS.get(choice.finish_reason or "stop", "stop")
+        return Generation(text=answer, reasoning=reasoning, finish_reason=finish, usage=usage)
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        counter = await self._token_counter()
+        if request.messages is not None:
+            return await counter.count_messages(request.messages)
+        return await counter.count_prompt(request.prompt or "")
+
+    async def tail(self, text: str, max_tokens: int) -> Tail:
+        return await (await self._token_counter()).tail(text, max_tokens)
+
+    async def capabilities(self) -> Capabilities:
+        await self._list_models()
+        counter = await self._token_counter()
+        return Capabilities(
+            model=await self._model_name(),
+            context_length=self._context_length,
+            separate_reasoning=self._separate_reasoning,
+            exact_tokenizer=counter.exact,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- requests ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _request_body(request: GenerationRequest, model: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if request.messages is not None:
+            body["messages"] = [m.model_dump() for m in request.messages]
+        else:
+            body["prompt"] = request.prompt
+        optional = {"seed": request.seed, "top_k": request.top_k, "min_p": request.min_p}
+        body.update({key: value for key, value in optional.items() if value is not None})
+        if request.stop:
+            body["stop"] = list(request.stop)
+        return body
+
+    @asynccontextmanager
+    async def _gate(self, generation: bool) -> AsyncIterator[None]:
+        """Generations take a concurrency slot and a rate-limit token; tokenize and /models calls do not."""
+        if not generation:
+            yield
+            return
+        async with self._slots:
+            if self._throttler is not None:
+                await self._throttler.acquire()
+            yield
+
+    async def _call(
+        self, method: str, url: str, body: dict[str, Any] | None = None, *, generation: bool
+    ) -> Any:
+        """One logical call, retried per `backends.retry`: the parsed JSON of the successful answer."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._policy.max_retries + 1),
+            wait=self._policy.tenacity_wait,
+            retry=retry_if_exception_type(TransientBackendError),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(method, url, body, generation=generation)
+        except _Unreachable as exc:
+            raise BackendUnavailableError(f"cannot reach {url}: {exc}") from exc
+        raise AssertionError("tenacity ended without a result")  # pragma: no cover
+
+    async def _attempt(self, method: str, url: str, body: dict[str, Any] | None, *, generation: bool) -> Any:
+        async with self._gate(generation):
+            try:
+                response = await self._client.request(method, url, json=body)
+            except httpx.HTTPError as exc:
+                raise _transport_error(method, url, exc) from exc
+        if not response.is_success:
+            raise _http_error(method, url, response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            kind = response.headers.get("content-type", "no content type")
+            excerpt = response.text[:BODY_EXCERPT_CHARS].strip()
+            raise _NotOpenAI(f"{url} answered {kind}, not OpenAI-compatible JSON: {excerpt!r}") from exc
+
+    # -- parsing -------------------------------------------------------------------------------------------
+
+    def _split(self, choice: _Choice, *, opened: bool) -> tuple[str, str]:
+        """(reasoning, answer): vLLM's separate field (`reasoning_content`/`reasoning`) or inline tags."""
+        message = choice.message
+        if message is None:
+            return split_reasoning(choice.text or "", thinking_opened=opened)
+        separate = message.reasoning_content or message.reasoning
+        if separate:
+            self._separate_reasoning = True
+            return separate.strip(), (message.content or "").strip()
+        return split_reasoning(message.content or "", thinking_opened=opened)
+
+    async def _usage(self, reported: _Usage | None, request: GenerationRequest, output: str) -> Usage:
+        if reported is not None:
+            return Usage(prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens)
+        if not self._warned_no_usage:
+            self._warned_no_usage = True
+            log.warning("%s returns no usage; counting with this backend's tokenizer instead", self.base_url)
+        completion_tokens = await (await self._token_counter()).count_text(output)
+        return Usage(prompt_tokens=await self.count_tokens(request), completion_tokens=completion_tokens)
+
+    # -- discovery -----------------------------------------------------------------------------------------
+
+    async def _list_models(self) -> None:
+        """GET /models once: the default model name and vLLM's `max_model_len`."""
+        async with self._models_lock:
+            if self._models_listed:
+                return
+            url = self.base_url + "/models"
+            try:
+                listing = _ModelList.model_validate(await self._call("GET", url, generation=False))
+            except ValidationError as exc:
+                raise _NotOpenAI(f"{url} answered JSON that is not an OpenAI model list: {exc}") from exc
+            except PermanentBackendError:
+                if self._model is None:
+                    raise
+                listing = _ModelList(data=[])  # a server without /models still works when the model is named
+            if self._model is None:
+                if not listing.data:
+                    raise BackendUnavailableError(f"{url} lists no models; set the model name")
+                self._model = listing.data[0].id
+            self._context_length = next((m.max_model_len for m in listing.data if m.id == self._model), None)
+            self._models_listed = True
+
+    async def _model_name(self) -> str:
+        if self._model is None:
+            await self._list_models()
+        assert self._model is not None
+        return self._model
+
+    async def _token_counter(self) -> TokenCounter:
+        """The server's tokenizer if it has one, else a local tokenizer.json, else the approximation."""
+        async with self._counter_lock:
+            if self._counter is None:
+                self._counter = await self._choose_token_counter()
+            return self._counter
+
+    async def _choose_token_counter(self) -> TokenCounter:
+        server = await self._probe_server_tokenizer()
+        if server is not None:
+            return server
+        if self.options.tokenizer_path:
+            return await OffsetCounter.from_tokenizer_json(self.options.tokenizer_path)
+        log.warning(
+            "%s has no tokenize endpoint and no tokenizer_path is set: token counts and tails are estimates",
+            self.base_url,
+        )
+        return OffsetCounter.approximate()
+
+    async def _probe_server_tokenizer(self) -> ServerCounter | None:
+        """Ask {root}/tokenize in vLLM/SGLang form, then in llama.cpp form. Unreachable servers propagate."""
+        model = await self._model_name()
+        url = self.root_url + "/tokenize"
+
+        async def field(payload: dict[str, Any], name: str, kind: type) -> Any:
+            data = await self._call("POST", url, payload, generation=False)
+            value = data.get(name) if isinstance(data, dict) else None
+            if not isinstance(value, kind):
+                excerpt = str(data)[:BODY_EXCERPT_CHARS]
+                raise _NotOpenAI(f"{url} answered without a `{name}` {kind.__name__}: {excerpt}")
+            return value
+
+        async def vllm_count(body: dict[str, object]) -> int:
+            return await field({"model": model, **body}, "count", int)
+
+        async def llama_count(body: dict[str, object]) -> int:
+            payload = {"content": body["prompt"], "add_special": body["add_special_tokens"]}
+            return len(await field(payload, "tokens", list))
+
+        for count, chat_template in ((vllm_count, True), (llama_count, False)):
+            try:
+                await count({"prompt": "probe", "add_special_tokens": False})
+            except (PermanentBackendError, _NotOpenAI):
+                continue
+            return ServerCounter(count, chat_template=chat_template)
+        return None

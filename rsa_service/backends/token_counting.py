@@ -1,0 +1,145 @@
+"""Counting and cutting tokens for the remote backend, with the best tokenizer available.
+
+In order of preference: the server's own tokenize endpoint (exact, chat template included, but count-only, so
+tails are found by bisection over suffixes), a local `tokenizer.json` (exact, with offsets), or the documented
+approximation `core.tails.approximate_token_starts` (errs towards more tokens, so tails stay within budget).
+The last two share one implementation, `OffsetCounter`, which differs only in where token starts come from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from rsa_service.backends.base import ChatMessage
+from rsa_service.core.tails import (
+    Tail,
+    approximate_token_starts,
+    clean_boundary,
+    suffix_bisection,
+    tail_from_offsets,
+)
+
+# Without the server's chat template we estimate it: ChatML-style templates spend about four tokens a message
+# (`<|im_start|>`, the role, a newline, `<|im_end|>`) and three on the assistant header opening the reply.
+MESSAGE_OVERHEAD_TOKENS = 4
+GENERATION_PROMPT_TOKENS = 3
+# Tokenizing this much text takes long enough to stall the event loop, so it goes to a worker thread.
+THREAD_THRESHOLD_CHARS = 8192
+
+
+def templated_estimate(content_tokens: Sequence[int]) -> int:
+    """Tokens of a chat prompt given its messages' content tokens, when the real template is unknown."""
+    return sum(content_tokens) + MESSAGE_OVERHEAD_TOKENS * len(content_tokens) + GENERATION_PROMPT_TOKENS
+
+
+class TokenCounter(Protocol):
+    """What the remote backend needs from a tokenizer. `exact` says the counts are the model's own."""
+
+    exact: bool
+
+    async def count_text(self, text: str) -> int:
+        """Tokens of a fragment (no special tokens)."""
+        ...
+
+    async def count_prompt(self, prompt: str) -> int:
+        """Tokens a plain-completion prompt occupies (special tokens such as BOS included)."""
+        ...
+
+    async def count_messages(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens a chat prompt occupies once rendered through the chat template."""
+        ...
+
+    async def tail(self, text: str, max_tokens: int) -> Tail: ...
+
+
+class OffsetCounter:
+    """A tokenizer that gives each token's start offset: a local tokenizer.json, or the approximation."""
+
+    def __init__(self, starts: Callable[[str], list[int]], *, exact: bool) -> None:
+        self._starts = starts
+        self.exact = exact
+
+    @classmethod
+    async def from_tokenizer_json(cls, path: str) -> OffsetCounter:
+        from tokenizers import Tokenizer
+
+        tokenizer = await asyncio.to_thread(Tokenizer.from_file, path)
+
+        def starts(text: str) -> list[int]:
+            return [start for start, _ in tokenizer.encode(text, add_special_tokens=False).offsets]
+
+        return cls(starts, exact=True)
+
+    @classmethod
+    def approximate(cls) -> OffsetCounter:
+        return cls(approximate_token_starts, exact=False)
+
+    async def starts(self, text: str) -> list[int]:
+        if len(text) > THREAD_THRESHOLD_CHARS:
+            return await asyncio.to_thread(self._starts, text)
+        return self._starts(text)
+
+    async def count_text(self, text: str) -> int:
+        return len(await self.starts(text))
+
+    async def count_prompt(self, prompt: str) -> int:
+        return await self.count_text(prompt)
+
+    async def count_messages(self, messages: Sequence[ChatMessage]) -> int:
+        return templated_estimate([await self.count_text(m.content) for m in messages])
+
+    async def tail(self, text: str, max_tokens: int) -> Tail:
+        starts = await self.starts(text)
+        budget = max_tokens
+        tail = tail_from_offsets(text, starts, budget)
+        # Byte-level tokenizers give every byte-token of one character the same start, so a cut inside such a
+        # group keeps the whole group and can overshoot by a few tokens: shrink the budget until it fits.
+        while tail.tokens > max_tokens and budget > 1:
+            budget -= tail.tokens - max_tokens
+            tail = tail_from_offsets(text, starts, max(budget, 1))
+        return tail
+
+
+CountRequest = Callable[[dict[str, object]], Awaitable[int]]
+
+
+class ServerCounter:
+    """The server's tokenize endpoint. Count-only, so a tail is the longest suffix that fits (bisection).
+
+    `count` takes a vLLM-style body (`prompt` + `add_special_tokens`, or `messages`) and returns the count;
+    `chat_template` says the server renders `messages` itself (vLLM, SGLang) rather than only counting text
+    (llama.cpp), in which case the template is estimated.
+    """
+
+    exact = True
+
+    def __init__(self, count: CountRequest, *, chat_template: bool) -> None:
+        self._count = count
+        self._chat_template = chat_template
+
+    async def count_text(self, text: str) -> int:
+        return await self._count({"prompt": text, "add_special_tokens": False})
+
+    async def count_prompt(self, prompt: str) -> int:
+        return await self._count({"prompt": prompt, "add_special_tokens": True})
+
+    async def count_messages(self, messages: Sequence[ChatMessage]) -> int:
+        if self._chat_template:
+            return await self._count({"messages": [m.model_dump() for m in messages]})
+        return templated_estimate([await self.count_text(m.content) for m in messages])
+
+    async def tail(self, text: str, max_tokens: int) -> Tail:
+        total = await self.count_text(text)
+        if total <= max_tokens:
+            return Tail(text=text, tokens=total, source_tokens=total)
+        search = suffix_bisection(len(text))
+        offset = next(search)
+        try:
+            while True:
+                offset = search.send(await self.count_text(text[offset:]) <= max_tokens)
+        except StopIteration as done:
+            cut = clean_boundary(text, done.value)
+        kept = text[cut:]
+        return Tail(text=kept, tokens=await self.count_text(kept), source_tokens=total)
