@@ -60,7 +60,7 @@ def extract_boxed(text: str) -> str | None:
 
 def normalise(answer: str) -> str:
     """A canonical spelling for display and string equality: no spaces, `$`, sizing, units of degrees."""
-    text = answer.strip().strip("$").strip()
+    text = answer.replace("$", "").strip()
     for pattern, replacement in _NORMALISE:
         text = pattern.sub(replacement, text)
     text = text.rstrip(".")

@@ -12,9 +12,10 @@ from collections.abc import Generator, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-# How far past the token cut we look for a clean boundary, as a share of the tail's characters. A tail may lose
-# at most this share to boundary alignment.
+# How far past the token cut we look for a clean boundary: a tenth of the tail, at least a short line's worth,
+# never more than half the tail. A tail loses at most this much to boundary alignment.
 BOUNDARY_WINDOW_SHARE = 0.1
+BOUNDARY_WINDOW_MIN_CHARS = 64
 _SENTENCE_END = re.compile(r"[.!?;:](?:\s+)")
 _SPACE = re.compile(r"\s+")
 
@@ -39,7 +40,8 @@ def clean_boundary(text: str, cut: int) -> int:
         return 0
     if text[cut - 1] == "\n":
         return cut
-    limit = cut + max(1, int((len(text) - cut) * BOUNDARY_WINDOW_SHARE))
+    remaining = len(text) - cut
+    limit = cut + min(max(int(remaining * BOUNDARY_WINDOW_SHARE), BOUNDARY_WINDOW_MIN_CHARS), remaining // 2)
     window = text[cut:limit]
     newline = window.find("\n")
     if newline >= 0:

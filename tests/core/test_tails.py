@@ -1,0 +1,68 @@
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from rsa_service.core.tails import (
+    approximate_token_starts,
+    clean_boundary,
+    suffix_bisection,
+    tail_from_offsets,
+)
+
+
+def char_starts(text: str) -> list[int]:
+    return list(range(len(text)))
+
+
+def test_short_trace_is_kept_whole() -> None:
+    tail = tail_from_offsets("abc", char_starts("abc"), 5)
+    assert (tail.text, tail.tokens, tail.source_tokens, tail.trimmed) == ("abc", 3, 3, False)
+
+
+def test_cut_moves_forward_to_a_line_break_and_stays_within_budget() -> None:
+    text = "first line of work\nsecond line\nthird line, the end"
+    tail = tail_from_offsets(text, char_starts(text), 25)
+    assert tail.text == "third line, the end"
+    assert tail.tokens == len(tail.text) <= 25 and tail.trimmed
+
+
+def test_cut_prefers_sentence_end_then_space() -> None:
+    text = "alpha beta. gamma delta epsilon zeta eta theta iota kappa"
+    cut = clean_boundary(text, 3)
+    assert text[cut:].startswith("gamma")
+    assert clean_boundary("ab" + "x" * 50 + " end", 2) == 2  # no boundary inside the window: exact cut
+
+
+def test_multibyte_text_is_never_split() -> None:
+    text = "第一步：计算 ∑ 😀😀 结果是 42。\n最后答案 😀 是 42"
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    starts = [offset[0] for offset in tokenizer.encode(text).offsets]
+    for budget in range(1, len(starts) + 2):
+        tail = tail_from_offsets(text, starts, budget)
+        assert text.endswith(tail.text)
+        assert tail.tokens <= budget
+        tail.text.encode("utf-8")  # a split surrogate or character would not encode
+
+
+def test_suffix_bisection_finds_the_longest_fitting_suffix() -> None:
+    text = "one two three four five six"
+
+    def count(fragment: str) -> int:
+        return len(fragment.split())
+
+    search = suffix_bisection(len(text))
+    offset = next(search)
+    try:
+        while True:
+            offset = search.send(count(text[offset:]) <= 3)
+    except StopIteration as done:
+        start = done.value
+    assert count(text[start:]) <= 3 and count(text[start - 1 :]) > 3 if start else True
+    assert text[start:].split() == ["four", "five", "six"]
+
+
+@pytest.mark.parametrize("text", ["", "x", "Hello, world! 12345 — ünïcødé"])
+def test_approximate_tokens_over_count_words(text: str) -> None:
+    starts = approximate_token_starts(text)
+    assert starts == sorted(starts)
+    assert len(starts) >= len(text.split())
