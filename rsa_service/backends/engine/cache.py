@@ -1,0 +1,91 @@
+"""Per-sequence decoding state (KV + conv state + delayed value) in buffers allocated at a high-water mark.
+
+Each sequence owns one row ("slot") of every buffer. Buffers only grow, when a sequence is admitted that needs more
+rows or columns than any before it; the forward pass then updates them in place, so a decode step allocates no
+cache memory and a fixed-shape decode step can later be compiled against them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from rsa_service.backends.engine.model import LayerState, StepContext, ZayaDims, conv_state_width
+
+# Columns are allocated in blocks so a stream of slightly longer requests does not reallocate every time.
+COLUMN_BLOCK = 64
+
+
+class StateCache:
+    """Decoding state for `slots` sequences of up to `max_len` tokens, for every layer."""
+
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype, device: torch.device) -> None:
+        self._dims, self._dtype, self._device = dims, dtype, device
+        self.slots = 0
+        self.max_len = 0
+        self.layers: list[LayerState] = self._allocate(0, 0)
+
+    def _allocate(self, slots: int, max_len: int) -> list[LayerState]:
+        d = self._dims
+        nkv, hd = d.num_key_value_heads, d.head_dim
+        channels = (d.num_attention_heads + nkv) * hd
+
+        def zeros(*shape: int) -> Tensor:
+            # Zeros, not empty: masked columns still pass through softmax·V, so they must hold finite values.
+            return torch.zeros(shape, dtype=self._dtype, device=self._device)
+
+        return [
+            LayerState(
+                keys=zeros(slots, max_len + 1, nkv, hd),
+                values=zeros(slots, max_len + 1, nkv, hd),
+                conv=zeros(slots, channels, conv_state_width(d)),
+                delayed=zeros(slots, nkv * hd // 2),
+            )
+            for _ in range(d.num_hidden_layers)
+        ]
+
+    def reserve(self, slots: int, max_len: int) -> None:
+        """Grow (never shrink) to hold `slots` rows of `max_len` tokens, keeping every row's contents."""
+        if slots <= self.slots and max_len <= self.max_len:
+            return
+        new_slots = max(slots, self.slots)
+        new_len = max(self.max_len, -(-max_len // COLUMN_BLOCK) * COLUMN_BLOCK)
+        grown = self._allocate(new_slots, new_len)
+        for old, new in zip(self.layers, grown, strict=True):
+            new.keys[: self.slots, : self.max_len] = old.keys[:, : self.max_len]
+            new.values[: self.slots, : self.max_len] = old.values[:, : self.max_len]
+            new.conv[: self.slots] = old.conv
+            new.delayed[: self.slots] = old.delayed
+        self.layers, self.slots, self.max_len = grown, new_slots, new_len
+
+    def reset(self, slots: Sequence[int]) -> None:
+        """Start fresh sequences in `slots`: no conv history, no previous value. Stale KV columns stay masked."""
+        rows = torch.tensor(list(slots), dtype=torch.long, device=self._device)
+        for layer in self.layers:
+            layer.conv[rows] = 0
+            layer.delayed[rows] = 0
+
+    def context(self, slots: Sequence[int], starts: Sequence[int], lengths: Sequence[int]) -> StepContext:
+        """Place `lengths[b]` new tokens of the sequence in `slots[b]` after its first `starts[b]` tokens.
+
+        Shorter sequences are right-padded to the longest; causality keeps padding from touching real tokens,
+        and padding writes land in the scratch column.
+        """
+        dev = self._device
+        start = torch.tensor(list(starts), dtype=torch.long, device=dev)
+        length = torch.tensor(list(lengths), dtype=torch.long, device=dev)
+        steps = torch.arange(max(lengths), device=dev)
+        positions = start[:, None] + steps  # [B, T]
+        valid = steps < length[:, None]  # [B, T]
+        width = max(s + n for s, n in zip(starts, lengths, strict=True))
+        mask = torch.arange(width, device=dev) <= positions[..., None]  # [B, T, K]
+        return StepContext(
+            slots=torch.tensor(list(slots), dtype=torch.long, device=dev),
+            write_cols=torch.where(valid, positions, self.max_len),
+            last=length - 1,
+            valid=valid,
+            positions=positions,
+            mask=mask[:, None],
+        )

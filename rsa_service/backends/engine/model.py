@@ -1,0 +1,361 @@
+"""ZAYA1 in plain PyTorch: CCA attention + top-1 MoE with a skip route, fp32 residual stream.
+
+Module and parameter names follow the published checkpoint keys, so a checkpoint's tensors map one-to-one onto
+`ZayaForCausalLM.state_dict()`. The forward pass always runs against per-sequence state held in cache buffers
+(KV, conv state, delayed value): a full-sequence pass is a prefill into fresh cache rows, so one code path serves
+prefill, chunked prefill and decode.
+
+Shapes: B sequences, T new tokens each, K cache columns read, H hidden, nh/nkv query/KV heads, hd head dim,
+C = (nh + nkv)·hd conv channels, Dv = nkv·hd/2 delayed-value channels, R router hidden, E experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ZayaDims(Protocol):
+    """The config values the model reads (satisfied by the validated `config.ZayaConfig`)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def num_hidden_layers(self) -> int: ...
+    @property
+    def num_attention_heads(self) -> int: ...
+    @property
+    def num_key_value_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def moe_intermediate_size(self) -> int: ...
+    @property
+    def num_experts(self) -> int: ...
+    @property
+    def router_hidden_size(self) -> int: ...
+    @property
+    def cca_time0(self) -> int: ...
+    @property
+    def cca_time1(self) -> int: ...
+    @property
+    def rms_norm_eps(self) -> float: ...
+    @property
+    def tie_word_embeddings(self) -> bool: ...
+    @property
+    def rope_theta(self) -> float: ...
+    @property
+    def rotary_dim(self) -> int: ...
+
+
+def conv_state_width(dims: ZayaDims) -> int:
+    """Past columns the two stacked causal convolutions need: (t0 - 1) + (t1 - 1)."""
+    return dims.cca_time0 - 1 + dims.cca_time1 - 1
+
+
+class LayerState(NamedTuple):
+    """One layer's cache buffers, indexed by cache row (slot). Updated in place by the forward pass."""
+
+    keys: Tensor  # [S, L+1, nkv, hd] post-RoPE keys; column L is scratch for padding writes
+    values: Tensor  # [S, L+1, nkv, hd]
+    conv: Tensor  # [S, C, W] pre-conv q|k of the last W tokens
+    delayed: Tensor  # [S, Dv] the last token's delayed value projection
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a batch of new tokens sits: which cache rows, which columns, which positions, which are padding."""
+
+    slots: Tensor  # [B] cache rows
+    write_cols: Tensor  # [B, T] cache column per new token (padding → scratch column)
+    last: Tensor  # [B] index in T of each sequence's last real token
+    valid: Tensor  # [B, T] bool, real tokens
+    positions: Tensor  # [B, T] absolute positions
+    mask: Tensor  # [B, 1, T, K] bool, True where a query may read a cache column
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Statistics in fp32, then back to the input dtype before the weight, as the reference does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class ResidualScale(nn.Module):
+    """A merge point of the fp32 residual stream: (h + h_bias)·h_scale + (res + res_bias)·res_scale."""
+
+    def __init__(self, hidden: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.hidden_states_scale = nn.Parameter(torch.ones(hidden, dtype=dtype))
+        self.hidden_states_bias = nn.Parameter(torch.zeros(hidden, dtype=dtype))
+        self.residual_scale = nn.Parameter(torch.ones(hidden, dtype=dtype))
+        self.residual_bias = nn.Parameter(torch.zeros(hidden, dtype=dtype))
+
+    def forward(self, h: Tensor, residual: Tensor) -> Tensor:
+        return (h + self.hidden_states_bias) * self.hidden_states_scale + (
+            residual + self.residual_bias
+        ) * self.residual_scale
+
+
+class CCAProjection(nn.Module):
+    """Compressed Convolutional Attention's q/k/v: causal convs over q|k, mean paths, a delayed value head."""
+
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.nh, self.nkv, self.hd = dims.num_attention_heads, dims.num_key_value_heads, dims.head_dim
+        hidden, q_dim, kv_dim = dims.hidden_size, self.nh * self.hd, self.nkv * self.hd
+        channels = q_dim + kv_dim
+        self.q_proj = nn.Linear(hidden, q_dim, bias=False, dtype=dtype)
+        self.k_proj = nn.Linear(hidden, kv_dim, bias=False, dtype=dtype)
+        self.v_proj_current = nn.Linear(hidden, kv_dim // 2, bias=False, dtype=dtype)
+        self.v_proj_delayed = nn.Linear(hidden, kv_dim // 2, bias=False, dtype=dtype)
+        self.conv_qk_depthwise = nn.Conv1d(channels, channels, dims.cca_time0, groups=channels, dtype=dtype)
+        # One group per head (query heads then KV heads), so channels mix only within a head.
+        self.conv_qk_grouped = nn.Conv1d(channels, channels, dims.cca_time1, groups=self.nh + self.nkv, dtype=dtype)
+        self.width = conv_state_width(dims)
+
+    def forward(self, x: Tensor, ctx: StepContext, state: LayerState) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, H] → q [B, T, nh, hd], k [B, T, nkv, hd], v [B, T, nkv, hd]; rolls conv and delayed state."""
+        b, t, _ = x.shape
+        q_proj, k_proj = self.q_proj(x), self.k_proj(x)  # [B, T, nh·hd], [B, T, nkv·hd]
+
+        # Mean paths from the pre-conv projections: q head ← ½(q + its KV head's k), k head ← mean of its q heads.
+        q_mean = (q_proj.view(b, t, self.nkv, -1, self.hd) + k_proj.view(b, t, self.nkv, 1, self.hd)) * 0.5
+        k_mean = q_mean.mean(dim=3)  # [B, T, nkv, hd]
+
+        qk = torch.cat([q_proj, k_proj], dim=-1).transpose(1, 2)  # [B, C, T]
+        history = torch.cat([state.conv[ctx.slots], qk], dim=-1)  # [B, C, W + T]
+        # New conv state: the W columns ending at each sequence's last real token.
+        cols = ctx.last[:, None] + 1 + torch.arange(self.width, device=x.device)  # [B, W]
+        state.conv[ctx.slots] = history.gather(2, cols[:, None, :].expand(-1, history.shape[1], -1))
+        mixed = self.conv_qk_grouped(self.conv_qk_depthwise(history)).transpose(1, 2)  # [B, T, C]
+        q_dim = self.nh * self.hd
+        query = mixed[..., :q_dim].reshape(b, t, self.nh, self.hd) + q_mean.reshape(b, t, self.nh, self.hd)
+        key = mixed[..., q_dim:].reshape(b, t, self.nkv, self.hd) + k_mean
+
+        # Values: the first half of the channels from this token, the second half delayed by one token.
+        v_now, v_next = self.v_proj_current(x), self.v_proj_delayed(x)  # [B, T, Dv] each
+        v_prev = torch.cat([state.delayed[ctx.slots][:, None], v_next[:, :-1]], dim=1)  # [B, T, Dv]
+        state.delayed[ctx.slots] = v_next.gather(1, ctx.last[:, None, None].expand(-1, 1, v_next.shape[-1]))[:, 0]
+        value = torch.cat([v_now, v_prev], dim=-1).view(b, t, self.nkv, self.hd)
+        return query, key, value
+
+
+class KeyTemperature(nn.Module):
+    """L2-normalises q and k to √hd and scales k by a learned per-KV-head temperature."""
+
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.temp = nn.Parameter(torch.zeros(dims.num_key_value_heads, dtype=dtype))
+        self.scale = dims.head_dim**0.5
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        eps = torch.finfo(q.dtype).eps
+        q = q * (self.scale / q.norm(dim=-1, keepdim=True).clamp_min(eps))
+        k = k * (self.scale / k.norm(dim=-1, keepdim=True).clamp_min(eps))
+        return q, k * self.temp[:, None]  # k [B, T, nkv, hd] × [nkv, 1]
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on the leading rotary dims of each head. x [B, T, h, hd]; cos/sin [B, T, 1, rot]."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    first, second = x_rot.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
+
+
+class CCAttention(nn.Module):
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.qkv_proj = CCAProjection(dims, dtype)
+        self.qk_norm = KeyTemperature(dims, dtype)
+        self.o_proj = nn.Linear(dims.num_attention_heads * dims.head_dim, dims.hidden_size, bias=False, dtype=dtype)
+        self.scale = dims.head_dim**-0.5
+
+    def forward(self, x: Tensor, ctx: StepContext, rope: tuple[Tensor, Tensor], state: LayerState) -> Tensor:
+        q, k, v = self.qkv_proj(x, ctx, state)
+        q, k = self.qk_norm(q, k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        state.keys[ctx.slots[:, None], ctx.write_cols] = k
+        state.values[ctx.slots[:, None], ctx.write_cols] = v
+        width = ctx.mask.shape[-1]
+        keys = state.keys[ctx.slots, :width].transpose(1, 2)  # [B, nkv, K, hd]
+        values = state.values[ctx.slots, :width].transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=ctx.mask, scale=self.scale, enable_gqa=True
+        )  # [B, nh, T, hd]; query head j reads KV head j // (nh / nkv)
+        return self.o_proj(out.transpose(1, 2).flatten(2))
+
+
+class RouterMLP(nn.Module):
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
+        super().__init__()
+        r = dims.router_hidden_size
+        self.norm = RMSNorm(r, dims.rms_norm_eps, dtype)
+        self.fc1 = nn.Linear(r, r, dtype=dtype)
+        self.fc2 = nn.Linear(r, r, dtype=dtype)
+        self.out_proj = nn.Linear(r, dims.num_experts + 1, bias=False, dtype=dtype)
+
+    def forward(self, state: Tensor) -> Tensor:
+        h = F.gelu(self.fc1(self.norm(state)))  # exact (erf) GELU
+        return self.out_proj(F.gelu(self.fc2(h)))  # [B, T, E + 1]
+
+
+class Router(nn.Module):
+    """Top-1 choice over E experts + 1 skip route, biased by the stored balancer biases (choice only)."""
+
+    def __init__(self, dims: ZayaDims, layer: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        r = dims.router_hidden_size
+        self.down_proj = nn.Linear(dims.hidden_size, r, dtype=dtype)
+        # Depth averaging: from the second layer on, the previous layer's router state joins in.
+        self.router_states_scale = nn.Parameter(torch.ones(r, dtype=dtype)) if layer > 0 else None
+        self.router_mlp = RouterMLP(dims, dtype)
+        self.register_buffer("balancing_biases", torch.zeros(dims.num_experts + 1, dtype=torch.float32))
+
+    def forward(self, x: Tensor, carried: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, H] → route [B, T], weight [B, T] (fp32, unbiased probability), state [B, T, R]."""
+        state = self.down_proj(x)
+        if self.router_states_scale is not None and carried is not None:
+            state = state + carried * self.router_states_scale
+        # fp32 softmax so near-ties route the same way across dtypes.
+        probs = torch.softmax(self.router_mlp(state).float(), dim=-1)
+        route = (probs + self.balancing_biases).argmax(dim=-1)
+        return route, probs.gather(-1, route[..., None])[..., 0], state
+
+
+class Experts(nn.Module):
+    """SwiGLU experts stored stacked, gate|up fused (first half gate)."""
+
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
+        super().__init__()
+        e, h, i = dims.num_experts, dims.hidden_size, dims.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h, dtype=dtype))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i, dtype=dtype))
+
+    def forward(self, x: Tensor, route: Tensor, weight: Tensor, skip_returns_input: bool) -> Tensor:
+        """x [N, H], route [N], weight [N] → [N, H]. Route E is the skip route."""
+        out = torch.zeros_like(x)
+        skip = self.gate_up_proj.shape[0]
+        # One host read per layer to learn which experts are hit; each hit expert's weights are read once.
+        for expert in torch.unique(route).tolist():
+            rows = (route == expert).nonzero()[:, 0]
+            w = weight[rows, None].to(x.dtype)
+            if expert == skip:
+                if skip_returns_input:
+                    out.index_add_(0, rows, x[rows] * w)
+                continue
+            gate, up = F.linear(x[rows], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            out.index_add_(0, rows, F.linear(F.silu(gate) * up, self.down_proj[expert]) * w)
+        return out
+
+
+class MoE(nn.Module):
+    def __init__(self, dims: ZayaDims, layer: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.gate = Router(dims, layer, dtype)
+        self.experts = Experts(dims, dtype)
+
+    def forward(
+        self, x: Tensor, carried: Tensor | None, valid: Tensor, skip_returns_input: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, H] → output [B, T, H], router state [B, T, R], skip routes taken by real tokens (scalar)."""
+        route, weight, state = self.gate(x, carried)
+        out = self.experts(x.flatten(0, 1), route.flatten(), weight.flatten(), skip_returns_input)
+        skips = ((route == self.experts.gate_up_proj.shape[0]) & valid).sum()
+        return out.view_as(x), state, skips
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dims: ZayaDims, layer: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
+        self.self_attn = CCAttention(dims, dtype)
+        self.post_attention_residual_scale = ResidualScale(dims.hidden_size, dtype)
+        self.post_attention_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
+        self.mlp = MoE(dims, layer, dtype)
+        self.post_mlp_residual_scale = ResidualScale(dims.hidden_size, dtype)
+
+    def forward(
+        self,
+        residual: Tensor,
+        carried: Tensor | None,
+        ctx: StepContext,
+        rope: tuple[Tensor, Tensor],
+        state: LayerState,
+        skip_returns_input: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """residual [B, T, H] fp32 → residual, router state, skip count."""
+        dtype = self.input_layernorm.weight.dtype
+        h = self.self_attn(self.input_layernorm(residual.to(dtype)), ctx, rope, state)
+        residual = self.post_attention_residual_scale(h, residual)
+        h, carried, skips = self.mlp(
+            self.post_attention_layernorm(residual.to(dtype)), carried, ctx.valid, skip_returns_input
+        )
+        return self.post_mlp_residual_scale(h, residual), carried, skips
+
+
+class ZayaBackbone(nn.Module):
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(dims.vocab_size, dims.hidden_size, dtype=dtype)
+        self.input_hidden_states_scale = nn.Parameter(torch.ones(dims.hidden_size, dtype=dtype))
+        self.input_hidden_states_bias = nn.Parameter(torch.zeros(dims.hidden_size, dtype=dtype))
+        self.layers = nn.ModuleList(DecoderLayer(dims, i, dtype) for i in range(dims.num_hidden_layers))
+        self.norm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
+
+
+class ZayaForCausalLM(nn.Module):
+    """The whole model. `skip_returns_input` selects the release-time skip route (probability × input)."""
+
+    def __init__(self, dims: ZayaDims, dtype: torch.dtype, *, skip_returns_input: bool = False) -> None:
+        super().__init__()
+        self.model = ZayaBackbone(dims, dtype)
+        self.lm_head = (
+            None if dims.tie_word_embeddings else nn.Linear(dims.hidden_size, dims.vocab_size, bias=False, dtype=dtype)
+        )
+        self.skip_returns_input = skip_returns_input
+        self.rope_theta, self.rotary_dim = dims.rope_theta, dims.rotary_dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.norm.weight.dtype
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions [B, T] → cos, sin [B, T, 1, rot], computed in fp32 and cast to the compute dtype."""
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device=positions.device) / self.rotary_dim
+        inv_freq = 1.0 / (self.rope_theta**exponents)
+        freqs = positions[..., None].float() * inv_freq  # [B, T, rot/2]
+        angles = torch.cat([freqs, freqs], dim=-1)[:, :, None]
+        return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+
+    def forward(self, tokens: Tensor, ctx: StepContext, states: list[LayerState]) -> tuple[Tensor, Tensor]:
+        """tokens [B, T] → final normed hidden [B, T, H] (compute dtype), skip routes per layer [L]."""
+        core = self.model
+        embedded = F.embedding(tokens, core.embed_tokens.weight)
+        residual = ((embedded + core.input_hidden_states_bias) * core.input_hidden_states_scale).float()
+        rope = self.rope(ctx.positions)
+        carried: Tensor | None = None
+        skips = []
+        for layer, state in zip(core.layers, states, strict=True):
+            residual, carried, taken = layer(residual, carried, ctx, rope, state, self.skip_returns_input)
+            skips.append(taken)
+        return core.norm(residual.to(self.dtype)), torch.stack(skips)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden [..., H] → fp32 logits [..., V]."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
