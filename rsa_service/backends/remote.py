@@ -286,9 +286,7 @@ class RemoteBackend:
                 await self._throttler.acquire()
             yield
 
-    async def _call(
-        self, method: str, url: str, body: dict[str, Any] | None = None, *, generation: bool
-    ) -> Any:
+    async def _call(self, method: str, url: str, body: dict[str, Any] | None = None, *, generation: bool) -> Any:
         """One logical call, retried per `backends.retry`: the parsed JSON of the successful answer."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._policy.max_retries + 1),

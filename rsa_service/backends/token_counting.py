@@ -91,15 +91,19 @@ class OffsetCounter:
         return templated_estimate([await self.count_text(m.content) for m in messages])
 
     async def tail(self, text: str, max_tokens: int) -> Tail:
+        """The tail, counted on its own as the next prompt will see it.
+
+        A cut inside a multi-token character (byte-level tokenizers give all its tokens one start) or across a
+        merge the suffix no longer has can add a token or two; the budget shrinks until the tail fits.
+        """
         starts = await self.starts(text)
         budget = max_tokens
-        tail = tail_from_offsets(text, starts, budget)
-        # Byte-level tokenizers give every byte-token of one character the same start, so a cut inside such a
-        # group keeps the whole group and can overshoot by a few tokens: shrink the budget until it fits.
-        while tail.tokens > max_tokens and budget > 1:
-            budget -= tail.tokens - max_tokens
-            tail = tail_from_offsets(text, starts, max(budget, 1))
-        return tail
+        while True:
+            tail = tail_from_offsets(text, starts, budget)
+            tokens = len(await self.starts(tail.text)) if tail.trimmed else tail.tokens
+            if tokens <= max_tokens or budget <= 1:
+                return Tail(text=tail.text, tokens=tokens, source_tokens=len(starts))
+            budget -= tokens - max_tokens
 
 
 CountRequest = Callable[[dict[str, object]], Awaitable[int]]
