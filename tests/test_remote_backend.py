@@ -1,0 +1,407 @@
+"""RemoteBackend against a real OpenAI-compatible server on 127.0.0.1 (tests.modelserver); respx only for
+narrow client cases the model server cannot express (llama.cpp's tokenizer, malformed JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import itertools
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from rsa_service.backends import open_backend
+from rsa_service.backends.base import (
+    BackendOptions,
+    BackendUnavailableError,
+    ChatMessage,
+    ContextLengthError,
+    GenerationRequest,
+    PermanentBackendError,
+)
+from rsa_service.backends.remote import RemoteBackend
+from rsa_service.core.tails import tail_from_offsets
+from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_thread, tokenize
+
+FAST = {"retry_backoff_s": 0.01, "retry_max_wait_s": 2.0, "max_retries": 3}
+PROBLEM = "Compute the value. ANSWER=42"
+MULTIBYTE = "数学の問題を解く。Größe naïve café — déjà vu 🙂 résumé; ∑ᵢ xᵢ² ≤ 1.\n"
+
+
+def chat(content: str = PROBLEM, **fields: Any) -> GenerationRequest:
+    return GenerationRequest(messages=(ChatMessage(role="user", content=content),), **{"max_tokens": 400, **fields})
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ModelServerHandle]:
+    with serve_in_thread(ModelServerConfig(reasoning_words=40)) as server:
+        yield server
+
+
+@pytest.fixture
+def server(shared_server: ModelServerHandle) -> ModelServerHandle:
+    shared_server.reset()
+    return shared_server
+
+
+@pytest.fixture
+async def backend(server: ModelServerHandle) -> AsyncIterator[RemoteBackend]:
+    async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+        yield remote
+
+
+# -- generation ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["reasoning_content", "reasoning", "inline"])
+async def test_reasoning_styles_are_separated(style: str) -> None:
+    with serve_in_thread(ModelServerConfig(reasoning_style=style, reasoning_words=30, p_correct=1.0)) as server:
+        async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+            generation = await remote.generate(chat(seed=1))
+            capabilities = await remote.capabilities()
+    assert generation.finish_reason == "stop"
+    assert generation.text == "The final answer is \\boxed{42}."
+    assert generation.reasoning.endswith("So the answer is \\boxed{42}.")
+    assert "<think>" not in generation.reasoning + generation.text
+    assert capabilities.separate_reasoning is (style != "inline")
+
+
+async def test_hidden_reasoning_leaves_only_the_answer() -> None:
+    with serve_in_thread(ModelServerConfig(reasoning_style="hidden", p_correct=1.0)) as server:
+        async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+            generation = await remote.generate(chat(seed=1))
+    assert (generation.reasoning, generation.text) == ("", "The final answer is \\boxed{42}.")
+
+
+async def test_plain_completion_splits_inline_reasoning(backend: RemoteBackend, server: ModelServerHandle) -> None:
+    generation = await backend.generate(GenerationRequest(prompt=PROBLEM, max_tokens=400, seed=2))
+    assert "\\boxed{" in generation.text
+    assert generation.reasoning.startswith(generation.reasoning.strip()) and generation.reasoning
+    assert server.requests()[0]["path"] == "/v1/completions"
+
+
+async def test_usage_is_exact(server: ModelServerHandle) -> None:
+    with serve_in_thread(ModelServerConfig(reasoning_style="inline")) as inline:
+        async with RemoteBackend(inline.base_url, BackendOptions(**FAST)) as remote:
+            request = chat(seed=5)
+            generation = await remote.generate(request)
+            assert generation.usage.prompt_tokens == await remote.count_tokens(request)
+            raw = f"<think>\n{generation.reasoning}\n</think>\n\n{generation.text}"
+            assert generation.usage.completion_tokens == len(tokenize(raw))
+
+
+async def test_truncation_is_finish_reason_length(backend: RemoteBackend) -> None:
+    generation = await backend.generate(chat(max_tokens=12, seed=3))
+    assert generation.finish_reason == "length"
+    assert generation.usage.completion_tokens == 12
+    assert generation.text == "" and generation.reasoning
+
+
+async def test_missing_usage_is_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    with serve_in_thread(ModelServerConfig(usage=False, reasoning_style="inline")) as server:
+        async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+            with caplog.at_level(logging.WARNING, logger="rsa_service.backends.remote"):
+                first = await remote.generate(chat(seed=1))
+                await remote.generate(chat(seed=2))
+            assert first.usage.prompt_tokens == await remote.count_tokens(chat(seed=1))
+            assert first.usage.completion_tokens > 0
+    assert sum("no usage" in r.message for r in caplog.records) == 1
+
+
+async def test_sampling_fields_sent_only_when_set_and_never_n(
+    backend: RemoteBackend, server: ModelServerHandle
+) -> None:
+    await backend.generate(chat(seed=1))
+    await backend.generate(chat(seed=2, top_k=40, min_p=0.05, stop=("QED",), temperature=0.6, top_p=0.95))
+    plain, tuned = (entry["body"] for entry in server.requests())
+    assert "top_k" not in plain and "min_p" not in plain and "stop" not in plain
+    assert {k: tuned[k] for k in ("top_k", "min_p", "stop", "temperature", "top_p", "seed", "model")} == {
+        "top_k": 40,
+        "min_p": 0.05,
+        "stop": ["QED"],
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "seed": 2,
+        "model": "toy",
+    }
+    assert all("n" not in entry["body"] for entry in server.requests())
+
+
+async def test_open_backend_entry_point(server: ModelServerHandle) -> None:
+    remote = open_backend(f"openai:{server.base_url}", BackendOptions(model="toy"))
+    try:
+        assert isinstance(remote, RemoteBackend)
+        assert (await remote.capabilities()).context_length == 32768
+    finally:
+        await remote.aclose()
+
+
+async def test_capabilities_report_model_and_context() -> None:
+    with serve_in_thread(ModelServerConfig(model_id="zaya-toy", max_model_len=4096)) as server:
+        async with RemoteBackend(server.base_url) as remote:
+            capabilities = await remote.capabilities()
+    assert capabilities.model == "zaya-toy"
+    assert capabilities.context_length == 4096
+    assert capabilities.exact_tokenizer
+    assert not capabilities.separate_reasoning  # not learned before the first response
+
+
+# -- retries and errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "attempts"),
+    [
+        ({"status": 429, "retry_after": 0, "times": 2}, 3),
+        ({"status": 503}, 2),
+        ({"status": 500, "times": 2}, 3),
+        ({"drop_connection": True}, 2),
+        ({"delay_s": 10}, 2),
+    ],
+    ids=["429", "503", "500x2", "dropped", "read-timeout"],
+)
+async def test_transient_failures_are_retried(server: ModelServerHandle, rule: dict[str, Any], attempts: int) -> None:
+    server.set_faults([rule])
+    async with RemoteBackend(server.base_url, BackendOptions(read_timeout_s=0.5, **FAST)) as remote:
+        generation = await remote.generate(chat(seed=7))
+    assert "\\boxed{" in generation.text
+    log = server.requests()
+    assert len(log) == attempts
+    assert len({entry["key"] for entry in log}) == 1, "every attempt is the same logical request"
+    assert log[-1]["status"] == 200
+
+
+async def test_retry_after_is_honoured(server: ModelServerHandle) -> None:
+    server.set_faults([{"status": 429, "retry_after": 0.3, "times": 2}])
+    async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+        started = time.monotonic()
+        await remote.generate(chat(seed=1))
+    # Backoff alone would wait about 0.01 + 0.02 s; the server asked for 0.3 s twice.
+    assert time.monotonic() - started >= 0.55
+
+
+async def test_retries_are_bounded(server: ModelServerHandle) -> None:
+    server.set_faults([{"status": 503, "always": True, "message": "overloaded"}])
+    async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+        with pytest.raises(Exception, match="503: overloaded") as raised:
+            await remote.generate(chat())
+    assert type(raised.value).__name__ == "TransientBackendError"
+    assert len(server.requests()) == FAST["max_retries"] + 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_permanent_errors_fail_at_once(backend: RemoteBackend, server: ModelServerHandle, status: int) -> None:
+    server.set_faults([{"status": status, "message": "nope, not this", "always": True}])
+    with pytest.raises(PermanentBackendError, match=f"{status}: nope, not this") as raised:
+        await backend.generate(chat())
+    assert not isinstance(raised.value, ContextLengthError)
+    assert "/v1/chat/completions" in str(raised.value)
+    assert len(server.requests()) == 1, "a permanent error must not be retried"
+
+
+async def test_context_length_error(backend: RemoteBackend, server: ModelServerHandle) -> None:
+    with pytest.raises(ContextLengthError, match="maximum context length is 32768"):
+        await backend.generate(chat(max_tokens=40_000))
+    assert len(server.requests()) == 1
+
+
+async def test_api_key_is_sent_as_bearer() -> None:
+    with serve_in_thread(ModelServerConfig(api_key="sekrit")) as server:
+        async with RemoteBackend(server.base_url, BackendOptions(api_key="sekrit", **FAST)) as remote:
+            assert "\\boxed{" in (await remote.generate(chat())).text
+        async with RemoteBackend(server.base_url, BackendOptions(model="toy", **FAST)) as anonymous:
+            with pytest.raises(PermanentBackendError, match="401"):
+                await anonymous.generate(chat())
+
+
+@pytest.fixture
+def html_server() -> Iterator[str]:
+    """A plain web server that answers every GET and POST with an HTML page."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body>Welcome to nginx!</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("model", [None, "toy"])
+async def test_non_openai_server_is_unavailable(html_server: str, model: str | None) -> None:
+    async with RemoteBackend(html_server, BackendOptions(model=model, **FAST)) as remote:
+        with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1.*not OpenAI-compatible JSON.*nginx"):
+            await remote.generate(chat())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_unreachable_server_is_unavailable() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    async with RemoteBackend(url, BackendOptions(model="toy", **FAST)) as remote:
+        with pytest.raises(BackendUnavailableError, match=f"cannot reach {url}/chat/completions"):
+            await remote.generate(chat())
+
+
+# -- throughput controls -------------------------------------------------------------------------------------
+
+
+async def test_concurrency_cap_is_respected() -> None:
+    with serve_in_thread(ModelServerConfig(latency_ms=100)) as server:
+        async with RemoteBackend(server.base_url, BackendOptions(max_concurrency=3, **FAST)) as remote:
+            await asyncio.gather(*(remote.generate(chat(seed=i)) for i in range(10)))
+        log = server.log()
+    assert len(log["requests"]) == 10
+    assert log["max_in_flight"] == 3
+
+
+async def test_rate_limit_paces_requests(server: ModelServerHandle) -> None:
+    async with RemoteBackend(server.base_url, BackendOptions(requests_per_s=20, **FAST)) as remote:
+        await remote.capabilities()
+        started = time.monotonic()
+        await asyncio.gather(*(remote.generate(chat(seed=i)) for i in range(5)))
+    assert time.monotonic() - started >= 0.19  # four gaps of 1/20 s
+    arrivals = [entry["time"] for entry in server.requests()]
+    assert max(arrivals) - min(arrivals) >= 0.19
+
+
+# -- token counting and tails --------------------------------------------------------------------------------
+
+
+def long_text(repeats: int = 60) -> str:
+    return "".join(f"Step {i}: {MULTIBYTE}" for i in range(repeats))
+
+
+async def test_tail_by_server_bisection(backend: RemoteBackend, server: ModelServerHandle) -> None:
+    text = long_text()
+    tail = await backend.tail(text, 100)
+    assert text.endswith(tail.text)
+    assert tail.source_tokens == len(tokenize(text))
+    assert tail.tokens == len(tokenize(tail.text)) <= 100
+    # The same cut as with the server tokenizer's own offsets.
+    starts = list(itertools.accumulate((len(piece) for piece in tokenize(text)), initial=0))[:-1]
+    assert tail == tail_from_offsets(text, starts, 100)
+    # O(log len) counts: probe + whole text + bisection + kept suffix.
+    assert server.log()["tokenize_calls"] <= len(text).bit_length() + 3
+
+
+async def test_short_text_is_kept_whole(backend: RemoteBackend) -> None:
+    tail = await backend.tail("short text", 100)
+    assert (tail.text, tail.tokens, tail.trimmed) == ("short text", 3, False)
+
+
+async def test_count_tokens_includes_chat_template(backend: RemoteBackend) -> None:
+    request = chat("one two three")
+    assert await backend.count_tokens(request) == len(tokenize("<|user|>\none two three\n<|assistant|>\n"))
+    assert await backend.count_tokens(GenerationRequest(prompt="one two", max_tokens=5)) == 3
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small byte-level BPE: multi-byte characters become several tokens sharing one start offset."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([long_text(5)], trainer)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("budget", [7, 50, 333])
+@pytest.mark.parametrize("text", [long_text(), "数学の問題" * 200], ids=["mixed", "cjk-no-spaces"])
+async def test_tail_by_local_tokenizer_json(
+    server: ModelServerHandle, tokenizer_json: Path, text: str, budget: int
+) -> None:
+    server.set_faults([{"path": "/tokenize", "status": 404, "always": True}])
+    options = BackendOptions(tokenizer_path=str(tokenizer_json), **FAST)
+    async with RemoteBackend(server.base_url, options) as remote:
+        tail = await remote.tail(text, budget)
+        assert (await remote.capabilities()).exact_tokenizer
+    encode = Tokenizer.from_file(str(tokenizer_json)).encode
+    assert text.endswith(tail.text) and tail.text
+    assert tail.tokens <= budget
+    assert len(encode(tail.text, add_special_tokens=False).ids) <= budget
+    assert tail.source_tokens == len(encode(text, add_special_tokens=False).ids)
+
+
+async def test_approximate_tokenizer_is_the_last_resort(
+    server: ModelServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.set_faults([{"path": "/tokenize", "status": 404, "always": True}])
+    async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+        with caplog.at_level(logging.WARNING, logger="rsa_service.backends.remote"):
+            tail = await remote.tail(long_text(), 64)
+            await remote.tail(long_text(), 32)
+        assert not (await remote.capabilities()).exact_tokenizer
+    assert tail.tokens <= 64 and long_text().endswith(tail.text)
+    assert sum("estimates" in r.message for r in caplog.records) == 1
+
+
+# -- client units (respx) ------------------------------------------------------------------------------------
+
+BASE = "http://llm.test/v1"
+
+
+@respx.mock
+async def test_llama_cpp_tokenizer_flavour() -> None:
+    def tokenize_route(request: httpx.Request) -> httpx.Response:
+        payload = json.loads(request.content)
+        if "content" not in payload:
+            return httpx.Response(400, json={"error": {"message": "'content' is required"}})
+        return httpx.Response(200, json={"tokens": list(range(len(payload["content"].split())))})
+
+    respx.post("http://llm.test/tokenize").mock(side_effect=tokenize_route)
+    async with RemoteBackend(BASE, BackendOptions(model="m", **FAST)) as remote:
+        # No server-side chat template: the documented per-message estimate applies.
+        assert await remote.count_tokens(chat("a b c")) == 3 + 4 + 3
+        tail = await remote.tail("w " * 50, 10)
+    assert tail.tokens <= 10 and tail.source_tokens == 50
+
+
+@respx.mock
+async def test_json_without_choices_is_unavailable() -> None:
+    respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(200, json={"status": "ok"}))
+    async with RemoteBackend(BASE, BackendOptions(model="m", **FAST)) as remote:
+        with pytest.raises(BackendUnavailableError, match="not an OpenAI completion"):
+            await remote.generate(chat())
+
+
+@respx.mock
+async def test_vllm_legacy_error_shape_maps_to_context_length() -> None:
+    error = {"object": "error", "message": "This model's maximum context length is 8192 tokens.", "code": 400}
+    route = respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(400, json=error))
+    async with RemoteBackend(BASE, BackendOptions(model="m", **FAST)) as remote:
+        with pytest.raises(ContextLengthError, match="400: This model's maximum context length is 8192"):
+            await remote.generate(chat())
+    assert route.call_count == 1
