@@ -31,7 +31,15 @@ from rsa_service.backends.base import (
 )
 from rsa_service.backends.remote import RemoteBackend
 from rsa_service.core.tails import tail_from_offsets
-from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_thread, tokenize
+from tests.modelserver import (
+    ModelServerConfig,
+    ModelServerHandle,
+    choose_answer,
+    correct_answer,
+    serve_in_subprocess,
+    serve_in_thread,
+    tokenize,
+)
 
 FAST = {"retry_backoff_s": 0.01, "retry_max_wait_s": 2.0, "max_retries": 3}
 PROBLEM = "Compute the value. ANSWER=42"
@@ -405,3 +413,34 @@ async def test_vllm_legacy_error_shape_maps_to_context_length() -> None:
         with pytest.raises(ContextLengthError, match="400: This model's maximum context length is 8192"):
             await remote.generate(chat())
     assert route.call_count == 1
+
+
+# -- the model server itself ---------------------------------------------------------------------------------
+
+
+def test_model_server_answers_are_meaningful_for_rsa() -> None:
+    assert correct_answer("Find x. ANSWER=\\frac{1}{2}") == "\\frac{1}{2}"
+    assert correct_answer("no hint") == correct_answer("no hint")
+    assert all(choose_answer(PROBLEM, seed, 1.0) == "42" for seed in range(20))
+    assert all(choose_answer(PROBLEM, seed, 0.0) in {"43", "44", "45"} for seed in range(20))
+    share = sum(choose_answer(PROBLEM, seed, 0.6) == "42" for seed in range(400)) / 400
+    assert 0.5 < share < 0.7
+    candidates = "".join(f"--- Candidate {i} ---\\nso \\boxed{{{a}}}\\n" for i, a in enumerate("7552", 1))
+    assert choose_answer(f"{PROBLEM}\\n{candidates}Put the answer in \\boxed{{}}.", 0, 0.0) == "5"
+    tie = "--- Candidate 1 ---\\n\\boxed{9}\\n--- Candidate 2 ---\\n\\boxed{8}"
+    assert choose_answer(f"{PROBLEM}\\n{tie}", 0, 0.0) == "9"
+    assert choose_answer(f"{PROBLEM}\\n--- Earlier attempt ---\\n\\boxed{{11}}", 0, 0.0) == "11"
+
+
+async def test_model_server_as_a_subprocess() -> None:
+    config = ModelServerConfig(reasoning_style="reasoning", usage=False, faults=[{"status": 503}], p_correct=1.0)
+    with serve_in_subprocess(config) as server:
+        assert server.process is not None
+        async with RemoteBackend(server.base_url, BackendOptions(**FAST)) as remote:
+            generation = await remote.generate(chat(seed=1))
+            assert generation.reasoning.endswith("\\boxed{42}.") and generation.usage.completion_tokens > 0
+            assert [entry["status"] for entry in server.requests()] == [503, 200]
+            server.process.kill()
+            server.process.wait()
+            with pytest.raises(BackendUnavailableError, match="cannot reach"):
+                await remote.generate(chat(seed=2))
