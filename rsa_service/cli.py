@@ -160,7 +160,9 @@ async def _reason(
             await check_fits(backend, spec)
             if not job_id:
                 job_id = await store.create(spec, queue=False)
-            stderr.print(f"job {job_id} (continue it with: rsa reason --resume {job_id})", highlight=False)
+            stderr.print(
+                f"job {job_id} (continue it with: rsa reason --resume {job_id})", highlight=False, soft_wrap=True
+            )
             viewer = None if quiet else asyncio.create_task(_show_progress(store, job_id, spec))
             try:
                 outcome = await _claim_and_run(store, backend, job_id, settings, concurrency)

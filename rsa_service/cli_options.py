@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -112,5 +113,9 @@ def with_job_options(command: F) -> F:
         )
         return command(*args, job=job, **kwargs)
 
-    wrapper.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    # Typer reads resolved annotations: string annotations (PEP 563) of `command` are resolved here.
+    hints = typing.get_type_hints(command, include_extras=True)
+    parameters = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own] + extra
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper  # type: ignore[return-value]

@@ -87,6 +87,11 @@ def _math_verify_equal(a: str, b: str) -> bool:
     return bool(verify(_parsed(a), _parsed(b), timeout_seconds=_timeout()))
 
 
+def _not_timeout_notice(record: logging.LogRecord) -> bool:
+    # Off the main thread we must run without math-verify's SIGALRM timeout; it warns on every call.
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
 @lru_cache(maxsize=1)
 def default_equivalence() -> Callable[[str, str], bool]:
     """math-verify when importable, else exact equality of normalised strings."""
@@ -95,6 +100,8 @@ def default_equivalence() -> Callable[[str, str], bool]:
     except ImportError:
         log.info("math-verify not installed: answers are compared as normalised strings")
         return str.__eq__
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_not_timeout_notice)
     return lambda a, b: a == b or _math_verify_equal(a, b)
 
 

@@ -85,12 +85,15 @@ async def run_attempt(
     job = await store.get(job_id)
     runner = JobRunner(store, backend, job, claim.fence, concurrency=concurrency)
     log.info("job %s: claimed by %s (fence %d, attempt %d)", job_id, owner, claim.fence, claim.attempts)
+    result: JobResult | None = None
     try:
         async with asyncio.TaskGroup() as group:
             keeper = group.create_task(keep_lease(store, job_id, claim.fence, lease_s))
             result = await runner.run()
             keeper.cancel()
     except* LeaseLost:
+        pass  # settled below: `return` may not appear in an except* block
+    if result is None:
         return await _settle_lost(store, job_id, runner)
     return AttemptOutcome(result.status, result=result)  # type: ignore[arg-type]
 

@@ -32,7 +32,7 @@ def test_user_templates_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one candidate"):
         templates.render("Q", [])
     (tmp_path / "refine.jinja").unlink()
-    with pytest.raises(ValueError, match="lacks refine.jinja"):
+    with pytest.raises(ValueError, match=r"lacks refine\.jinja"):
         PromptTemplates.load(tmp_path)
 
 

@@ -5,8 +5,9 @@ from rsa_service.core.summary import summarise
 
 
 def step(r: int, s: int, answer: str | None, **extra: object) -> StepResult:
-    return StepResult(round=r, slot=s, answer=answer, tail="t", usage=Usage(prompt_tokens=10, completion_tokens=5),
-                      **extra)
+    return StepResult(
+        round=r, slot=s, answer=answer, tail="t", usage=Usage(prompt_tokens=10, completion_tokens=5), **extra
+    )
 
 
 def steps_of(*items: StepResult) -> dict[str, StepResult]:
@@ -16,8 +17,14 @@ def steps_of(*items: StepResult) -> dict[str, StepResult]:
 def test_round_stats_and_vote() -> None:
     params = RSAParams(population=4, subset=2, rounds=1, trace_tokens=10, tail_tokens=5)
     steps = steps_of(
-        step(0, 0, "1"), step(0, 1, "2", finish_reason="length"), step(0, 2, None), step(0, 3, "1"),
-        step(1, 0, "2"), step(1, 1, "2"), step(1, 2, "2"), StepResult(round=1, slot=3, status="failed", error="x"),
+        step(0, 0, "1"),
+        step(0, 1, "2", finish_reason="length"),
+        step(0, 2, None),
+        step(0, 3, "1"),
+        step(1, 0, "2"),
+        step(1, 1, "2"),
+        step(1, 2, "2"),
+        StepResult(round=1, slot=3, status="failed", error="x"),
     )
     summary = summarise(params, steps)
     first, last = summary.rounds
