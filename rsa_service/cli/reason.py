@@ -1,108 +1,36 @@
-"""The `rsa` command. Every command takes `--json` for machine output; errors are one line on stderr."""
+"""`rsa reason`: one job run to completion in this process, with live progress; `--resume` continues one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated
 
-import redis
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
-from rsa_service.backends import BackendError, BackendOptions, open_backend
+from rsa_service.backends import open_backend
 from rsa_service.backends.base import Backend
-from rsa_service.backends.engine.cli import engine_app
-from rsa_service.cli_options import JobOptions, describe_validation, with_job_options
-from rsa_service.config import Settings, backend_api_key
-from rsa_service.core.params import check_problem
-from rsa_service.core.prompts import PromptTemplates
+from rsa_service.cli.common import (
+    EXIT_FAILED,
+    CLIError,
+    backend_options,
+    build_spec,
+    read_problem,
+    run_async,
+    stderr,
+    stdout,
+)
+from rsa_service.cli.options import JobOptions, with_job_options
+from rsa_service.cli.progress import LiveProgress, follow_events, render_result
+from rsa_service.config import Settings
 from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_owner_id, run_attempt
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.models import JobResult, JobSpec
 from rsa_service.jobs.runner import check_fits
-from rsa_service.jobs.store import JobNotFound, JobStore
-from rsa_service.progress import LiveProgress, follow_events, render_result
+from rsa_service.jobs.store import JobStore
 
-app = typer.Typer(
-    name="rsa",
-    help="Markovian Recursive Self-Aggregation: frontier answers from small reasoning models.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-app.add_typer(engine_app, name="engine", help="Drive the in-process ZAYA1 engine directly.")
-
-stdout = Console()
-stderr = Console(stderr=True)
-T = TypeVar("T")
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 CLAIM_RETRY_S = 1.0
-NO_BACKEND = (
-    "no backend configured: pass --backend openai:http://HOST:PORT/v1 (any OpenAI-compatible server: vLLM, "
-    "SGLang, llama.cpp) or --backend engine:/path/to/checkpoint, or set RSA_BACKEND"
-)
-
-
-class CLIError(Exception):
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def run_async(main: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine, turning every expected failure into one clear line and an exit code."""
-    try:
-        return asyncio.run(main())  # type: ignore[arg-type]
-    except CLIError as exc:
-        fail(str(exc), exc.code)
-    except ValidationError as exc:
-        fail(describe_validation(exc))
-    except (ValueError, BackendError, JobNotFound) as exc:
-        fail(str(exc))
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        fail(f"cannot reach Redis: {exc}", EXIT_FAILED)
-    except RuntimeError as exc:
-        fail(str(exc), EXIT_FAILED)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-
-
-def read_problem(problem: str | None) -> str:
-    if problem is None:
-        raise CLIError("problem: give the problem text, or - to read it from stdin")
-    text = sys.stdin.read() if problem == "-" else problem
-    return check_problem(text)
-
-
-def backend_options(settings: Settings, model: str | None) -> BackendOptions:
-    return BackendOptions(
-        model=model or settings.model, api_key=backend_api_key(settings), tokenizer_path=settings.tokenizer
-    )
-
-
-def build_spec(settings: Settings, problem: str, job: JobOptions) -> JobSpec:
-    backend = job.backend or settings.backend
-    if not backend:
-        raise CLIError(NO_BACKEND)
-    return JobSpec(
-        problem=problem,
-        params=job.params(),
-        backend=backend,
-        model=job.model or settings.model,
-        templates=PromptTemplates.load(job.prompts),
-    )
 
 
 async def _claim_and_run(
@@ -193,7 +121,6 @@ def print_result(result: JobResult, as_json: bool) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command()
 @with_job_options
 def reason(
     problem: Annotated[str | None, typer.Argument(help="The problem text, or - for stdin.")] = None,
@@ -209,9 +136,5 @@ def reason(
     print_result(result, as_json)
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    app.command()(reason)

@@ -1,0 +1,3 @@
+from rsa_service.cli import main
+
+main()
