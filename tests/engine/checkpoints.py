@@ -116,7 +116,7 @@ def build_checkpoint(
         cca_time1=spec.cca_time1,
         tie_word_embeddings=spec.tie_embeddings,
         max_position_embeddings=4096,
-        initializer_range=0.1,
+        initializer_range=0.5,
         pad_token_id=ids["<pad>"],
         bos_token_id=ids["<bos>"],
         eos_token_id=ids["<|im_end|>"],

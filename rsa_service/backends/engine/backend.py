@@ -1,0 +1,140 @@
+"""`EngineBackend`: the Backend protocol over the in-process ZAYA1 engine (spec `engine:/path/to/checkpoint`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import torch
+
+from rsa_service.backends.base import (
+    BackendOptions,
+    Capabilities,
+    ContextLengthError,
+    Generation,
+    GenerationRequest,
+    PermanentBackendError,
+    Usage,
+)
+from rsa_service.backends.engine.batcher import Batcher, GenSequence
+from rsa_service.backends.engine.config import ZayaConfig
+from rsa_service.backends.engine.loader import load_model
+from rsa_service.backends.engine.runner import DEFAULT_PREFILL_CHUNK_TOKENS, ModelRunner
+from rsa_service.backends.engine.sampling import SamplingParams
+from rsa_service.backends.engine.scheduler import AsyncScheduler
+from rsa_service.backends.engine.tokenizer import ChatTokenizer, thinking_opened
+from rsa_service.core.reasoning import split_reasoning
+from rsa_service.core.tails import Tail, tail_from_offsets
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class EngineBackend:
+    """ZAYA1 generating in this process. Concurrent `generate` calls share one continuously batched engine."""
+
+    def __init__(
+        self,
+        config: ZayaConfig,
+        tokenizer: ChatTokenizer,
+        batcher: Batcher,
+        *,
+        name: str,
+        enable_thinking: bool = True,
+    ) -> None:
+        self.config, self.tokenizer, self.batcher = config, tokenizer, batcher
+        self._name = name
+        self._enable_thinking = enable_thinking
+        self._scheduler = AsyncScheduler(batcher)
+
+    @classmethod
+    def from_spec(
+        cls,
+        location: str,
+        options: BackendOptions,
+        *,
+        skip_returns_input: bool = False,
+        enable_thinking: bool = True,
+        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
+    ) -> EngineBackend:
+        """Load the checkpoint directory `location` (the part after `engine:`) with `options.dtype`/`device`.
+
+        `skip_returns_input` selects the release-time skip route; the default follows upstream transformers.
+        """
+        directory = Path(location).expanduser()
+        config, model = load_model(
+            directory,
+            dtype=_DTYPES[options.dtype],
+            device=options.device,
+            skip_returns_input=skip_returns_input,
+        )
+        runner = ModelRunner(model, config, prefill_chunk_tokens=prefill_chunk_tokens)
+        batcher = Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=options.max_concurrency)
+        return cls(
+            config,
+            ChatTokenizer.from_checkpoint(directory, config),
+            batcher,
+            name=options.model or directory.name,
+            enable_thinking=enable_thinking,
+        )
+
+    def render(self, request: GenerationRequest) -> tuple[list[int], bool]:
+        """Prompt token ids of `request`, and whether the prompt leaves a <think> block open."""
+        if request.messages is not None:
+            text = self.tokenizer.render(
+                [m.model_dump() for m in request.messages], enable_thinking=self._enable_thinking
+            )
+            return self.tokenizer.encode(text), thinking_opened(text)
+        if request.prompt is None:
+            raise PermanentBackendError("request: one of 'messages' or 'prompt' is required")
+        return self.tokenizer.encode_plain(request.prompt), thinking_opened(request.prompt)
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        prompt_ids, opened = self.render(request)
+        limit = self.config.max_position_embeddings
+        if len(prompt_ids) + request.max_tokens > limit:
+            raise ContextLengthError(
+                f"max_tokens: prompt ({len(prompt_ids)} tokens) + max_tokens ({request.max_tokens}) exceeds the "
+                f"context length {limit}"
+            )
+        params = SamplingParams(
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            min_p=request.min_p,
+            seed=request.seed,
+            stop=request.stop,
+        )
+        done = await self._scheduler.run(GenSequence(prompt_ids, params, stream=self.tokenizer.stream(request.stop)))
+        reasoning, answer = split_reasoning(done.text, thinking_opened=opened)
+        return Generation(
+            text=answer,
+            reasoning=reasoning,
+            finish_reason=done.finish_reason or "error",
+            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(done.output_ids)),
+        )
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        return len(self.render(request)[0])
+
+    async def tail(self, text: str, max_tokens: int) -> Tail:
+        starts = await asyncio.to_thread(self.tokenizer.token_starts, text)
+        return tail_from_offsets(text, starts, max_tokens)
+
+    async def capabilities(self) -> Capabilities:
+        return Capabilities(
+            model=self._name,
+            context_length=self.config.max_position_embeddings,
+            separate_reasoning=True,
+            exact_tokenizer=True,
+        )
+
+    def skip_route_counts(self) -> list[int]:
+        """Times each layer's MoE took the skip route, over every real token processed so far."""
+        return self.batcher.runner.skip_counts.tolist()
+
+    async def aclose(self) -> None:
+        await self._scheduler.aclose()

@@ -1,0 +1,93 @@
+"""`rsa engine ...`: drive the in-process engine directly. Imports torch only inside commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Literal, NoReturn
+
+import typer
+
+from rsa_service.backends.base import BackendError
+
+logger = logging.getLogger(__name__)
+
+engine_app = typer.Typer(help="Drive the in-process ZAYA1 engine.", no_args_is_help=True)
+
+
+def parse_ids(text: str, vocab_size: int) -> list[int]:
+    """'1,2,3' → [1, 2, 3], each id within the vocabulary."""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--prompt-ids: {text!r} is not a comma-separated list of integers") from exc
+    if not ids:
+        raise ValueError("--prompt-ids: empty")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"--prompt-ids: {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+@engine_app.command()
+def generate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint directory.")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Tokens to generate at most.")],
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Prompt text (BOS is prepended).")] = None,
+    prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", help="Prompt token ids, e.g. 1,2,3.")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token.")] = False,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    dtype: Annotated[Literal["bfloat16", "float32"], typer.Option(help="Compute dtype.")] = "bfloat16",
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"token_ids": [...], "text": ...}.')] = False,
+) -> None:
+    """Generate one completion; prints only the generated tokens' text (or JSON)."""
+    if (prompt is None) == (prompt_ids is None):
+        _fail("give exactly one of --prompt or --prompt-ids")
+    try:
+        ids, text = _run(
+            checkpoint, prompt, prompt_ids, max_tokens, dtype, 0.0 if greedy else temperature, top_p, top_k, seed
+        )
+    except (BackendError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"the engine needs the 'engine' extra (pip install 'rsa-service[engine]'): {exc}")
+    typer.echo(json.dumps({"token_ids": ids, "text": text}) if as_json else text)
+
+
+def _run(
+    checkpoint: Path,
+    prompt: str | None,
+    prompt_ids: str | None,
+    max_tokens: int,
+    dtype: str,
+    temperature: float,
+    top_p: float,
+    top_k: int | None,
+    seed: int | None,
+) -> tuple[list[int], str]:
+    import torch
+
+    from rsa_service.backends.engine.batcher import Batcher, GenSequence
+    from rsa_service.backends.engine.loader import load_model
+    from rsa_service.backends.engine.runner import ModelRunner
+    from rsa_service.backends.engine.sampling import SamplingParams
+    from rsa_service.backends.engine.tokenizer import ChatTokenizer
+
+    if not checkpoint.is_dir():
+        raise ValueError(f"--checkpoint: {checkpoint} is not a directory")
+    config, model = load_model(checkpoint, dtype=getattr(torch, dtype))
+    tokenizer = ChatTokenizer.from_checkpoint(checkpoint, config)
+    ids = tokenizer.encode_plain(prompt) if prompt is not None else parse_ids(prompt_ids or "", config.vocab_size)
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    batcher = Batcher(ModelRunner(model, config), eos_token_ids=config.eos_token_ids, max_batch=1)
+    (seq,) = batcher.generate([GenSequence(ids, params, stream=tokenizer.stream())])
+    return seq.output_ids, seq.text
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)

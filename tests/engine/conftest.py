@@ -1,0 +1,61 @@
+"""Shared fixtures for the engine tests: tiny checkpoints built once per session, torch on one thread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from checkpoints import TinySpec, build_checkpoint  # noqa: E402 (after the importorskip guards)
+
+# Shapes that differ in every dimension the model reads: layers, heads, GQA ratio, head_dim (and so the rotary
+# and delayed-value splits), experts, conv kernels, vocab, tied or separate output head.
+SPECS = {
+    "tied": TinySpec(),
+    "untied-3layer": TinySpec(
+        layers=3, heads=6, kv_heads=3, head_dim=8, hidden=48, experts=3, cca_time0=3, vocab=300,
+        tie_embeddings=False, seed=1,
+    ),
+    "mqa-8expert": TinySpec(heads=2, kv_heads=1, head_dim=32, hidden=32, experts=8, cca_time0=1, cca_time1=3,
+                            vocab=400, seed=2),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The test machines' cores are shared: one intra-op thread is several times faster than oversubscribed two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def checkpoints_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every spec of SPECS built once, as {name: directory}."""
+    root = tmp_path_factory.mktemp("zaya")
+    return {name: build_checkpoint(root / name, spec) for name, spec in SPECS.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoints_dir: dict[str, Path]) -> Path:
+    return checkpoints_dir["untied-3layer"]
+
+
+@pytest.fixture
+def open_engine() -> object:
+    """Factory: (directory, max_batch=8, chunk=512, dtype=fp32) → (config, runner, batcher)."""
+    from rsa_service.backends.engine.batcher import Batcher
+    from rsa_service.backends.engine.loader import load_model
+    from rsa_service.backends.engine.runner import ModelRunner
+
+    def make(directory: Path, *, max_batch: int = 8, chunk: int = 512, dtype: object = None) -> tuple:
+        config, model = load_model(directory, dtype=dtype or torch.float32)
+        runner = ModelRunner(model, config, prefill_chunk_tokens=chunk)
+        return config, runner, Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=max_batch)
+
+    return make

@@ -1,0 +1,155 @@
+"""The engine's numbers against the transformers reference, and generation invariants on tiny checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoints import reference_model
+from conftest import SPECS
+
+from rsa_service.backends.engine.batcher import GenSequence
+from rsa_service.backends.engine.sampling import SamplingParams
+
+pytestmark = pytest.mark.engine
+
+
+def _prompt(vocab: int, length: int, seed: int) -> list[int]:
+    return torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0, stop_token_ids=())
+
+
+def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |ours − ref| / max |ref|: elementwise ratios blow up on logits near zero."""
+    return ((ours - reference).abs().max() / reference.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_full_sequence_logits_match_reference(name: str, checkpoints_dir: dict[str, Path], open_engine) -> None:
+    directory = checkpoints_dir[name]
+    config, runner, _ = open_engine(directory)
+    tokens = _prompt(config.vocab_size, 48, seed=3)
+    with torch.no_grad():
+        expected = reference_model(directory)(torch.tensor([tokens])).logits[0]
+    ours = runner.score(0, tokens)
+    assert ours.dtype == torch.float32
+    assert _relative_error(ours, expected) < 1e-4
+    assert sum(runner.skip_counts.tolist()) > 0, "the skip route should be exercised"
+
+
+def test_release_time_skip_route_changes_outputs(tiny_checkpoint: Path, open_engine) -> None:
+    from rsa_service.backends.engine.loader import load_model
+    from rsa_service.backends.engine.runner import ModelRunner
+
+    config, runner, _ = open_engine(tiny_checkpoint)
+    tokens = _prompt(config.vocab_size, 32, seed=4)
+    upstream = runner.score(0, tokens)
+    _, released = load_model(tiny_checkpoint, dtype=torch.float32, skip_returns_input=True)
+    assert sum(runner.skip_counts.tolist()) > 0
+    assert not torch.allclose(ModelRunner(released, config).score(0, tokens), upstream)
+
+
+@pytest.mark.parametrize("chunk", [4, 512])
+def test_prefill_then_decode_equals_full_sequence(chunk: int, tiny_checkpoint: Path, open_engine) -> None:
+    config, runner, _ = open_engine(tiny_checkpoint, chunk=chunk)
+    tokens = _prompt(config.vocab_size, 30, seed=5)
+    full = runner.score(1, tokens)
+    prompt_len = 11
+    runner.cache.reserve(2, len(tokens))
+    stepwise = [runner.prefill([0], [tokens[:prompt_len]])[0]]
+    for position in range(prompt_len, len(tokens)):
+        stepwise.append(runner.decode([0], [tokens[position]], [position])[0])
+    assert _relative_error(torch.stack(stepwise), full[prompt_len - 1 :]) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["tied", "mqa-8expert"])
+def test_greedy_64_tokens_match_reference_generate(name: str, checkpoints_dir: dict[str, Path], open_engine) -> None:
+    directory = checkpoints_dir[name]
+    config, _, batcher = open_engine(directory)
+    prompt = _prompt(config.vocab_size, 12, seed=6)
+    (seq,) = batcher.generate([GenSequence(prompt, _greedy(64))])
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        out = reference_model(directory).generate(
+            torch.tensor([prompt]), max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+    assert len(set(seq.output_ids)) > 8, "a degenerate loop would make this comparison weak"
+    assert seq.output_ids == out[0, len(prompt) :].tolist()
+    assert seq.finish_reason == "length"
+
+
+def _mixed_batch(vocab: int) -> list[GenSequence]:
+    lengths, budgets = [3, 17, 9, 30], [20, 7, 13, 16]
+    return [
+        GenSequence(
+            _prompt(vocab, n, seed=10 + i),
+            SamplingParams(max_tokens=m, temperature=0 if i % 2 else 0.9, top_k=50, seed=i, stop_token_ids=()),
+        )
+        for i, (n, m) in enumerate(zip(lengths, budgets, strict=True))
+    ]
+
+
+@pytest.mark.parametrize("max_batch", [8, 2])
+def test_mixed_length_batch_matches_each_alone(max_batch: int, tiny_checkpoint: Path, open_engine) -> None:
+    """max_batch=2 also makes sequences join mid-flight as others leave (continuous batching)."""
+    config, _, batcher = open_engine(tiny_checkpoint, max_batch=max_batch, chunk=8)
+    together = batcher.generate(_mixed_batch(config.vocab_size))
+    alone = [batcher.generate([seq])[0] for seq in _mixed_batch(config.vocab_size)]
+    assert [s.output_ids for s in together] == [s.output_ids for s in alone]
+    assert [len(s.output_ids) for s in together] == [20, 7, 13, 16]
+
+
+def test_same_seed_same_tokens_other_seed_differs(tiny_checkpoint: Path, open_engine) -> None:
+    config, _, batcher = open_engine(tiny_checkpoint)
+    prompt = _prompt(config.vocab_size, 10, seed=7)
+
+    def run(seed: int) -> list[int]:
+        params = SamplingParams(max_tokens=24, temperature=1.0, top_p=0.95, seed=seed, stop_token_ids=())
+        return batcher.generate([GenSequence(prompt, params)])[0].output_ids
+
+    first = run(1234)
+    assert run(1234) == first
+    assert run(4321) != first
+
+
+def test_cancelling_one_sequence_leaves_the_others_intact(tiny_checkpoint: Path, open_engine) -> None:
+    config, _, batcher = open_engine(tiny_checkpoint)
+    seqs = _mixed_batch(config.vocab_size)
+    finished = batcher.step(admit=seqs)
+    finished += batcher.step(cancel=[seqs[0]])
+    assert seqs[0] in finished and seqs[0].finish_reason == "cancelled"
+    while not batcher.idle:
+        batcher.step()
+    alone = [batcher.generate([seq])[0] for seq in _mixed_batch(config.vocab_size)[1:]]
+    assert [s.output_ids for s in seqs[1:]] == [s.output_ids for s in alone]
+    assert seqs[0].slot is None and len(seqs[0].output_ids) == 1
+
+
+def test_eos_stops_and_is_counted(tiny_checkpoint: Path, open_engine) -> None:
+    config, _, batcher = open_engine(tiny_checkpoint)
+    prompt = _prompt(config.vocab_size, 10, seed=8)
+    (free,) = batcher.generate([GenSequence(prompt, _greedy(20))])
+    eos = free.output_ids[5]
+    first = free.output_ids.index(eos)
+    params = SamplingParams(max_tokens=20, temperature=0, stop_token_ids=(eos,))
+    (stopped,) = batcher.generate([GenSequence(prompt, params)])
+    assert stopped.finish_reason == "stop"
+    assert stopped.output_ids == free.output_ids[: first + 1]
+
+
+def test_bfloat16_tracks_the_bfloat16_reference(tiny_checkpoint: Path, open_engine) -> None:
+    """bf16 rounding differs in places (our router softmax is fp32), so the bar is loose but far below chaos."""
+    config, runner, _ = open_engine(tiny_checkpoint, dtype=torch.bfloat16)
+    assert runner.model.dtype == torch.bfloat16
+    assert runner.model.model.layers[0].mlp.gate.balancing_biases.dtype == torch.float32
+    tokens = _prompt(config.vocab_size, 24, seed=9)
+    with torch.no_grad():
+        expected = reference_model(tiny_checkpoint).to(torch.bfloat16)(torch.tensor([tokens])).logits[0].float()
+    ours = runner.score(0, tokens)
+    assert ours.dtype == torch.float32
+    assert _relative_error(ours, expected) < 0.05
