@@ -58,7 +58,10 @@ def tail_from_offsets(text: str, starts: Sequence[int], max_tokens: int) -> Tail
     total = len(starts)
     if total <= max_tokens:
         return Tail(text=text, tokens=total, source_tokens=total)
-    cut = clean_boundary(text, starts[total - max_tokens])
+    first = total - max_tokens
+    while 0 < first < total and starts[first] == starts[first - 1]:
+        first += 1  # byte-level tokenizers give every token of one character the same start: skip the character
+    cut = clean_boundary(text, starts[first]) if first < total else len(text)
     kept = total - _first_at_or_after(starts, cut)
     return Tail(text=text[cut:], tokens=kept, source_tokens=total)
 

@@ -66,3 +66,11 @@ def test_approximate_tokens_over_count_words(text: str) -> None:
     starts = approximate_token_starts(text)
     assert starts == sorted(starts)
     assert len(starts) >= len(text.split())
+
+
+def test_tokens_sharing_a_start_are_never_over_budget() -> None:
+    text = "ab😀cd"
+    starts = [0, 1, 2, 2, 2, 3, 4]  # byte-level BPE: the emoji is three tokens that all start at 2
+    for budget in range(1, 8):
+        tail = tail_from_offsets(text, starts, budget)
+        assert tail.tokens <= budget and text.endswith(tail.text)
