@@ -6,11 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from checkpoints import TinySpec, build_checkpoint
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from checkpoints import TinySpec, build_checkpoint  # noqa: E402 (after the importorskip guards)
+# Test modules guard themselves with pytest.importorskip("torch") / ("transformers"); nothing here imports torch
+# at collection time, so the directory is skipped cleanly without the engine extra.
 
 # Shapes that differ in every dimension the model reads: layers, heads, GQA ratio, head_dim (and so the rotary
 # and delayed-value splits), experts, conv kernels, vocab, tied or separate output head.
@@ -28,6 +27,7 @@ SPECS = {
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """The test machines' cores are shared: one intra-op thread is several times faster than oversubscribed two."""
+    torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -49,6 +49,8 @@ def tiny_checkpoint(checkpoints_dir: dict[str, Path]) -> Path:
 @pytest.fixture
 def open_engine() -> object:
     """Factory: (directory, max_batch=8, chunk=512, dtype=fp32) → (config, runner, batcher)."""
+    import torch
+
     from rsa_service.backends.engine.batcher import Batcher
     from rsa_service.backends.engine.loader import load_model
     from rsa_service.backends.engine.runner import ModelRunner

@@ -8,6 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
 import torch
 from checkpoints import TinySpec, build_checkpoint
 from safetensors.torch import load_file, save_file

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
 from checkpoints import TinySpec, build_checkpoint
 
 pytestmark = pytest.mark.engine

@@ -6,6 +6,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
 import torch
 from checkpoints import reference_model
 from conftest import SPECS

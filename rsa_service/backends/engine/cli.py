@@ -13,7 +13,12 @@ from rsa_service.backends.base import BackendError
 
 logger = logging.getLogger(__name__)
 
-engine_app = typer.Typer(help="Drive the in-process ZAYA1 engine.", no_args_is_help=True)
+engine_app = typer.Typer(no_args_is_help=True)
+
+
+@engine_app.callback()
+def engine() -> None:
+    """Drive the in-process ZAYA1 engine (a group even with one command, so `engine generate` always parses)."""
 
 
 def parse_ids(text: str, vocab_size: int) -> list[int]:

@@ -126,6 +126,8 @@ class TextStream:
 
     def push(self, token_id: int) -> bool:
         """Add one generated token; True when a stop string has appeared (the text is cut before it)."""
+        if self.stopped:
+            return True
         self._ids.append(token_id)
         seen = self._tokenizer.decode(self._ids[self._prefix : self._read])
         window = self._tokenizer.decode(self._ids[self._prefix :])
