@@ -315,11 +315,11 @@ async def test_tail_by_server_bisection(backend: RemoteBackend, server: ModelSer
     assert text.endswith(tail.text)
     assert tail.source_tokens == len(tokenize(text))
     assert tail.tokens == len(tokenize(tail.text)) <= 100
-    # The same cut as with the server tokenizer's own offsets.
+    # Nearly as much as the cut made with the server tokenizer's own offsets (both then move to a clean boundary).
     starts = list(itertools.accumulate((len(piece) for piece in tokenize(text)), initial=0))[:-1]
-    assert tail == tail_from_offsets(text, starts, 100)
-    # O(log len) counts: probe + whole text + bisection + kept suffix.
-    assert server.log()["tokenize_calls"] <= len(text).bit_length() + 3
+    assert tail.tokens >= tail_from_offsets(text, starts, 100).tokens - 10
+    # An interpolating search: probe + whole text + a few counts, far fewer than bisection's log2(len).
+    assert server.log()["tokenize_calls"] <= 7
 
 
 async def test_short_text_is_kept_whole(backend: RemoteBackend) -> None:

@@ -1,7 +1,7 @@
 """Counting and cutting tokens for the remote backend, with the best tokenizer available.
 
 In order of preference: the server's own tokenize endpoint (exact, chat template included, but count-only, so
-tails are found by bisection over suffixes), a local `tokenizer.json` (exact, with offsets), or the documented
+tails are found by searching over suffixes), a local `tokenizer.json` (exact, with offsets), or the documented
 approximation `core.tails.approximate_token_starts` (errs towards more tokens, so tails stay within budget).
 The last two share one implementation, `OffsetCounter`, which differs only in where token starts come from.
 """
@@ -17,7 +17,7 @@ from rsa_service.core.tails import (
     Tail,
     approximate_token_starts,
     clean_boundary,
-    suffix_bisection,
+    suffix_search,
     tail_from_offsets,
 )
 
@@ -110,7 +110,7 @@ CountRequest = Callable[[dict[str, object]], Awaitable[int]]
 
 
 class ServerCounter:
-    """The server's tokenize endpoint. Count-only, so a tail is the longest suffix that fits (bisection).
+    """The server's tokenize endpoint. Count-only, so a tail is found by an interpolating search over suffixes.
 
     `count` takes a vLLM-style body (`prompt` + `add_special_tokens`, or `messages`) and returns the count;
     `chat_template` says the server renders `messages` itself (vLLM, SGLang) rather than only counting text
@@ -138,12 +138,16 @@ class ServerCounter:
         total = await self.count_text(text)
         if total <= max_tokens:
             return Tail(text=text, tokens=total, source_tokens=total)
-        search = suffix_bisection(len(text))
+        counts: dict[int, int] = {}
+        search = suffix_search(len(text), total, max_tokens)
         offset = next(search)
         try:
             while True:
-                offset = search.send(await self.count_text(text[offset:]) <= max_tokens)
+                counts[offset] = await self.count_text(text[offset:])
+                offset = search.send(counts[offset])
         except StopIteration as done:
-            cut = clean_boundary(text, done.value)
+            found = done.value
+        cut = clean_boundary(text, found)
         kept = text[cut:]
-        return Tail(text=kept, tokens=await self.count_text(kept), source_tokens=total)
+        tokens = counts[found] if cut == found and found in counts else await self.count_text(kept)
+        return Tail(text=kept, tokens=tokens, source_tokens=total)

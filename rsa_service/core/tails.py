@@ -77,22 +77,35 @@ def _first_at_or_after(starts: Sequence[int], offset: int) -> int:
     return lo
 
 
-def suffix_bisection(length: int) -> Generator[int, bool, int]:
-    """Find the smallest offset whose suffix fits a token budget, for tokenizers that count but give no offsets.
+def suffix_search(length: int, total_tokens: int, max_tokens: int) -> Generator[int, int, int]:
+    """Find an offset whose suffix fits `max_tokens`, for tokenizers that count but give no offsets.
 
-    A coroutine so the search stays pure: it yields a candidate offset, the caller sends back whether
-    `text[offset:]` fits (counting however it likes, e.g. over HTTP), and it returns the answer. Suffix counts are
-    monotone in practice, so O(log len) counts suffice.
+    A coroutine so the search stays pure: it yields a candidate offset, the caller sends back the token count of
+    `text[offset:]` (counted however it likes, e.g. over HTTP), and it returns the answer. Token counts grow
+    almost linearly with text length, so interpolating on them (regula falsi, with a bisection step whenever one
+    side stalls) lands within a few counts; any fitting suffix within `tolerance` tokens of the budget is taken,
+    since the cut then moves to a clean boundary anyway.
     """
-    lo, hi = 0, length
-    while lo < hi:
-        mid = (lo + hi) // 2
-        fits = yield mid
-        if fits:
-            hi = mid
+    tolerance = max(1, max_tokens // 64)
+    low, low_count = 0, total_tokens  # does not fit
+    high, high_count = length, 0  # fits
+    stalled = 0
+    while high - low > 1:
+        if stalled >= 2:
+            guess = (low + high) // 2
         else:
-            lo = mid + 1
-    return lo
+            share = (low_count - max_tokens) / max(low_count - high_count, 1)
+            guess = min(high - 1, max(low + 1, low + round((high - low) * share)))
+        count = yield guess
+        if count <= max_tokens:
+            stalled = stalled + 1 if high_count and count == high_count else 0
+            high, high_count = guess, count
+            if count >= max_tokens - tolerance:
+                break
+        else:
+            stalled = stalled + 1 if low_count == count else 0
+            low, low_count = guess, count
+    return high
 
 
 _APPROX_TOKEN = re.compile(r"\s*(?:[A-Za-z]{1,4}|\d|[^\sA-Za-z\d])", re.UNICODE)

@@ -4,7 +4,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from rsa_service.core.tails import (
     approximate_token_starts,
     clean_boundary,
-    suffix_bisection,
+    suffix_search,
     tail_from_offsets,
 )
 
@@ -44,20 +44,38 @@ def test_multibyte_text_is_never_split() -> None:
         tail.text.encode("utf-8")  # a split surrogate or character would not encode
 
 
-def test_suffix_bisection_finds_the_longest_fitting_suffix() -> None:
+def _search(text: str, budget: int, count) -> tuple[int, int]:
+    search = suffix_search(len(text), count(text), budget)
+    calls = 0
+    offset = next(search)
+    try:
+        while True:
+            calls += 1
+            offset = search.send(count(text[offset:]))
+    except StopIteration as done:
+        return done.value, calls
+
+
+@pytest.mark.parametrize("budget", [1, 3, 50, 200, 999])
+def test_suffix_search_fits_the_budget_in_few_counts(budget: int) -> None:
+    text = " ".join(f"w{i % 97}" + ("!" * (i % 5)) for i in range(1000))
+
+    def count(fragment: str) -> int:
+        return len(approximate_token_starts(fragment))
+
+    start, calls = _search(text, budget, count)
+    assert count(text[start:]) <= budget
+    assert count(text[start:]) >= budget - max(1, budget // 64) or count(text[start - 1 :]) > budget
+    assert calls <= 12
+
+
+def test_suffix_search_on_a_short_text() -> None:
     text = "one two three four five six"
 
     def count(fragment: str) -> int:
         return len(fragment.split())
 
-    search = suffix_bisection(len(text))
-    offset = next(search)
-    try:
-        while True:
-            offset = search.send(count(text[offset:]) <= 3)
-    except StopIteration as done:
-        start = done.value
-    assert count(text[start:]) <= 3 and count(text[start - 1 :]) > 3 if start else True
+    start, _ = _search(text, 3, count)
     assert text[start:].split() == ["four", "five", "six"]
 
 
