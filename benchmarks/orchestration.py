@@ -19,17 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from redis.asyncio import Redis  # noqa: E402
+from redis.asyncio import Redis
 
-from rsa_service.backends import BackendOptions, open_backend  # noqa: E402
-from rsa_service.core.params import RSAParams  # noqa: E402
-from rsa_service.core.prompts import PromptTemplates  # noqa: E402
-from rsa_service.jobs.attempt import run_attempt  # noqa: E402
-from rsa_service.jobs.embedded import EmbeddedRedis  # noqa: E402
-from rsa_service.jobs.models import JobSpec  # noqa: E402
-from rsa_service.jobs.runner import check_fits  # noqa: E402
-from rsa_service.jobs.store import JobStore  # noqa: E402
-from tests.modelserver import ModelServerConfig, serve_in_subprocess  # noqa: E402
+from rsa_service.backends import BackendOptions, open_backend
+from rsa_service.core.params import RSAParams
+from rsa_service.core.prompts import PromptTemplates
+from rsa_service.jobs.attempt import run_attempt
+from rsa_service.jobs.embedded import EmbeddedRedis
+from rsa_service.jobs.models import JobSpec
+from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.store import JobStore
+from tests.modelserver import ModelServerConfig, serve_in_subprocess
 
 
 async def one_job(store: JobStore, base_url: str, params: RSAParams) -> float:
