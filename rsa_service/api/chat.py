@@ -1,0 +1,271 @@
+"""POST /v1/chat/completions, OpenAI-compatible.
+
+With an `rsa` object in the body the request runs as a durable job (N, K, T, ... from that object; the last user
+message is the problem) and answers with an ordinary chat completion whose `usage` sums every generation, plus
+an `rsa` object (job id, per-round answers). `stream: true` sends progress as SSE comments, which OpenAI
+clients ignore, then the answer as chunks. Without `rsa` the request goes to the default backend untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
+
+from rsa_service.api.auth import tenant
+from rsa_service.api.errors import ApiError, field_error, problem_responses, validation_errors
+from rsa_service.api.routes_jobs import build_spec, create_job, resolve_backend
+from rsa_service.api.sse import follow
+from rsa_service.api.views import steps_total
+from rsa_service.backends import BackendError, ChatMessage, GenerationRequest, split_spec
+from rsa_service.client.models import JobCreate
+from rsa_service.config import backend_api_key
+from rsa_service.core.answers import equivalent
+from rsa_service.core.steps import FINAL_STEP, RoundStats, StepResult
+from rsa_service.core.summary import round_steps
+from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.idempotency import fingerprint
+from rsa_service.jobs.models import JobRecord, JobResult
+from rsa_service.jobs.store import JobStore, new_job_id
+
+router = APIRouter(tags=["chat"])
+DEFAULT_PASS_THROUGH_TOKENS = 4096
+SAMPLING_FIELDS = ("temperature", "top_p", "seed")
+
+
+class ChatRequest(BaseModel):
+    """The fields this route reads; everything else is kept and passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(max_length=256)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    rsa: dict[str, Any] | None = Field(default=None, description="RSA settings: population, subset, rounds, ...")
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _problem_of(chat: ChatRequest) -> str:
+    users = [_text(m.get("content")) for m in chat.messages if m.get("role") == "user"]
+    if not users or not users[-1].strip():
+        raise field_error("messages", "needs a user message with text: it is the problem RSA works on")
+    return users[-1]
+
+
+def _job_body(chat: ChatRequest) -> JobCreate:
+    extra = chat.model_extra or {}
+    sampling = {name: extra[name] for name in SAMPLING_FIELDS if extra.get(name) is not None}
+    fields = {**sampling, **(chat.rsa or {}), "problem": _problem_of(chat), "model": chat.model}
+    try:
+        return JobCreate.model_validate(fields)
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors())
+        for error in errors:
+            if error.field not in ("problem", "model", *SAMPLING_FIELDS) or error.field in (chat.rsa or {}):
+                error.field = f"rsa.{error.field}"
+        raise ApiError(422, "; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors) from None
+
+
+def answer_text(result: JobResult, steps: dict[str, StepResult], population: int) -> str:
+    """The full text behind the selected answer: the final aggregation, else a last-round trace that agrees."""
+    final = steps.get(FINAL_STEP)
+    if final is not None and final.status == "ok" and final.text:
+        return final.text
+    if result.answer is None or not result.rounds:
+        return ""
+    for step in round_steps(steps, result.rounds[-1].round, population):
+        if step.answer is not None and equivalent(step.answer, result.answer):
+            return step.text or f"\\boxed{{{result.answer}}}"
+    return f"\\boxed{{{result.answer}}}"
+
+
+def completion(record: JobRecord, text: str, created: int) -> dict[str, Any]:
+    result = record.result
+    assert result is not None
+    usage = result.usage
+    return {
+        "id": f"chatcmpl-{record.id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": record.spec.model or "rsa",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length" if result.stopped_reason else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total,
+        },
+        "rsa": {
+            "job_id": record.id,
+            "answer": result.answer,
+            "select": result.select,
+            "rounds": [r.model_dump(mode="json") for r in result.rounds],
+            "stopped_reason": result.stopped_reason,
+        },
+    }
+
+
+def chunks(full: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished chat completion as OpenAI stream chunks: role, content, then finish reason with usage."""
+    choice = full["choices"][0]
+    base = {"id": full["id"], "object": "chat.completion.chunk", "created": full["created"], "model": full["model"]}
+    delta_role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    delta_text = {"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": None}
+    last = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
+    tail = {key: full[key] for key in ("usage", "rsa") if key in full}
+    return [base | {"choices": [delta_role]}, base | {"choices": [delta_text]}, base | {"choices": [last]} | tail]
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+async def _finished(store: JobStore, job_id: str) -> dict[str, Any]:
+    """The completion of a terminal job, or ApiError carrying the job's problem."""
+    record = await store.get(job_id)
+    if record.status != "completed" or record.result is None:
+        status = record.error.status if record.error else 409
+        detail = record.error.detail if record.error else f"job {job_id} ended {record.status}"
+        raise ApiError(status if status >= 400 else 502, f"job {job_id}: {detail}", kind=f"job-{record.status}")
+    text = answer_text(record.result, await store.steps(job_id), record.spec.params.population)
+    return completion(record, text, record.created_ms // 1000)
+
+
+async def _progress_comments(store: JobStore, record: JobRecord, block_ms: int) -> AsyncIterator[str]:
+    total = steps_total(record.spec)
+    done = 0
+    yield f": rsa job {record.id} queued ({total} generations)\n\n"
+    async for event in follow(store, record.id, "0-0", block_ms):
+        if event.type == "step":
+            done += 1
+            yield f": step {event.data.get('round')}:{event.data.get('slot')} done ({done}/{total})\n\n"
+        elif event.type == "round":
+            stats = RoundStats.model_validate(event.data)
+            yield f": round {stats.round} done: answer {stats.answer} (agreement {stats.agreement:.0%})\n\n"
+
+
+async def _stream_job(store: JobStore, record: JobRecord, block_ms: int) -> AsyncIterator[str]:
+    async for comment in _progress_comments(store, record, block_ms):
+        yield comment
+    try:
+        full = await _finished(store, record.id)
+    except ApiError as exc:
+        yield _sse({"error": {"message": exc.detail, "type": exc.kind, "code": exc.status}})
+        return
+    for chunk in chunks(full):
+        yield _sse(chunk)
+    yield _sse("[DONE]")
+
+
+async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
+    settings = request.app.state.settings
+    store: JobStore = request.app.state.store
+    body = _job_body(chat)
+    spec = build_spec(settings, request, body)
+    job_id = new_job_id()
+    await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
+    record = await store.get(job_id)
+    if chat.stream:
+        return StreamingResponse(_stream_job(store, record, settings.sse_block_ms), media_type="text/event-stream")
+    async for _ in follow(store, job_id, "0-0", settings.sse_block_ms):
+        pass
+    return JSONResponse(await _finished(store, job_id))
+
+
+async def _proxy(request: Request, base_url: str) -> Response:
+    """Forward the request as it came to an OpenAI-compatible backend and relay its answer, streaming or not."""
+    client: httpx.AsyncClient = request.app.state.http
+    key = backend_api_key(request.app.state.shared)
+    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {key}"} if key else {})
+    upstream = client.build_request(
+        "POST", base_url + "/chat/completions", content=await request.body(), headers=headers
+    )
+    try:
+        answer = await client.send(upstream, stream=True)
+    except httpx.HTTPError as exc:
+        raise ApiError(502, f"the backend did not answer: {type(exc).__name__}", kind="backend-unavailable") from None
+    relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "retry-after")}
+    return StreamingResponse(
+        answer.aiter_raw(), status_code=answer.status_code, headers=relayed, background=BackgroundTask(answer.aclose)
+    )
+
+
+async def _generate(request: Request, chat: ChatRequest, name: str) -> Response:
+    """Pass-through for a backend that is not HTTP: one Backend.generate call, shaped as a chat completion."""
+    extra = chat.model_extra or {}
+    try:
+        messages = tuple(ChatMessage(role=m.get("role"), content=_text(m.get("content"))) for m in chat.messages)
+        generation_request = GenerationRequest(
+            messages=messages,
+            max_tokens=extra.get("max_completion_tokens") or extra.get("max_tokens") or DEFAULT_PASS_THROUGH_TOKENS,
+            **{name: extra[name] for name in SAMPLING_FIELDS if extra.get(name) is not None},
+        )
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors())
+        raise ApiError(422, "; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors) from None
+    backend = await request.app.state.backends.get(name, chat.model)
+    try:
+        generation = await backend.generate(generation_request)
+    except BackendError as exc:
+        raise ApiError(502, f"the backend failed: {exc}", kind="backend-error") from None
+    usage = generation.usage
+    full = {
+        "id": f"chatcmpl-{new_job_id()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": chat.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text, "reasoning_content": generation.reasoning},
+                "finish_reason": "length" if generation.finish_reason == "length" else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total,
+        },
+    }
+    if chat.stream:
+        body = "".join(_sse(chunk) for chunk in chunks(full)) + _sse("[DONE]")
+        return Response(body, media_type="text/event-stream")
+    return JSONResponse(full)
+
+
+@router.post(
+    "/v1/chat/completions",
+    responses={
+        200: {"description": "A chat completion, or a stream of chunks with `stream: true`"},
+        **problem_responses(400, 401, 409, 413, 422, 429, 502, 503),
+    },
+    summary="OpenAI-compatible chat completions; RSA when the body has an `rsa` object",
+)
+async def chat_completions(request: Request, chat: ChatRequest, owner: str = Depends(tenant)) -> Response:
+    if chat.rsa is not None:
+        return await _run_rsa(request, chat, owner)
+    pool: BackendPool = request.app.state.backends
+    name = resolve_backend(pool.settings, None)
+    scheme, location = split_spec(pool.resolve(name))
+    if scheme == "openai":
+        return await _proxy(request, location.rstrip("/"))
+    return await _generate(request, chat, name)

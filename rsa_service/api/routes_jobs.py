@@ -1,0 +1,186 @@
+"""The job resource: create (idempotent), read, list, cancel, delete, and the audit view of its steps."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from rsa_service.api.auth import tenant
+from rsa_service.api.errors import ApiError, field_error, problem_responses
+from rsa_service.api.settings import ApiSettings, default_backend
+from rsa_service.api.views import job_view, owned_record, progress_many, step_records, to_job
+from rsa_service.client.models import Job, JobCreate, JobPage, StepList
+from rsa_service.config import Settings
+from rsa_service.core.params import RSAParams, check_problem
+from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
+from rsa_service.jobs.listing import BadCursor, count_active, list_jobs, track_active
+from rsa_service.jobs.models import TERMINAL_STATUSES, JobSpec, JobStatus
+from rsa_service.jobs.store import JobStore, new_job_id
+
+MAX_PAGE = 100
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Tenant = Annotated[str, Depends(tenant)]
+COMMON = (401, 404, 422, 503)
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+Store = Annotated[JobStore, Depends(_store)]
+Options = Annotated[ApiSettings, Depends(_settings)]
+
+
+def resolve_backend(shared: Settings, name: str | None) -> str:
+    """The configured backend a request names (422 naming `backend` otherwise); never a URL or a path."""
+    configured = shared.backends
+    if name is None:
+        default = default_backend(shared)
+        if default is None:
+            raise field_error("backend", f"required: name one of the configured backends {sorted(configured)}")
+        return default
+    if any(mark in name for mark in (":", "/", "\\")):
+        raise field_error("backend", "must be the name of a configured backend, not a URL or path")
+    if name not in configured:
+        raise field_error("backend", f"unknown backend {name!r}; configured: {sorted(configured)}")
+    return name
+
+
+def build_spec(settings: ApiSettings, request: Request, body: JobCreate) -> JobSpec:
+    """Validate a create body against the operator's limits: 422 naming the first offending field."""
+    limits = settings.limits
+    try:
+        problem = check_problem(body.problem, limits)
+    except ValueError as exc:
+        raise field_error("problem", str(exc).removeprefix("problem: ")) from None
+    backend = resolve_backend(request.app.state.shared, body.backend)
+    overrides = body.model_dump(exclude_none=True, exclude={"problem", "backend", "model"})
+    params = RSAParams.model_validate(overrides)  # cross-field errors: the ValidationError handler → 422
+    try:
+        params.check_limits(limits)
+    except ValueError as exc:
+        raise field_error(str(exc).split(" ", 1)[0], str(exc)) from None
+    return JobSpec(
+        problem=problem,
+        params=params,
+        backend=backend,
+        model=body.model or request.app.state.shared.model,
+        templates=request.app.state.templates,
+    )
+
+
+async def create_job(request: Request, store: JobStore, owner: str, spec: JobSpec, job_id: str, fp: str) -> None:
+    """Write the job durably (refusing a tenant at its limit of unfinished jobs), then count it."""
+    settings: ApiSettings = request.app.state.settings
+    if await count_active(store, owner) >= settings.max_active_jobs:
+        raise ApiError(
+            429,
+            f"this tenant already has {settings.max_active_jobs} unfinished jobs (the limit); retry later",
+            kind="too-many-jobs",
+            headers={"Retry-After": str(settings.busy_retry_after_s)},
+        )
+    await store.create(spec, tenant=owner, fingerprint=fp, job_id=job_id)
+    await track_active(store, owner, job_id)
+    request.app.state.metrics.jobs_created.labels(request.url.path).inc()
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Job,
+    responses=problem_responses(401, 409, 413, 422, 429, 503),
+    summary="Create a job (honours Idempotency-Key)",
+)
+async def create(
+    request: Request,
+    response: Response,
+    body: JobCreate,  # type: ignore[valid-type]
+    owner: Tenant,
+    store: Store,
+    settings: Options,
+    idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
+) -> Job:
+    spec = build_spec(settings, request, body)
+    fp = fingerprint(body.model_dump(mode="json", exclude_none=True))
+    if idempotency_key is None:
+        job_id = new_job_id()
+        await create_job(request, store, owner, spec, job_id, fp)
+    else:
+        try:
+            created = await create_once(
+                store, owner, idempotency_key, fp, lambda job_id: create_job(request, store, owner, spec, job_id, fp)
+            )
+        except KeyReused as exc:
+            raise ApiError(422, str(exc), kind="idempotency-key-reused") from None
+        except KeyInFlight as exc:
+            raise ApiError(409, str(exc), kind="idempotency-key-in-flight", headers={"Retry-After": "1"}) from None
+        job_id = created.job_id
+        if created.outcome == "replayed":
+            response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return await job_view(store, await store.get(job_id))
+
+
+@router.get("", response_model=JobPage, responses=problem_responses(401, 422, 503), summary="List jobs")
+async def list_(
+    owner: Tenant,
+    store: Store,
+    settings: Options,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+    after: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page.")] = None,
+    status: Annotated[list[JobStatus] | None, Query(description="Only jobs with these statuses.")] = None,
+) -> JobPage:
+    try:
+        page = await list_jobs(store, owner, limit=limit, after=after, status=frozenset(status) if status else None)
+    except BadCursor as exc:
+        raise field_error("after", str(exc).removeprefix("after: ")) from None
+    progress = await progress_many(store, page.jobs)
+    jobs = [to_job(record, p) for record, p in zip(page.jobs, progress, strict=True)]
+    return JobPage(data=jobs, has_more=page.next_cursor is not None, next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=Job, responses=problem_responses(*COMMON), summary="Get a job")
+async def get(job_id: str, response: Response, owner: Tenant, store: Store, settings: Options) -> Job:
+    job = await job_view(store, await owned_record(store, job_id, owner))
+    if not job.terminal:
+        response.headers["Retry-After"] = str(settings.poll_after_s)
+    return job
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=Job, responses=problem_responses(*COMMON), summary="Cancel (idempotent)"
+)
+async def cancel(job_id: str, owner: Tenant, store: Store) -> Job:
+    await owned_record(store, job_id, owner)
+    await store.cancel(job_id)
+    return await job_view(store, await store.get(job_id))
+
+
+@router.delete("/{job_id}", responses=problem_responses(401, 404, 409, 422, 503), summary="Delete a finished job")
+async def delete(job_id: str, owner: Tenant, store: Store) -> dict[str, object]:
+    record = await owned_record(store, job_id, owner)
+    if record.status not in TERMINAL_STATUSES:
+        raise ApiError(
+            409,
+            f"job {job_id} is {record.status}; cancel it and delete it once it has stopped",
+            kind="job-not-finished",
+            headers={"x-should-retry": "false"},
+        )
+    await store.delete(job_id)
+    return {"id": job_id, "object": "job.deleted", "deleted": True}
+
+
+@router.get(
+    "/{job_id}/steps",
+    response_model=StepList,
+    responses=problem_responses(*COMMON),
+    summary="Every committed step with its prompt, trace and tail (audit and replay)",
+)
+async def steps(job_id: str, owner: Tenant, store: Store) -> StepList:
+    record = await owned_record(store, job_id, owner)
+    return StepList(job_id=job_id, data=step_records(record.spec, await store.steps(job_id)))

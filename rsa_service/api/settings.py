@@ -1,0 +1,64 @@
+"""The API server's settings (`RSA_*` environment variables), beside the shared `config.Settings`.
+
+Backends are the operator's (`config.Settings`): `RSA_BACKENDS` is a JSON object of name → spec, and
+`RSA_BACKEND` (if set) is also available under the name `default`. Requests pick a backend by name only, and
+a job records that name, which the workers resolve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from rsa_service.config import Settings
+from rsa_service.core.params import Limits
+
+DEFAULT_BACKEND_NAME = "default"
+
+
+def tenant_of(api_key: str) -> str:
+    """A stable tenant id for a key that does not reveal the key."""
+    return "t_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RSA_", extra="ignore")
+
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False, description="Comma-separated API keys, each a tenant; empty: no auth."
+    )
+    prompts_dir: Path | None = Field(default=None, description="Aggregation templates; default: the bundled ones.")
+    limits: Limits = Field(default_factory=Limits)
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    max_active_jobs: int = Field(default=100, gt=0, description="Unfinished jobs per tenant.")
+    busy_retry_after_s: int = Field(default=5, gt=0, description="Retry-After when a tenant is at its limit.")
+    poll_after_s: int = Field(default=2, gt=0, description="Retry-After hint on a running job.")
+    sse_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on event streams.")
+    sse_block_ms: int = Field(default=1000, gt=0, description="How long one Redis read waits for new events.")
+    readiness_timeout_s: float = Field(default=3.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+
+def named_backends(shared: Settings) -> Settings:
+    """`shared` with `RSA_BACKEND` added as the backend named `default` (unless RSA_BACKENDS names one)."""
+    named = dict(shared.backends)
+    if shared.backend and DEFAULT_BACKEND_NAME not in named:
+        named[DEFAULT_BACKEND_NAME] = shared.backend
+    return shared.model_copy(update={"backends": named})
+
+
+def default_backend(shared: Settings) -> str | None:
+    """The backend a request gets when it names none: `default`, else the only one configured."""
+    if DEFAULT_BACKEND_NAME in shared.backends:
+        return DEFAULT_BACKEND_NAME
+    return next(iter(shared.backends)) if len(shared.backends) == 1 else None

@@ -1,0 +1,94 @@
+"""Job records as API resources: the `Job` view, its progress, and the audit view of its steps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from rsa_service.client.models import Job, Progress, StepRecord
+from rsa_service.core.plan import FINAL_SLOT
+from rsa_service.core.steps import StepResult, step_key
+from rsa_service.jobs.models import JobRecord, JobSpec
+from rsa_service.jobs.store import JobNotFound, JobStore
+
+
+def steps_total(spec: JobSpec) -> int:
+    params = spec.params
+    return params.stages * params.population + (1 if params.select == "aggregate" else 0)
+
+
+def progress_from_events(spec: JobSpec, entries: Sequence[tuple[str, dict[str, str]]]) -> Progress:
+    """Progress as the job's event stream tells it: steps as committed, prompt tokens once a round is summed."""
+    progress = Progress(stages=spec.params.stages, steps_total=steps_total(spec))
+    for _, fields in entries:
+        kind = fields.get("type")
+        if kind not in ("step", "round"):
+            continue
+        data = json.loads(fields.get("data") or "{}")
+        if kind == "step":
+            progress.steps_done += 1
+            progress.completion_tokens += int(data.get("completion_tokens") or 0)
+            progress.round = max(progress.round, int(data.get("round") or 0))
+        else:
+            progress.prompt_tokens += int((data.get("tokens") or {}).get("prompt_tokens") or 0)
+    return progress
+
+
+async def progress_many(store: JobStore, records: Sequence[JobRecord]) -> list[Progress]:
+    """Progress of several jobs in one round trip."""
+    if not records:
+        return []
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for record in records:
+            pipe.xrange(store.keys.job(record.id).events)
+        streams = await pipe.execute()
+    return [progress_from_events(r.spec, entries) for r, entries in zip(records, streams, strict=True)]
+
+
+def to_job(record: JobRecord, progress: Progress) -> Job:
+    return Job(
+        id=record.id,
+        status=record.status,
+        created_at=record.created_ms // 1000,
+        updated_at=record.updated_ms // 1000,
+        finished_at=record.finished_ms // 1000 if record.finished_ms else None,
+        backend=record.spec.backend,
+        model=record.spec.model,
+        params=record.spec.params,
+        progress=progress,
+        result=record.result,
+        error=record.error,
+    )
+
+
+async def owned_record(store: JobStore, job_id: str, tenant: str) -> JobRecord:
+    """The job if it belongs to `tenant`; another tenant's job is indistinguishable from a missing one."""
+    record = await store.get(job_id)
+    if record.tenant != tenant:
+        raise JobNotFound(job_id)
+    return record
+
+
+async def job_view(store: JobStore, record: JobRecord) -> Job:
+    [progress] = await progress_many(store, [record])
+    return to_job(record, progress)
+
+
+def rebuilt_prompt(spec: JobSpec, steps: dict[str, StepResult], step: StepResult) -> str | None:
+    """The user message `step` was generated from, rebuilt as the runner built it: the problem in round 0,
+    else the templates over the tails of the candidates it recorded, from the previous round. None for a
+    straggler record, which never had a prompt of its own."""
+    if step.round == 0:
+        return spec.problem
+    if not step.candidates:
+        return None
+    previous = spec.params.rounds if step.slot == FINAL_SLOT else step.round - 1
+    tails = [steps[step_key(previous, candidate)].tail for candidate in step.candidates]
+    return spec.templates.render(spec.problem, tails)
+
+
+def step_records(spec: JobSpec, steps: dict[str, StepResult]) -> list[StepRecord]:
+    ordered = sorted(steps.values(), key=lambda s: (s.round, s.slot))
+    return [
+        StepRecord(**step.model_dump(), position=step.key, prompt=rebuilt_prompt(spec, steps, step)) for step in ordered
+    ]

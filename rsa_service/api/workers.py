@@ -1,0 +1,33 @@
+"""In-process workers for `rsa serve --workers K` and in-process `rsa batch`: K `Worker` tasks on the app's store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from rsa_service.config import Settings
+from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.store import JobStore
+from rsa_service.jobs.worker import Worker
+
+
+def in_process_workers(
+    count: int, shared: Settings, *, allow_specs: bool = False
+) -> Callable[[JobStore], AbstractAsyncContextManager[None]]:
+    """A `create_app(background=...)` that runs `count` workers until the app stops, then drains them."""
+
+    @asynccontextmanager
+    async def run(store: JobStore) -> AsyncIterator[None]:
+        pool = BackendPool(shared, allow_specs=allow_specs)
+        stop = asyncio.Event()
+        workers = [Worker.from_settings(store, pool, shared) for _ in range(count)]
+        tasks = [asyncio.create_task(worker.run(stop), name=f"worker-{i}") for i, worker in enumerate(workers)]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await pool.aclose()
+
+    return run

@@ -1,0 +1,168 @@
+"""`RSAClient`: the blocking twin. Only the send loop lives here; decisions come from `_base`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from rsa_service.client._base import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_POLL_S,
+    DEFAULT_TIMEOUT,
+    NOT_GIVEN,
+    BaseClient,
+    NotGiven,
+    RequestOptions,
+    SSEDecoder,
+    Timeout,
+)
+from rsa_service.client._errors import status_error
+from rsa_service.client.models import Event, Job, JobPage, JobStatus, StepList
+from rsa_service.jobs.models import TERMINAL_STATUSES
+
+
+class RSAClient(BaseClient):
+    """Client of the rsa-service REST API. `transport` injects an httpx transport (tests, ASGI apps)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_max_wait_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_max_wait_s=retry_max_wait_s,
+        )
+        self._http = httpx.Client(transport=transport, timeout=DEFAULT_TIMEOUT)
+        self.jobs = Jobs(self)
+
+    def request(self, options: RequestOptions) -> httpx.Response:
+        """Send with retries; the response of the first success (a stream stays open: close it)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.send(self._build(self._http, options), stream=options.stream)
+            except httpx.HTTPError as exc:
+                wait = self._retry_after_error(attempt, exc)
+                if wait is None:
+                    raise self._connection_error(exc) from exc
+            else:
+                if response.is_success:
+                    return response
+                response.read()
+                wait = self._retry_after_response(attempt, response)
+                if wait is None:
+                    raise status_error(response)
+            time.sleep(wait)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Jobs:
+    """`client.jobs`: create, read, list, cancel, delete, wait for and follow jobs."""
+
+    def __init__(self, client: RSAClient) -> None:
+        self._client = client
+
+    def create(
+        self,
+        problem: str,
+        *,
+        backend: str | None = None,
+        model: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        **params: Any,
+    ) -> Job:
+        """Submit a job; `params` are RSA parameters (population, subset, rounds, trace_tokens, ...)."""
+        options = self._client._create_options(problem, backend, model, params, idempotency_key, timeout)
+        response = self._client.request(options)
+        return Job.model_validate_json(response.content)
+
+    def get(self, job_id: str, *, timeout: Timeout | NotGiven = NOT_GIVEN) -> Job:
+        response = self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}", timeout=timeout))
+        return Job.model_validate_json(response.content)
+
+    def page(self, *, limit: int = 20, after: str | None = None, status: Iterable[JobStatus] | None = None) -> JobPage:
+        """One page of jobs, newest first."""
+        response = self._client.request(self._client._list_options(limit, after, status))
+        return JobPage.model_validate_json(response.content)
+
+    def list(self, *, limit: int = 20, status: Iterable[JobStatus] | None = None) -> Iterator[Job]:
+        """Every job, newest first, fetching pages of `limit` as the iteration goes."""
+        after: str | None = None
+        while True:
+            page = self.page(limit=limit, after=after, status=status)
+            yield from page.data
+            if not page.has_more:
+                return
+            after = page.next_cursor
+
+    def cancel(self, job_id: str) -> Job:
+        response = self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/cancel"))
+        return Job.model_validate_json(response.content)
+
+    def delete(self, job_id: str) -> None:
+        self._client.request(RequestOptions("DELETE", f"/v1/jobs/{job_id}"))
+
+    def steps(self, job_id: str) -> StepList:
+        response = self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}/steps"))
+        return StepList.model_validate_json(response.content)
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll_s: float = DEFAULT_POLL_S) -> Job:
+        """Poll until the job is terminal, sleeping as the server's Retry-After says; WaitTimeout after `timeout`."""
+        started = time.monotonic()
+        while True:
+            response = self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}"))
+            job = Job.model_validate_json(response.content)
+            if job.terminal:
+                return job
+            time.sleep(self._client._poll_delay(job, response.headers, poll_s, timeout, started))
+
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
+        """The job's events until its terminal one; a dropped connection resumes after the last event seen."""
+        drops = 0
+        while True:
+            response = self._client.request(self._client._events_options(job_id, last_event_id))
+            decoder = SSEDecoder()
+            try:
+                for line in response.iter_lines():
+                    event = decoder.feed(line)
+                    if event is None:
+                        continue
+                    last_event_id, drops = event.id, 0
+                    yield event
+                    if event.type in TERMINAL_STATUSES:
+                        return
+                error: httpx.HTTPError = httpx.RemoteProtocolError("the event stream ended before the job did")
+            except httpx.HTTPError as exc:
+                error = exc
+            finally:
+                response.close()
+            drops += 1
+            wait = self._client._retry_after_error(drops, error)
+            if wait is None:
+                raise self._client._connection_error(error) from error
+            time.sleep(wait)
