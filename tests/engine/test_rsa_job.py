@@ -1,0 +1,59 @@
+"""A whole Markovian RSA job through the in-process engine: `rsa reason --backend engine:DIR`, real Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.engine
+
+
+def test_rsa_job_runs_fully_in_process(tiny_checkpoint: Path, cli_env: dict[str, str]) -> None:
+    args = [
+        sys.executable,
+        "-m",
+        "rsa_service.cli",
+        "reason",
+        "What is 3 * 7 + 21?",
+        "--backend",
+        f"engine:{tiny_checkpoint}",
+        "-n",
+        "4",
+        "-k",
+        "2",
+        "-t",
+        "1",
+        "--trace-tokens",
+        "24",
+        "--tail-tokens",
+        "12",
+        "--final-tokens",
+        "24",
+        "--seed",
+        "3",
+        "--json",
+    ]
+    done = subprocess.run(
+        args,
+        env=cli_env | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed"
+    assert [r["round"] for r in result["rounds"]] == [0, 1]
+    for stats in result["rounds"]:
+        assert stats["failed"] == 0
+        # a random model rarely finishes: every trace runs to its budget, all 4 slots produced tokens
+        assert 0 < stats["tokens"]["completion_tokens"] <= 4 * 24
+        assert stats["tokens"]["prompt_tokens"] > 0
+    # aggregation prompts hold the problem plus K tails, so they are longer than round 0's
+    first, second = (r["tokens"]["prompt_tokens"] for r in result["rounds"])
+    assert second > first
