@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rsa_service.backends.base import BackendOptions
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -25,11 +27,31 @@ class Settings(BaseSettings):
     backend_api_key: str | None = Field(default=None, repr=False, description="Bearer key for remote backends.")
     tokenizer: str | None = Field(default=None, description="A tokenizer.json for exact counts on remote backends.")
     namespace: str = Field(default="rsa", description="Prefix of every Redis key.")
-    lease_s: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=5, gt=0)
+    backends: dict[str, str] = Field(
+        default_factory=dict,
+        description='Operator-configured backends by name, JSON: {"default": "openai:http://h:8000/v1"}.',
+    )
+    lease_s: float = Field(default=30.0, gt=0, description="A job's lease; a dead worker's job resumes after it.")
+    max_attempts: int = Field(default=5, gt=0, description="Claims before a job that kills workers is failed.")
     retention_s: int = Field(default=7 * 24 * 3600, ge=0, description="Keep finished jobs this long (0: forever).")
     appendfsync: Literal["always", "everysec"] = "everysec"
+    worker_concurrency: int = Field(default=32, gt=0, description="Generations one worker runs at once.")
+    rate_limit_per_s: float | None = Field(
+        default=None, gt=0, description="Generation requests per second, shared by every worker of the namespace."
+    )
+    rate_burst: int = Field(default=1, gt=0, description="Requests the shared rate lets through at once.")
+    drain_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM, wait this long for in-flight work.")
+    requeue_pending_after_s: float = Field(
+        default=60.0, gt=0, description="Queue a never-claimed job again after this long (its hint may be lost)."
+    )
 
 
 def backend_api_key(settings: Settings) -> str | None:
     return settings.backend_api_key or os.environ.get("OPENAI_API_KEY")
+
+
+def backend_options(settings: Settings, model: str | None) -> BackendOptions:
+    """What every backend opened by the CLI, the API or a worker gets from the settings."""
+    return BackendOptions(
+        model=model or settings.model, api_key=backend_api_key(settings), tokenizer_path=settings.tokenizer
+    )

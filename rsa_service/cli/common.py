@@ -12,9 +12,9 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from rsa_service.backends import BackendError, BackendOptions
+from rsa_service.backends import BackendError
 from rsa_service.cli.options import JobOptions, describe_validation
-from rsa_service.config import Settings, backend_api_key
+from rsa_service.config import Settings
 from rsa_service.core.params import check_problem
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.models import JobSpec
@@ -66,12 +66,6 @@ def read_problem(problem: str | None) -> str:
         raise CLIError("problem: give the problem text, or - to read it from stdin")
     text = sys.stdin.read() if problem == "-" else problem
     return check_problem(text)
-
-
-def backend_options(settings: Settings, model: str | None) -> BackendOptions:
-    return BackendOptions(
-        model=model or settings.model, api_key=backend_api_key(settings), tokenizer_path=settings.tokenizer
-    )
 
 
 def build_spec(settings: Settings, problem: str, job: JobOptions) -> JobSpec:

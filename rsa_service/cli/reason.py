@@ -14,7 +14,6 @@ from rsa_service.backends.base import Backend
 from rsa_service.cli.common import (
     EXIT_FAILED,
     CLIError,
-    backend_options,
     build_spec,
     read_problem,
     run_async,
@@ -23,7 +22,7 @@ from rsa_service.cli.common import (
 )
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.cli.progress import LiveProgress, follow_events, render_result
-from rsa_service.config import Settings
+from rsa_service.config import Settings, backend_options
 from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_owner_id, run_attempt
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.models import JobResult, JobSpec

@@ -2,7 +2,8 @@
 
 Shared by `rsa reason` (one job in this process) and `rsa worker` (jobs from the queue). The lease keeper renews
 often enough that a cancel (which moves the fence) stops the runner within about a second: renewal doubles as
-the cancellation check, so there is one mechanism, not two.
+the cancellation check, so there is one mechanism, not two. An attempt that is itself cancelled (a drain ran
+out of grace, Ctrl-C) hands its lease back so the job continues elsewhere at once.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import psutil
+import redis
 
 from rsa_service.backends.base import Backend
+from rsa_service.jobs.gate import Gate
+from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobResult
 from rsa_service.jobs.runner import JobRunner
-from rsa_service.jobs.store import JobStore, LeaseLost
+from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,13 @@ def process_owner_id() -> str:
 
 
 def dead_local_owner(owner: str) -> str:
-    """`owner` if it names a process of this host that no longer runs (its lease can be taken at once), else ''."""
+    """`owner` if it names a process of this host that no longer runs (its lease can be taken at once), else ''.
+
+    Owners may carry a suffix after the start time (several workers in one process): `host/pid/start/suffix`.
+    """
     host, _, rest = owner.partition("/")
-    pid_text, _, started_text = rest.partition("/")
+    pid_text, _, rest = rest.partition("/")
+    started_text = rest.partition("/")[0]
     if host != socket.gethostname() or not pid_text.isdigit() or not started_text.isdigit():
         return ""
     pid = int(pid_text)
@@ -58,12 +66,22 @@ def dead_local_owner(owner: str) -> str:
     return "" if alive else owner
 
 
-async def keep_lease(store: JobStore, job_id: str, fence: int, lease_s: float) -> None:
-    """Renew until cancelled; raises LeaseLost the moment the fence moves."""
-    interval = min(lease_s / 3, FENCE_CHECK_INTERVAL_S)
+async def keep_lease(store: JobStore, lease: Lease) -> None:
+    """Renew until cancelled; raises LeaseLost the moment the fence moves.
+
+    A Redis outage is ridden out: renewals keep being tried, and meanwhile `lease.check()` stops new generations
+    once the last good renewal is a lease old. When Redis is back, the fence says whether the job is still ours.
+    """
+    interval = min(lease.lease_s / 3, FENCE_CHECK_INTERVAL_S)
     while True:
         await asyncio.sleep(interval)
-        await store.renew(job_id, fence, lease_ms=int(lease_s * 1000))
+        asked_at = lease.clock()
+        try:
+            await store.renew(lease.job_id, lease.fence, lease_ms=int(lease.lease_s * 1000))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("job %s: cannot renew the lease (%s); retrying", lease.job_id, exc)
+            continue
+        lease.renewed(asked_at)
 
 
 async def run_attempt(
@@ -73,8 +91,9 @@ async def run_attempt(
     owner: str,
     *,
     lease_s: float = DEFAULT_LEASE_S,
-    max_attempts: int = 5,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     concurrency: int | None = None,
+    gate: Gate | None = None,
     steal_from: str = "",
 ) -> AttemptOutcome:
     claim = await store.claim(
@@ -82,20 +101,36 @@ async def run_attempt(
     )
     if claim.outcome != "claimed":
         return AttemptOutcome(claim.outcome, detail=claim.status or claim.owner)
-    job = await store.get(job_id)
-    runner = JobRunner(store, backend, job, claim.fence, concurrency=concurrency)
+    lease = Lease(job_id, claim.fence, lease_s)
     log.info("job %s: claimed by %s (fence %d, attempt %d)", job_id, owner, claim.fence, claim.attempts)
+    try:
+        job = await store.get(job_id)
+        runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency)
+        result = await _run_leased(store, runner, lease)
+    except asyncio.CancelledError:
+        await asyncio.shield(_hand_back(store, lease))
+        raise
+    if result is None:
+        return await asyncio.shield(_settle_lost(store, job_id, runner))
+    return AttemptOutcome(result.status, result=result)  # type: ignore[arg-type]
+
+
+async def _run_leased(store: JobStore, runner: JobRunner, lease: Lease) -> JobResult | None:
+    """The runner beside its lease keeper; None when the lease was lost (cancelled, or taken over)."""
     result: JobResult | None = None
     try:
         async with asyncio.TaskGroup() as group:
-            keeper = group.create_task(keep_lease(store, job_id, claim.fence, lease_s))
+            keeper = group.create_task(keep_lease(store, lease))
             result = await runner.run()
             keeper.cancel()
     except* LeaseLost:
-        pass  # settled below: `return` may not appear in an except* block
-    if result is None:
-        return await _settle_lost(store, job_id, runner)
-    return AttemptOutcome(result.status, result=result)  # type: ignore[arg-type]
+        pass  # `return` may not appear in an except* block
+    return result
+
+
+async def _hand_back(store: JobStore, lease: Lease) -> None:
+    if await store.release(lease.job_id, lease.fence):
+        log.info("job %s: lease released; the job is queued again", lease.job_id)
 
 
 async def _settle_lost(store: JobStore, job_id: str, runner: JobRunner) -> AttemptOutcome:
@@ -104,8 +139,10 @@ async def _settle_lost(store: JobStore, job_id: str, runner: JobRunner) -> Attem
     if record.status == "cancelling":
         result = runner.result()
         await store.settle_cancelled(job_id, result)
+        log.info("job %s: cancelled; %d steps kept", job_id, runner.committed)
         return AttemptOutcome("cancelled", result=result.model_copy(update={"status": "cancelled"}))
     if record.status == "cancelled":
         return AttemptOutcome("cancelled", result=record.result)
-    log.warning("job %s: lease lost to %s; stopping this attempt", job_id, record.owner or "another worker")
-    return AttemptOutcome("lost", detail=record.owner)
+    holder = record.owner or f"another worker (job {record.status})"
+    log.warning("job %s: lease lost to %s; stopping this attempt", job_id, holder)
+    return AttemptOutcome("lost", detail=holder)

@@ -1,4 +1,9 @@
-"""Open the job store: the configured Redis, or the embedded one when none is configured."""
+"""Open the job store: the configured Redis, or the embedded one when none is configured.
+
+The client retries a command that hit a dropped connection (a restarted Redis, a failover) with jittered
+exponential backoff before the error reaches the caller. Every transition is safe to send twice: commit is
+set-if-absent, finish recognises its own earlier write, renew and cancel are idempotent.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,35 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from rsa_service.config import Settings
 from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.store import JobStore
+
+REDIS_RETRIES = 8  # with the backoff below: about 5 s of outage hidden from callers
+REDIS_BACKOFF_BASE_S = 0.05
+REDIS_BACKOFF_CAP_S = 1.0
+REDIS_SOCKET_TIMEOUT_S = 10.0  # longer than any blocking read the workers issue
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+def redis_client(url: str) -> Redis:
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        retry=Retry(ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S), REDIS_RETRIES),
+    )
 
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir, appendfsync=settings.appendfsync)
     url = settings.redis_url or await asyncio.to_thread(embedded.start)  # type: ignore[union-attr]
-    client = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    client = redis_client(url)
     try:
         await client.ping()
         yield JobStore(client, namespace=settings.namespace, retention_s=settings.retention_s)

@@ -1,8 +1,9 @@
 """Every Redis key the service uses, in one place.
 
 A job's keys share the hash tag `{job:ID}`, so every transition touches one cluster slot and runs as one Lua
-script. The global keys are hints (queue, lease index, pending set, listings): they may hold duplicates or stale
-ids, and the job's own hash always decides.
+script. The global hints (queue, lease index, pending set) share the hash tag `{NAMESPACE}`, so the janitor moves
+ids between them in one script on Redis Cluster too. Hints may hold duplicates or stale ids: the job's own hash
+always decides.
 """
 
 from __future__ import annotations
@@ -29,29 +30,33 @@ class Keys:
 
     namespace: str = "rsa"
 
+    @property
+    def _hints(self) -> str:
+        return f"{{{self.namespace}}}"
+
     def job(self, job_id: str) -> JobKeys:
         tag = f"{self.namespace}:{{job:{job_id}}}"
         return JobKeys(meta=f"{tag}:meta", steps=f"{tag}:steps", events=f"{tag}:events")
 
     @property
     def queue(self) -> str:
-        return f"{self.namespace}:queue"
+        return f"{self._hints}:queue"
 
     @property
     def leases(self) -> str:
-        return f"{self.namespace}:leases"
+        return f"{self._hints}:leases"
 
     @property
     def pending(self) -> str:
-        return f"{self.namespace}:pending"
+        return f"{self._hints}:pending"
 
     @property
     def dead(self) -> str:
-        return f"{self.namespace}:dead"
+        return f"{self._hints}:dead"
 
     @property
     def rate(self) -> str:
-        return f"{self.namespace}:rate"
+        return f"{self._hints}:rate"
 
     def listing(self, tenant: str) -> str:
         return f"{self.namespace}:jobs:{tenant}"

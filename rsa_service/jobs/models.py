@@ -74,6 +74,7 @@ class JobRecord(BaseModel):
     lease_until_ms: int = 0
     created_ms: int
     updated_ms: int
+    started_ms: int | None = None
     finished_ms: int | None = None
     result: JobResult | None = None
     error: Problem | None = None
@@ -100,6 +101,7 @@ class JobRecord(BaseModel):
             lease_until_ms=number("lease_until_ms"),
             created_ms=number("created_ms"),
             updated_ms=number("updated_ms"),
+            started_ms=number("started_ms") or None,
             finished_ms=number("finished_ms") or None,
             result=JobResult.model_validate_json(fields["result"]) if fields.get("result") else None,
             error=Problem.model_validate_json(fields["error"]) if fields.get("error") else None,

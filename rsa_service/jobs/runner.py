@@ -26,6 +26,8 @@ from rsa_service.core.plan import FINAL_SLOT, choose_subset, generation_seed
 from rsa_service.core.reasoning import tail_source_text
 from rsa_service.core.steps import FINAL_STEP, StepResult, step_key
 from rsa_service.core.summary import round_steps, summarise
+from rsa_service.jobs.gate import Gate
+from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
 from rsa_service.jobs.store import JobStore
 
@@ -97,15 +99,20 @@ def _request(
 
 
 class JobRunner:
-    """One attempt at one job, under one fence. Create a fresh runner for every claim."""
+    """One attempt at one job, under one lease. Create a fresh runner for every claim.
+
+    `gate` admits each generation (a worker shares one across its jobs); without one, the job gets its own
+    with `concurrency` (default: the population) slots.
+    """
 
     def __init__(
         self,
         store: JobStore,
         backend: Backend,
         job: JobRecord,
-        fence: int,
+        lease: Lease,
         *,
+        gate: Gate | None = None,
         concurrency: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -114,16 +121,18 @@ class JobRunner:
         self.job = job
         self.spec = job.spec
         self.params = job.spec.params
-        self.fence = fence
+        self.lease = lease
+        self.fence = lease.fence
         self.clock = clock
-        self._slots = asyncio.Semaphore(concurrency or self.params.population)
+        self.gate = gate or Gate(concurrency or self.params.population)
         self._steps: dict[str, StepResult] = {}
+        self._ran_before_s = 0.0  # wall time of earlier attempts (since the first claim)
 
     # ---- load → execute → record ----------------------------------------------------------------------------
 
     async def run(self) -> JobResult:
         """Run the missing steps and finish the job. Raises LeaseLost if fenced off mid-way."""
-        self._steps = await self.store.steps(self.job.id)
+        await self._load()
         started = self.clock()
         stopped_reason: str | None = None
         error: Problem | None = None
@@ -133,11 +142,20 @@ class JobRunner:
             stopped_reason = stop.reason
         except JobFailed as failed:
             error = failed.problem
-        result = await asyncio.to_thread(
-            self.result, stopped_reason=stopped_reason, wall_s=self.clock() - started, error=error
-        )
-        await self.store.finish(self.job.id, self.fence, result=result, error=error)
+        wall_s = self._ran_before_s + self.clock() - started
+        result = await asyncio.to_thread(self.result, stopped_reason=stopped_reason, wall_s=wall_s, error=error)
+        await asyncio.shield(self.store.finish(self.job.id, self.fence, result=result, error=error))
         return result.model_copy(update={"status": "failed" if error else "completed"})
+
+    async def _load(self) -> None:
+        """The committed steps (never generated again) and the time spent since the job was first claimed."""
+        self._steps = await self.store.steps(self.job.id)
+        first_claim_ms = self.job.started_ms or self.job.created_ms
+        self._ran_before_s = max(0.0, (await self.store.now_ms() - first_claim_ms) / 1000)
+
+    @property
+    def committed(self) -> int:
+        return len(self._steps)
 
     def result(
         self, *, stopped_reason: str | None = None, wall_s: float | None = None, error: Problem | None = None
@@ -159,8 +177,7 @@ class JobRunner:
         if self.params.max_wall_s is None:
             await self._execute()
             return
-        elapsed_s = max(0.0, (await self.store.now_ms() - self.job.created_ms) / 1000)
-        remaining = self.params.max_wall_s - elapsed_s
+        remaining = self.params.max_wall_s - self._ran_before_s
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
                 await self._execute()
@@ -202,6 +219,7 @@ class JobRunner:
         return [step.slot for step in members if step.status == "ok" and step.tail]
 
     async def _run_round(self, round_index: int) -> None:
+        self._check_token_budget()
         survivors = self._survivors(round_index - 1) if round_index else []
         missing = [slot for slot in range(self.params.population) if step_key(round_index, slot) not in self._steps]
         if not missing:
@@ -267,10 +285,11 @@ class JobRunner:
         content, chosen = self._prompt(round_index, slot, survivors)
         final_select = slot == FINAL_SLOT
         max_tokens = self.params.final_tokens if final_select else self.params.max_tokens_for(round_index)
-        started = self.clock()
-        async with self._slots:
+        async with self.gate.slot():
+            self.lease.check()  # never start a generation under a lease that may have passed to another worker
+            started = self.clock()
             step = await self._generate_step(round_index, slot, content, chosen, max_tokens, final_select)
-        await self._commit(step.model_copy(update={"duration_s": self.clock() - started}))
+            await self._commit(step.model_copy(update={"duration_s": self.clock() - started}))
 
     async def _generate_step(
         self,
@@ -332,8 +351,13 @@ class JobRunner:
             "completion_tokens": step.usage.completion_tokens,
             "tail_tokens": step.tail_tokens,
         }
-        await self.store.commit(self.job.id, self.fence, step, event)
-        self._steps[step.key] = step
+        if await self.store.commit(self.job.id, self.fence, step, event):
+            self._steps[step.key] = step
+        else:  # committed first by a task of this attempt (a straggler that finished as it was cut): keep that
+            self._steps[step.key] = await self.store.step(self.job.id, step.key) or step
+        self._check_token_budget()
+
+    def _check_token_budget(self) -> None:
         budget = self.params.max_total_tokens
         if budget is not None:
             spent = sum(s.usage.total for s in self._steps.values())

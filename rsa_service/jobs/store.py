@@ -66,7 +66,7 @@ def new_job_id() -> str:
 def _load_scripts() -> dict[str, str]:
     folder = files("rsa_service.jobs") / "lua"
     prelude = (folder / "_prelude.lua").read_text(encoding="utf-8")
-    names = ("create", "claim", "renew", "commit", "emit", "finish", "cancel", "settle", "release")
+    names = ("create", "claim", "renew", "commit", "emit", "finish", "cancel", "settle", "release", "janitor", "rate")
     return {name: prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
 
 
@@ -94,6 +94,9 @@ class JobStore:
 
     async def _run(self, name: str, job_id: str, *args: object) -> Any:
         return await self._scripts[name](keys=list(self.keys.job(job_id).all), args=list(args))
+
+    async def _run_on(self, name: str, keys: Sequence[str], *args: object) -> Any:
+        return await self._scripts[name](keys=list(keys), args=list(args))
 
     # ---- creation and reads -------------------------------------------------------------------------------
 
@@ -143,6 +146,10 @@ class JobStore:
     async def steps(self, job_id: str) -> dict[str, StepResult]:
         raw = await self.redis.hgetall(self.keys.job(job_id).steps)
         return {key: StepResult.model_validate_json(value) for key, value in raw.items()}
+
+    async def step(self, job_id: str, key: str) -> StepResult | None:
+        raw = await self.redis.hget(self.keys.job(job_id).steps, key)
+        return StepResult.model_validate_json(raw) if raw else None
 
     async def step_count(self, job_id: str) -> int:
         return int(await self.redis.hlen(self.keys.job(job_id).steps))
@@ -304,9 +311,14 @@ class JobStore:
         now_ms = await self.now_ms()
         return await self.redis.zrangebyscore(self.keys.leases, "-inf", now_ms, start=0, num=limit)
 
-    async def stale_pending(self, older_than_ms: int, limit: int = 100) -> Sequence[str]:
-        now_ms = await self.now_ms()
-        return await self.redis.zrangebyscore(self.keys.pending, "-inf", now_ms - older_than_ms, start=0, num=limit)
+    async def requeue_stale(self, *, lease_ms: int, stale_pending_ms: int, limit: int = 100) -> list[str]:
+        """The janitor's sweep: queue again jobs whose lease expired or whose queue hint may be lost."""
+        keys = (self.keys.queue, self.keys.leases, self.keys.pending)
+        return [str(job_id) for job_id in await self._run_on("janitor", keys, lease_ms, stale_pending_ms, limit)]
+
+    async def rate_wait_ms(self, requests_per_s: float, burst: int) -> int:
+        """Take one request from the namespace's shared rate (GCRA): 0 when granted, else ms to wait first."""
+        return int(await self._run_on("rate", (self.keys.rate,), 1000.0 / requests_per_s, burst))
 
     async def now_ms(self) -> int:
         """Redis server time: one clock for every worker, whatever their hosts' clocks say."""

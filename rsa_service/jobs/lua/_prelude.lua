@@ -1,4 +1,4 @@
--- Shared by every transition. KEYS[1] = meta hash, KEYS[2] = steps hash, KEYS[3] = events stream.
+-- Shared by every script. Job transitions: KEYS[1] = meta hash, KEYS[2] = steps hash, KEYS[3] = events stream.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

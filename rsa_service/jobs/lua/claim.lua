@@ -24,5 +24,6 @@ end
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 local lease_until = t + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_until_ms', lease_until, 'status', 'in_progress', 'updated_ms', t)
+redis.call('HSETNX', KEYS[1], 'started_ms', t)
 emit(ARGV[5], 'claimed', cjson.encode({owner = ARGV[1], fence = fence, attempt = attempts}))
 return {'claimed', tostring(fence), tostring(attempts), tostring(lease_until)}

@@ -1,4 +1,8 @@
 -- ARGV: fence, status, result_json, error_json, maxlen, ttl_s. Returns 1 finished, -1 stale fence.
+-- Idempotent: a retry after a lost reply (Redis restarted, connection dropped) finds its own finish and succeeds.
+if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] and redis.call('HGET', KEYS[1], 'status') == ARGV[2] then
+  return 1
+end
 if not fenced(ARGV[1]) then return -1 end
 local fields = {}
 if ARGV[3] ~= '' then table.insert(fields, 'result'); table.insert(fields, ARGV[3]) end
