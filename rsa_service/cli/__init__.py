@@ -19,7 +19,6 @@ app = typer.Typer(
 )
 reason.register(app)
 worker.register(app)
-worker.register(app)
 serve.register(app)
 app.add_typer(engine_app, name="engine", help="Drive the in-process ZAYA1 engine directly.")
 
