@@ -1,0 +1,157 @@
+"""The worker in-process against a real Redis and a real HTTP model server: budgets, stopping rules, janitor,
+shared rate, drain, backend resolution. Crash behaviour with real processes is in test_worker_crash.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from rsa_service.config import Settings
+from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.gate import SharedRate
+from rsa_service.jobs.store import JobStore
+from rsa_service.jobs.worker import Worker
+from tests.jobs.helpers import job_spec, status_of, step_events, wait_until
+from tests.modelserver import ModelServerConfig, serve_in_thread
+
+LEASE_S = 2.0
+
+
+@asynccontextmanager
+async def running(store: JobStore, pool: BackendPool | None = None, **options: object) -> AsyncIterator[Worker]:
+    """A worker on `store` for the `with` block; leaving it drains the worker and closes the backends."""
+    pool = pool or BackendPool(Settings())
+    worker = Worker(store, pool, **({"concurrency": 8, "lease_s": LEASE_S} | options))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+        await pool.aclose()
+
+
+async def finished(store: JobStore, job_id: str, timeout_s: float = 30) -> str:
+    async def terminal() -> str | None:
+        record = await store.get(job_id)
+        return record.status if record.terminal else None
+
+    return await wait_until(terminal, timeout_s, f"job {job_id} to end")
+
+
+async def test_token_budget_completes_with_the_best_answer_and_says_why(store: JobStore) -> None:
+    with serve_in_thread(ModelServerConfig()) as server:
+        job_id = await store.create(job_spec(server.base_url, max_total_tokens=600))
+        async with running(store):
+            assert await finished(store, job_id) == "completed"
+    result = (await store.get(job_id)).result
+    assert result is not None and result.stopped_reason is not None
+    assert result.stopped_reason.startswith("token budget of 600 reached")
+    assert result.answer is not None and result.usage.prompt_tokens + result.usage.completion_tokens >= 600
+    assert sum((await step_events(store, job_id)).values()) < 12
+
+
+async def test_wall_budget_stops_mid_round(store: JobStore) -> None:
+    with serve_in_thread(ModelServerConfig(latency_ms=400)) as server:
+        job_id = await store.create(job_spec(server.base_url, max_wall_s=0.6))
+        async with running(store):
+            assert await finished(store, job_id) == "completed"
+    result = (await store.get(job_id)).result
+    assert result is not None and result.stopped_reason == "wall time budget of 0.6s reached"
+    assert result.answer is not None
+    assert [r.round for r in result.rounds] == [0]
+
+
+async def test_round_deadline_with_quorum_records_the_straggler(store: JobStore) -> None:
+    slow_first = ModelServerConfig(p_correct=1.0, faults=[{"delay_s": 5, "times": 1}])
+    with serve_in_thread(slow_first) as server:
+        spec = job_spec(server.base_url, round_deadline_s=0.5, straggler_policy="quorum", quorum=0.75)
+        job_id = await store.create(spec)
+        async with running(store):
+            assert await finished(store, job_id) == "completed"
+    steps = await store.steps(job_id)
+    stragglers = [key for key, step in steps.items() if step.status == "straggler"]
+    assert len(stragglers) == 1 and stragglers[0].startswith("r0:")
+    result = (await store.get(job_id)).result
+    assert result is not None and result.rounds[0].stragglers == 1 and result.answer == "70"
+
+
+async def test_agreement_threshold_stops_early(store: JobStore) -> None:
+    with serve_in_thread(ModelServerConfig(p_correct=1.0)) as server:
+        job_id = await store.create(job_spec(server.base_url, stop_agreement=0.9))
+        async with running(store):
+            assert await finished(store, job_id) == "completed"
+        assert len(server.requests()) == 4
+    result = (await store.get(job_id)).result
+    assert result is not None and result.answer == "70"
+    assert result.stopped_reason == "agreement 1.00 reached 0.9 after round 0"
+
+
+async def test_janitor_requeues_an_expired_lease_and_a_lost_hint(store: JobStore) -> None:
+    with serve_in_thread(ModelServerConfig()) as server:
+        abandoned = await store.create(job_spec(server.base_url))
+        await store.next_queued(0.1)
+        await store.claim(abandoned, "otherhost/1/1", lease_ms=300)  # a worker that died holding the job
+        lost_hint = await store.create(job_spec(server.base_url))
+        await store.next_queued(0.1)  # popped by a worker that died before claiming
+        async with running(store, requeue_pending_after_s=0.5):
+            assert await finished(store, abandoned) == "completed"
+            assert await finished(store, lost_hint) == "completed"
+    assert (await store.get(abandoned)).attempts == 2
+
+
+async def test_shared_rate_paces_every_worker_of_the_namespace(store: JobStore) -> None:
+    first, second = SharedRate(store, 20, burst=1), SharedRate(store, 20, burst=1)
+    started = time.monotonic()
+    await asyncio.gather(*(rate.acquire() for rate in [first, second] * 5))
+    elapsed = time.monotonic() - started
+    assert 0.42 <= elapsed < 2.0, elapsed  # 10 requests at 20/s: 9 intervals of 50 ms
+
+
+async def test_drain_lets_in_flight_generations_commit_then_releases(store: JobStore) -> None:
+    with serve_in_thread(ModelServerConfig(latency_ms=800)) as server:
+        job_id = await store.create(job_spec(server.base_url))
+        async with running(store, concurrency=2, drain_grace_s=10):
+            await wait_until(lambda: asyncio.sleep(0, len(server.requests()) == 2), 10, "two requests in flight")
+        assert len(server.requests()) == 2
+    record = await store.get(job_id)
+    assert (record.status, record.attempts, record.owner) == ("queued", 0, "")
+    assert sorted(await step_events(store, job_id)) == ["r0:s0", "r0:s1"]
+    assert await store.next_queued(0.1) == job_id
+
+
+async def test_drain_past_its_grace_aborts_requests_and_releases(store: JobStore) -> None:
+    with serve_in_thread(ModelServerConfig(latency_ms=10_000)) as server:
+        job_id = await store.create(job_spec(server.base_url))
+        async with running(store, drain_grace_s=0.2):
+            await wait_until(lambda: asyncio.sleep(0, len(server.requests()) == 4), 10, "round 0 in flight")
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 2.0
+    assert await status_of(store, job_id) == "queued" and not await store.step_count(job_id)
+
+
+async def test_a_job_naming_an_unknown_backend_fails_with_the_known_names(store: JobStore) -> None:
+    settings = Settings(backends={"default": "openai:http://127.0.0.1:9/v1"})
+    job_id = await store.create(job_spec("openai:http://evil.example/v1"))
+    async with running(store, BackendPool(settings, allow_specs=False)):
+        assert await finished(store, job_id) == "failed"
+    error = (await store.get(job_id)).error
+    assert error is not None and error.status == 422
+    assert "not a configured backend name (known: default)" in (error.detail or "")
+
+
+async def test_backend_pool_resolves_names_and_shares_open_backends() -> None:
+    pool = BackendPool(Settings(backends={"fast": "openai:http://127.0.0.1:9/v1"}))
+    assert pool.resolve("fast") == "openai:http://127.0.0.1:9/v1"
+    assert pool.resolve("http://h:1/v1") == "http://h:1/v1"
+    with pytest.raises(ValueError, match="backend: 'nope'"):
+        pool.resolve("nope")
+    first = await pool.get("fast", "m")
+    assert await pool.get("openai:http://127.0.0.1:9/v1", "m") is first
+    assert await pool.get("fast", "other") is not first
+    await pool.aclose()
