@@ -133,16 +133,20 @@ class Worker:
             record = await self.store.get(job_id)
         except JobNotFound:
             return
-        if record.terminal:
-            return
+        if record.terminal or job_id in self._running:
+            return  # a duplicate hint: claiming again here would fence off this worker's own attempt
         try:
             backend = await self.backends.get(record.spec.backend, record.spec.model)
         except ValueError as exc:
             await self._fail_unrunnable(record, str(exc))
             return
-        task = asyncio.create_task(self._attempt(job_id, backend), name=f"attempt-{job_id}")
+        task = asyncio.create_task(self._attempt(job_id, backend), name=job_id)
         self._attempts[task] = min(record.spec.params.population, self.gate.concurrency)
         task.add_done_callback(self._attempt_done)
+
+    @property
+    def _running(self) -> set[str]:
+        return {task.get_name() for task in self._attempts}
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         self._attempts.pop(task, None)

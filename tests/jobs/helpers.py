@@ -53,6 +53,16 @@ async def claims(store: JobStore, job_id: str) -> list[dict[str, Any]]:
     return [e.data for e in await store.events(job_id, count=100_000) if e.type == "claimed"]
 
 
+async def finished(store: JobStore, job_id: str, timeout_s: float = 30) -> str:
+    """The job's terminal status, once it has one."""
+
+    async def terminal() -> str | None:
+        record = await store.get(job_id)
+        return record.status if record.terminal else None
+
+    return await wait_until(terminal, timeout_s, f"job {job_id} to end")
+
+
 async def status_of(store: JobStore, job_id: str) -> str:
     return (await store.get(job_id)).status
 
@@ -84,6 +94,7 @@ class WorkerProcess:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+        self._log.close()
 
     def stop(self, timeout_s: float = 15) -> int:
         """SIGTERM (a graceful drain), then SIGKILL if it does not exit in time."""

@@ -1,0 +1,237 @@
+"""Crash-proofing with real processes: `rsa worker` subprocesses, a model server subprocess, a real redis-server.
+
+A worker is killed, frozen past its lease, or loses Redis; jobs are raced for, cancelled, and poisoned. Every
+test checks the two promises: nothing committed is lost, and nothing committed is generated again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rsa_service.jobs.store import JobStore
+from tests.conftest import RedisServer
+from tests.jobs.helpers import (
+    WorkerProcess,
+    claims,
+    finished,
+    job_spec,
+    status_of,
+    step_events,
+    wait_until,
+    worker_env,
+)
+from tests.modelserver import ModelServerConfig, serve_in_subprocess
+
+pytestmark = pytest.mark.slow
+
+LEASE_S = 2.0
+ALL_STEPS = 12  # N=4 over T+1=3 stages
+
+
+def start_workers(
+    count: int, cli_env: dict[str, str], tmp_path: Path, name: str = "worker", **settings: object
+) -> list[WorkerProcess]:
+    env = worker_env(cli_env, **({"lease_s": LEASE_S, "worker_concurrency": 8} | settings))
+    return [WorkerProcess(env, tmp_path / f"{name}{i}.log") for i in range(count)]
+
+
+def owner_process(workers: list[WorkerProcess], owner: str) -> WorkerProcess:
+    pid = int(owner.split("/")[1])
+    return next(worker for worker in workers if worker.pid == pid)
+
+
+async def committed_at_least(store: JobStore, job_id: str, count: int) -> bool:
+    return await store.step_count(job_id) >= count
+
+
+def seeds(steps: dict[str, Any]) -> dict[int, str]:
+    return {step.seed: key for key, step in steps.items()}
+
+
+async def assert_each_step_once(store: JobStore, job_id: str, requests: list[dict[str, Any]], before: dict) -> None:
+    """All steps committed exactly once; none committed before the crash was requested again after it."""
+    assert set((await step_events(store, job_id)).values()) == {1}
+    assert await store.step_count(job_id) == ALL_STEPS
+    asked = Counter(request["body"]["seed"] for request in requests)
+    for seed, key in seeds(before).items():
+        assert asked[seed] == 1, f"committed step {key} was requested {asked[seed]} times"
+
+
+async def test_kill9_mid_round_another_worker_finishes_within_a_lease(
+    store: JobStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    with serve_in_subprocess(ModelServerConfig(latency_ms=300)) as server:
+        workers = start_workers(2, cli_env, tmp_path)
+        try:
+            job_id = await store.create(job_spec(server.base_url))
+            await wait_until(lambda: committed_at_least(store, job_id, 5), 30, "round 1 under way")
+            victim = owner_process(workers, (await claims(store, job_id))[0]["owner"])
+            victim.kill()
+            killed_ms = await store.now_ms()
+            before = await store.steps(job_id)
+            assert await finished(store, job_id, 60) == "completed"
+        finally:
+            for worker in workers:
+                worker.stop()
+        requests = server.requests()
+    takeover = (await claims(store, job_id))[1]
+    events = {event.data.get("fence"): event.id for event in await store.events(job_id) if event.type == "claimed"}
+    taken_after_s = (int(events[takeover["fence"]].split("-")[0]) - killed_ms) / 1000
+    assert taken_after_s <= LEASE_S + 1.5, taken_after_s  # a lease, plus the janitor's tick and some slack
+    await assert_each_step_once(store, job_id, requests, before)
+
+
+async def test_sigstop_past_the_lease_then_sigcont_the_stale_worker_stops(
+    store: JobStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    with serve_in_subprocess(ModelServerConfig(latency_ms=300)) as server:
+        workers = start_workers(2, cli_env, tmp_path)
+        try:
+            job_id = await store.create(job_spec(server.base_url))
+            await wait_until(lambda: committed_at_least(store, job_id, 5), 30, "round 1 under way")
+            frozen = owner_process(workers, (await claims(store, job_id))[0]["owner"])
+            frozen.signal(signal.SIGSTOP)
+            before = await store.steps(job_id)
+            assert await finished(store, job_id, 60) == "completed"
+            woken_at = time.time()
+            frozen.signal(signal.SIGCONT)
+            await wait_until(lambda: asyncio.sleep(0, "lease lost" in frozen.log()), 10, "the stale worker to notice")
+            await asyncio.sleep(1.0)
+            assert frozen.process.poll() is None  # it stopped the job, not itself
+        finally:
+            for worker in workers:
+                worker.stop()
+        requests = server.requests()
+    assert [r for r in requests if r["time"] > woken_at] == []
+    assert "stale" not in (await store.get(job_id)).status
+    await assert_each_step_once(store, job_id, requests, before)
+
+
+async def test_redis_kill9_and_restart_from_aof_loses_nothing(
+    store: JobStore, cli_env: dict[str, str], tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with serve_in_subprocess(ModelServerConfig(latency_ms=300)) as server:
+        (worker,) = start_workers(1, cli_env, tmp_path)
+        try:
+            job_id = await store.create(job_spec(server.base_url))
+            await wait_until(lambda: committed_at_least(store, job_id, 5), 30, "round 1 under way")
+            before = await store.steps(job_id)
+            redis_server.kill()
+            await asyncio.sleep(1.0)
+            redis_server.start()
+            await store.redis.connection_pool.disconnect()  # this test's own client: drop the dead connections
+            assert await finished(store, job_id, 60) == "completed"
+            assert worker.process.poll() is None
+        finally:
+            worker.stop()
+        requests = server.requests()
+    after = await store.steps(job_id)
+    assert all(after[key] == step for key, step in before.items())
+    await assert_each_step_once(store, job_id, requests, before)
+
+
+async def test_three_workers_race_for_thirty_jobs_one_owner_each(
+    store: JobStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    with serve_in_subprocess(ModelServerConfig(latency_ms=20)) as server:
+        workers = start_workers(3, cli_env, tmp_path)
+        try:
+            await wait_until(lambda: asyncio.sleep(0, all("started" in w.log() for w in workers)), 30, "workers")
+            job_ids = [await store.create(job_spec(server.base_url, rounds=1)) for _ in range(30)]
+            for job_id in job_ids * 2:  # duplicate hints: every job is raced for by several workers
+                await store.enqueue(job_id)
+            for job_id in job_ids:
+                assert await finished(store, job_id, 90) == "completed"
+        finally:
+            for worker in workers:
+                worker.stop()
+    owners: Counter[str] = Counter()
+    for job_id in job_ids:
+        claimed = await claims(store, job_id)
+        assert len(claimed) == 1, claimed  # one owner, never taken over
+        owners[claimed[0]["owner"]] += 1
+        assert set((await step_events(store, job_id)).values()) == {1}
+    assert len(owners) == 3 and min(owners.values()) >= 3, owners
+
+
+def rsa(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "rsa_service.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+async def test_cancel_mid_round_aborts_requests_and_keeps_partial_steps(
+    store: JobStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    hang_aggregation = ModelServerConfig(faults=[{"delay_s": 60, "always": True, "match": "Candidate 1"}])
+    with serve_in_subprocess(hang_aggregation) as server:
+        (worker,) = start_workers(1, cli_env, tmp_path, lease_s=30)
+        try:
+            small = [
+                "-n",
+                "4",
+                "-k",
+                "2",
+                "-t",
+                "2",
+                "--trace-tokens",
+                "200",
+                "--tail-tokens",
+                "40",
+                "--final-tokens",
+                "300",
+            ]
+            submitted = rsa(
+                ["submit", "Compute it. ANSWER=70", "--backend", server.base_url, *small, "--json"], cli_env
+            )
+            assert submitted.returncode == 0, submitted.stderr
+            job_id = json.loads(submitted.stdout)["job_id"]
+            await wait_until(lambda: asyncio.sleep(0, server.log()["in_flight"] == 4), 30, "round 1 in flight")
+            cancelled = rsa(["jobs", "cancel", job_id, "--json"], cli_env)
+            asked_ms = await store.now_ms()
+            assert json.loads(cancelled.stdout) == {"job_id": job_id, "status": "cancelling"}
+            assert await finished(store, job_id, 5) == "cancelled"
+            assert (await store.now_ms()) - asked_ms < 2000
+            await wait_until(lambda: asyncio.sleep(0, server.log()["in_flight"] == 0), 2, "requests aborted")
+            await asyncio.sleep(0.5)
+            assert len(server.requests()) == 8  # 4 in round 0, 4 aborted in round 1, nothing after
+        finally:
+            worker.stop()
+    shown = json.loads(rsa(["jobs", "show", job_id, "--json"], cli_env).stdout)
+    assert (shown["status"], shown["steps"], shown["result"]["status"]) == ("cancelled", 4, "cancelled")
+    assert shown["result"]["answer"] is not None  # the partial result keeps round 0's answer
+    events = [json.loads(line) for line in rsa(["jobs", "events", job_id, "--json"], cli_env).stdout.splitlines()]
+    assert [e["type"] for e in events][-2:] == ["cancelling", "cancelled"]
+
+
+async def test_poison_job_fails_after_the_attempt_cap_and_is_dead_lettered(
+    store: JobStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every worker that claims this job dies (SIGKILL on claim): after `max_attempts` claims it is failed."""
+    with serve_in_subprocess(ModelServerConfig(latency_ms=5_000)) as server:
+        job_id = await store.create(job_spec(server.base_url))
+        for attempt in range(1, 4):
+            (worker,) = start_workers(1, cli_env, tmp_path, f"attempt{attempt}-", lease_s=1, max_attempts=2)
+            try:
+                await wait_until(
+                    lambda n=attempt: _claimed_or_over(store, job_id, n), 30, f"claim {attempt} or the job's end"
+                )
+            finally:
+                worker.kill()
+    record = await store.get(job_id)
+    assert record.status == "failed" and record.error is not None and record.error.title == "Poison job"
+    assert len(await claims(store, job_id)) == 2
+    assert await store.redis.sismember(store.keys.dead, job_id)
+
+
+async def _claimed_or_over(store: JobStore, job_id: str, count: int) -> bool:
+    return len(await claims(store, job_id)) >= count or await status_of(store, job_id) == "failed"
