@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Request
@@ -40,13 +40,20 @@ DEFAULT_PASS_THROUGH_TOKENS = 4096
 SAMPLING_FIELDS = ("temperature", "top_p", "seed")
 
 
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
 class ChatRequest(BaseModel):
     """The fields this route reads; everything else is kept and passed through."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(max_length=256)
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1)
     stream: bool = False
     rsa: dict[str, Any] | None = Field(default=None, description="RSA settings: population, subset, rounds, ...")
 
@@ -60,7 +67,7 @@ def _text(content: object) -> str:
 
 
 def _problem_of(chat: ChatRequest) -> str:
-    users = [_text(m.get("content")) for m in chat.messages if m.get("role") == "user"]
+    users = [_text(m.content) for m in chat.messages if m.role == "user"]
     if not users or not users[-1].strip():
         raise field_error("messages", "needs a user message with text: it is the problem RSA works on")
     return users[-1]
@@ -203,6 +210,10 @@ async def _proxy(request: Request, base_url: str) -> Response:
         answer = await client.send(upstream, stream=True)
     except httpx.HTTPError as exc:
         raise ApiError(502, f"the backend did not answer: {type(exc).__name__}", kind="backend-unavailable") from None
+    if answer.status_code >= 500:
+        detail = (await answer.aread())[:300].decode(errors="replace")
+        await answer.aclose()
+        raise ApiError(502, f"the backend answered {answer.status_code}: {detail}", kind="backend-error")
     relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "retry-after")}
     return StreamingResponse(
         answer.aiter_raw(), status_code=answer.status_code, headers=relayed, background=BackgroundTask(answer.aclose)
@@ -213,7 +224,7 @@ async def _generate(request: Request, chat: ChatRequest, name: str) -> Response:
     """Pass-through for a backend that is not HTTP: one Backend.generate call, shaped as a chat completion."""
     extra = chat.model_extra or {}
     try:
-        messages = tuple(ChatMessage(role=m.get("role"), content=_text(m.get("content"))) for m in chat.messages)
+        messages = tuple(ChatMessage(role=m.role, content=_text(m.content)) for m in chat.messages)
         generation_request = GenerationRequest(
             messages=messages,
             max_tokens=extra.get("max_completion_tokens") or extra.get("max_tokens") or DEFAULT_PASS_THROUGH_TOKENS,
@@ -256,7 +267,7 @@ async def _generate(request: Request, chat: ChatRequest, name: str) -> Response:
     "/v1/chat/completions",
     responses={
         200: {"description": "A chat completion, or a stream of chunks with `stream: true`"},
-        **problem_responses(400, 401, 409, 413, 422, 429, 502, 503),
+        **problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 502, 503),
     },
     summary="OpenAI-compatible chat completions; RSA when the body has an `rsa` object",
 )

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from rsa_service.api.errors import problem, problem_responses
 from rsa_service.api.metrics import metrics_endpoint
@@ -47,4 +47,13 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": sorted(checks)})
 
 
-router.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=True, summary="Prometheus")
+router.add_api_route(
+    "/metrics",
+    metrics_endpoint,
+    methods=["GET"],
+    response_class=PlainTextResponse,
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+    summary="Prometheus metrics",
+)

@@ -41,7 +41,10 @@ def _valid_stream_id(value: str) -> bool:
 @router.get(
     "/{job_id}/events",
     responses={
-        200: {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {
+            "description": "Server-sent events: `id` (the Redis stream id), `event` (the type), `data` (JSON)",
+            "content": {"text/event-stream": {"schema": {}}},
+        },
         **problem_responses(401, 404, 422, 503),
     },
     response_class=EventSourceResponse,
