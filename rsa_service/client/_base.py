@@ -18,6 +18,7 @@ import httpx
 from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_after
 from rsa_service.client._errors import APIConnectionError, APITimeoutError, RSAError, WaitTimeout
 from rsa_service.client.models import Event, Job, JobCreate, JobStatus
+from rsa_service.core.params import RSAParams
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=30.0, pool=10.0)
@@ -133,6 +134,7 @@ class BaseClient:
     ) -> RequestOptions:
         """Validated here first (a bad field fails before any request); one key for the call and its retries."""
         body = JobCreate.model_validate({"problem": problem, "backend": backend, "model": model, **params})
+        RSAParams.model_validate(body.model_dump(exclude_none=True, exclude={"problem", "backend", "model"}))
         key = idempotency_key or f"rsa-{uuid.uuid4()}"
         return RequestOptions(
             "POST",
@@ -173,7 +175,10 @@ class BaseClient:
 
 
 class SSEDecoder:
-    """Server-sent events from lines (the WHATWG parsing rules this API needs: id, event, data, comments)."""
+    """Server-sent events from lines (the WHATWG rules this API needs: id, event, data, comments).
+
+    Unlike a browser it skips events that carry no id of their own: this API ids every event, and an event
+    without one could not be resumed after."""
 
     def __init__(self) -> None:
         self._id: str | None = None
@@ -198,12 +203,15 @@ class SSEDecoder:
 
     def _dispatch(self) -> Event | None:
         event_id, kind, data = self._id, self._event, "\n".join(self._data)
-        self._event, self._data = "message", []
+        self._id, self._event, self._data = None, "message", []
         if not data or event_id is None:
             return None
         return Event.model_validate({"id": event_id, "type": kind, "data": _json(data)})
 
 
 def _json(text: str) -> dict[str, Any]:
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"value": text}
     return value if isinstance(value, dict) else {"value": value}
