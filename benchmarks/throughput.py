@@ -1,0 +1,145 @@
+"""Throughput of the worker fleet: committed generations per second, and Redis round trips per generation.
+
+A zero-latency model server (`tests/modelserver.py`, its own process), the embedded Redis (AOF on, everysec),
+and W `rsa worker` processes. J jobs of N=16, K=4, T=2 are queued at once; the clock runs from the first claim
+to the last finish. Round trips are counted from `INFO commandstats` deltas: every EVALSHA plus every plain
+command a client sent (commands run inside scripts excluded; pipelined commands counted one each, so the figure
+is an upper bound on network round trips).
+
+    .venv/bin/python benchmarks/throughput.py [--workers 4] [--jobs 48] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil
+from redis.asyncio import Redis
+
+from rsa_service.core.params import RSAParams
+from rsa_service.core.prompts import PromptTemplates
+from rsa_service.jobs.embedded import EmbeddedRedis
+from rsa_service.jobs.models import JobSpec
+from rsa_service.jobs.store import JobStore
+from tests.jobs.helpers import WorkerProcess, wait_until
+from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_subprocess
+
+NAMESPACE = "bench"
+# Commands the Lua transitions run; the clients never send these themselves on the hot path.
+SCRIPT_INTERNAL = {"hget", "hset", "hsetnx", "hincrby", "xadd", "expire", "time", "get", "set", "zrangebyscore"}
+PARAMS = RSAParams(population=16, subset=4, rounds=2, trace_tokens=256, tail_tokens=64, final_tokens=256)
+
+
+async def commandstats(client: Redis) -> Counter[str]:
+    stats = await client.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(fields["calls"]) for name, fields in stats.items()})
+
+
+def round_trips(delta: Counter[str]) -> int:
+    return sum(calls for name, calls in delta.items() if name not in SCRIPT_INTERNAL and not name.startswith("info"))
+
+
+async def wait_all_done(store: JobStore, job_ids: list[str]) -> None:
+    pending = set(job_ids)
+    while pending:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for job_id in pending:
+                pipe.hget(store.keys.job(job_id).meta, "status")
+            statuses = await pipe.execute()
+        pending = {job_id for job_id, status in zip(pending, statuses, strict=True) if status != "completed"}
+        await asyncio.sleep(0.2)
+
+
+async def first_claim_ms(store: JobStore, job_ids: list[str]) -> int:
+    firsts = []
+    for job_id in job_ids:
+        claimed = [e.id for e in await store.events(job_id) if e.type == "claimed"]
+        firsts.append(int(claimed[0].split("-")[0]))
+    return min(firsts)
+
+
+def cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def redis_cpu_s(client: Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, logs: Path) -> None:
+    base_url = server.base_url
+    client = Redis.from_url(url, decode_responses=True)
+    store = JobStore(client, namespace=NAMESPACE)
+    env = os.environ | {
+        "RSA_REDIS_URL": url,
+        "RSA_NAMESPACE": NAMESPACE,
+        "RSA_WORKER_CONCURRENCY": str(args.concurrency),
+    }
+    workers = [WorkerProcess(env, logs / f"worker{i}.log") for i in range(args.workers)]
+    await wait_until(lambda: asyncio.sleep(0, all("started" in w.log() for w in workers)), 60, "workers to start")
+    spec = JobSpec(problem="Throughput. ANSWER=7", params=PARAMS, backend=base_url, templates=PromptTemplates.load())
+    before = await commandstats(client)
+    job_ids = [
+        await store.create(spec.model_copy(update={"params": PARAMS.model_copy(update={"seed": i})}))
+        for i in range(args.jobs)
+    ]
+    await wait_all_done(store, job_ids)
+    finished_ms = await store.now_ms()
+    delta = await commandstats(client) - before
+    started_ms = await first_claim_ms(store, job_ids)
+    assert server.process is not None
+    worker_cpu, server_cpu = sum(cpu_s(w.pid) for w in workers), cpu_s(server.process.pid)
+    for worker in workers:
+        worker.stop()
+    generations = sum([await store.step_count(job_id) for job_id in job_ids])
+    elapsed_s = (finished_ms - started_ms) / 1000
+    print(f"{args.workers} workers × concurrency {args.concurrency}; {args.jobs} jobs of N=16 K=4 T=2")
+    print(f"committed generations: {generations} in {elapsed_s:.2f} s → {generations / elapsed_s:.0f} per second")
+    print(
+        f"Redis round trips per generation: {round_trips(delta) / generations:.2f} (upper bound); "
+        f"commands incl. script-internal: {sum(delta.values()) / generations:.2f}"
+    )
+    print(
+        f"CPU seconds: workers {worker_cpu:.1f} ({worker_cpu / generations * 1000:.2f} ms per generation), "
+        f"model server {server_cpu:.1f}, Redis {await redis_cpu_s(client):.1f}; "
+        f"tokenize calls per generation {server.log()['tokenize_calls'] / generations:.1f}"
+    )
+    print("top client commands:", ", ".join(f"{n}={c}" for n, c in delta.most_common(8) if n not in SCRIPT_INTERNAL))
+    await client.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--approx-tails", action="store_true", help="No server tokenizer (see main).")
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    started = time.monotonic()
+    # --approx-tails: the server hides /tokenize, so tails are cut by the backend's local approximate counter
+    # instead of ~4 tokenize round trips each: isolates what the worker itself costs from tail counting.
+    faults = [{"status": 404, "always": True, "path": "/tokenize"}] if args.approx_tails else []
+    config = ModelServerConfig(reasoning_words=40, faults=faults)
+    with (
+        tempfile.TemporaryDirectory() as data,
+        EmbeddedRedis(Path(data) / "redis") as url,
+        serve_in_subprocess(config) as server,
+    ):
+        asyncio.run(run(args, url, server, Path(data)))
+    print(f"benchmark wall: {time.monotonic() - started:.1f} s; load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
