@@ -15,7 +15,7 @@ from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.gate import SharedRate
 from rsa_service.jobs.store import JobStore
 from rsa_service.jobs.worker import Worker
-from tests.jobs.helpers import job_spec, status_of, step_events, wait_until
+from tests.jobs.helpers import finished, job_spec, status_of, step_events, wait_until
 from tests.modelserver import ModelServerConfig, serve_in_thread
 
 LEASE_S = 2.0
@@ -34,14 +34,6 @@ async def running(store: JobStore, pool: BackendPool | None = None, **options: o
         stop.set()
         await task
         await pool.aclose()
-
-
-async def finished(store: JobStore, job_id: str, timeout_s: float = 30) -> str:
-    async def terminal() -> str | None:
-        record = await store.get(job_id)
-        return record.status if record.terminal else None
-
-    return await wait_until(terminal, timeout_s, f"job {job_id} to end")
 
 
 async def test_token_budget_completes_with_the_best_answer_and_says_why(store: JobStore) -> None:
