@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -63,6 +64,24 @@ class BodyLimit:
         return f"the request body is over the limit of {self.max_bytes} bytes"
 
 
+class RequestGate:
+    """At most `limit` plain requests in flight; the rest wait their turn. Keeps a burst from exhausting the
+    Redis connection pool (which fails instead of waiting). Streams (events, chat) hold Redis only while reading
+    and run outside the gate, or a few long streams would starve every poll."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self._slots = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.endswith("/events") or path == "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+        async with self._slots:
+            await self.app(scope, receive, send)
+
+
 def create_app(
     settings: ApiSettings | None = None,
     shared: Settings | None = None,
@@ -104,5 +123,6 @@ def create_app(
     for module in (routes_jobs, sse, chat, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGate, limit=settings.max_concurrent_requests)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses
 from rsa_service.api.settings import ApiSettings, default_backend
-from rsa_service.api.views import job_view, owned_record, progress_many, step_records, to_job
+from rsa_service.api.views import job_view, json_response, owned_record, progress_many, step_records, to_job
 from rsa_service.client.models import Job, JobCreate, JobPage, StepList
 from rsa_service.config import Settings
 from rsa_service.core.params import RSAParams, check_problem
@@ -104,7 +104,7 @@ async def create(
     store: Store,
     settings: Options,
     idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
-) -> Job:
+) -> Response:
     spec = build_spec(settings, request, body)
     fp = fingerprint(body.model_dump(mode="json", exclude_none=True))
     if idempotency_key is None:
@@ -123,7 +123,7 @@ async def create(
         if created.outcome == "replayed":
             response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return await job_view(store, await store.get(job_id))
+    return json_response(await job_view(store, await store.get(job_id)), 202, dict(response.headers))
 
 
 @router.get("", response_model=JobPage, responses=problem_responses(401, 422, 503), summary="List jobs")
@@ -134,22 +134,20 @@ async def list_(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
     after: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page.")] = None,
     status: Annotated[list[JobStatus] | None, Query(description="Only jobs with these statuses.")] = None,
-) -> JobPage:
+) -> Response:
     try:
         page = await list_jobs(store, owner, limit=limit, after=after, status=frozenset(status) if status else None)
     except BadCursor as exc:
         raise field_error("after", str(exc).removeprefix("after: ")) from None
     progress = await progress_many(store, page.jobs)
     jobs = [to_job(record, p) for record, p in zip(page.jobs, progress, strict=True)]
-    return JobPage(data=jobs, has_more=page.next_cursor is not None, next_cursor=page.next_cursor)
+    return json_response(JobPage(data=jobs, has_more=page.next_cursor is not None, next_cursor=page.next_cursor))
 
 
 @router.get("/{job_id}", response_model=Job, responses=problem_responses(*COMMON), summary="Get a job")
-async def get(job_id: str, response: Response, owner: Tenant, store: Store, settings: Options) -> Job:
+async def get(job_id: str, owner: Tenant, store: Store, settings: Options) -> Response:
     job = await job_view(store, await owned_record(store, job_id, owner))
-    if not job.terminal:
-        response.headers["Retry-After"] = str(settings.poll_after_s)
-    return job
+    return json_response(job, headers=None if job.terminal else {"Retry-After": str(settings.poll_after_s)})
 
 
 @router.post(

@@ -34,6 +34,7 @@ class ApiSettings(BaseSettings):
     prompts_dir: Path | None = Field(default=None, description="Aggregation templates; default: the bundled ones.")
     limits: Limits = Field(default_factory=Limits)
     max_body_bytes: int = Field(default=1_000_000, gt=0)
+    max_concurrent_requests: int = Field(default=64, gt=0, description="Plain requests handled at once.")
     max_active_jobs: int = Field(default=100, gt=0, description="Unfinished jobs per tenant.")
     busy_retry_after_s: int = Field(default=5, gt=0, description="Retry-After when a tenant is at its limit.")
     poll_after_s: int = Field(default=2, gt=0, description="Retry-After hint on a running job.")

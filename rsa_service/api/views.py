@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from fastapi import Response
+from pydantic import BaseModel
+
 from rsa_service.client.models import Job, Progress, StepRecord
 from rsa_service.core.plan import FINAL_SLOT
 from rsa_service.core.steps import StepResult, step_key
@@ -43,6 +46,11 @@ async def progress_many(store: JobStore, records: Sequence[JobRecord]) -> list[P
             pipe.xrange(store.keys.job(record.id).events)
         streams = await pipe.execute()
     return [progress_from_events(r.spec, entries) for r, entries in zip(records, streams, strict=True)]
+
+
+def json_response(model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A model serialized once by pydantic; returning a Response skips FastAPI's second validation pass."""
+    return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
 
 
 def to_job(record: JobRecord, progress: Progress) -> Job:
