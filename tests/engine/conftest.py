@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from checkpoints import TinySpec, build_checkpoint
+
+# Compiling the decode step takes tens of seconds per shape here: tests run it eagerly, except the one test that
+# compiles the tiniest config on purpose (test_decode.py). Set before any engine is built.
+os.environ.setdefault("RSA_ENGINE_COMPILE", "0")
 
 # Test modules guard themselves with pytest.importorskip("torch") / ("transformers"); nothing here imports torch
 # at collection time, so the directory is skipped cleanly without the engine extra.
@@ -57,7 +62,8 @@ def open_engine() -> object:
 
     def make(directory: Path, *, max_batch: int = 8, chunk: int = 512, dtype: object = None) -> tuple:
         config, model = load_model(directory, dtype=dtype or torch.float32)
-        runner = ModelRunner(model, config, prefill_chunk_tokens=chunk)
-        return config, runner, Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=max_batch)
+        runner = ModelRunner(model, config)
+        batcher = Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=max_batch, step_tokens=chunk)
+        return config, runner, batcher
 
     return make

@@ -17,10 +17,10 @@ from rsa_service.backends.base import (
     PermanentBackendError,
     Usage,
 )
-from rsa_service.backends.engine.batcher import Batcher, GenSequence
+from rsa_service.backends.engine.batcher import DEFAULT_STEP_TOKENS, Batcher, GenSequence
 from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.loader import load_model
-from rsa_service.backends.engine.runner import DEFAULT_PREFILL_CHUNK_TOKENS, ModelRunner
+from rsa_service.backends.engine.runner import ModelRunner
 from rsa_service.backends.engine.sampling import SamplingParams
 from rsa_service.backends.engine.scheduler import AsyncScheduler
 from rsa_service.backends.engine.tokenizer import ChatTokenizer, thinking_opened
@@ -57,11 +57,15 @@ class EngineBackend:
         *,
         skip_returns_input: bool = False,
         enable_thinking: bool = True,
-        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
+        prefill_chunk_tokens: int = DEFAULT_STEP_TOKENS,
+        compile_decode: bool | None = None,
     ) -> EngineBackend:
         """Load the checkpoint directory `location` (the part after `engine:`) with `options.dtype`/`device`.
 
         `skip_returns_input` selects the release-time skip route; the default follows upstream transformers.
+        `prefill_chunk_tokens` is the token budget of one engine step (decode tokens plus prompt chunks).
+        `compile_decode` None follows RSA_ENGINE_COMPILE (default on); the decode step is compiled for every batch
+        size up to `options.max_concurrency` before this returns.
         """
         directory = Path(location).expanduser()
         config, model = load_model(
@@ -70,8 +74,14 @@ class EngineBackend:
             device=options.device,
             skip_returns_input=skip_returns_input,
         )
-        runner = ModelRunner(model, config, prefill_chunk_tokens=prefill_chunk_tokens)
-        batcher = Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=options.max_concurrency)
+        runner = ModelRunner(model, config, compile_decode=compile_decode)
+        runner.warm_up(options.max_concurrency)
+        batcher = Batcher(
+            runner,
+            eos_token_ids=config.eos_token_ids,
+            max_batch=options.max_concurrency,
+            step_tokens=prefill_chunk_tokens,
+        )
         return cls(
             config,
             ChatTokenizer.from_checkpoint(directory, config),
@@ -134,7 +144,7 @@ class EngineBackend:
 
     def skip_route_counts(self) -> list[int]:
         """Times each layer's MoE took the skip route, over every real token processed so far."""
-        return self.batcher.runner.skip_counts.tolist()
+        return list(self.batcher.runner.skip_counts)
 
     async def aclose(self) -> None:
         await self._scheduler.aclose()

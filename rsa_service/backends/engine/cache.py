@@ -2,7 +2,8 @@
 
 Each sequence owns one row ("slot") of every buffer. Buffers only grow, when a sequence is admitted that needs more
 rows or columns than any before it; the forward pass then updates them in place, so a decode step allocates no
-cache memory and a fixed-shape decode step can later be compiled against them.
+cache memory, and decode reads the leading rows and columns through views. A sequence's whole state can be forked
+into other rows after a shared prefix has been prefilled once.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class StateCache:
 
         return [
             LayerState(
-                keys=zeros(slots, max_len + 1, nkv, hd),
-                values=zeros(slots, max_len + 1, nkv, hd),
+                keys=zeros(slots, nkv, max_len + 1, hd),
+                values=zeros(slots, nkv, max_len + 1, hd),
                 conv=zeros(slots, channels, conv_state_width(d)),
                 delayed=zeros(slots, nkv * hd // 2),
             )
@@ -54,8 +55,8 @@ class StateCache:
         new_len = max(self.max_len, -(-max_len // COLUMN_BLOCK) * COLUMN_BLOCK)
         grown = self._allocate(new_slots, new_len)
         for old, new in zip(self.layers, grown, strict=True):
-            new.keys[: self.slots, : self.max_len] = old.keys[:, : self.max_len]
-            new.values[: self.slots, : self.max_len] = old.values[:, : self.max_len]
+            new.keys[: self.slots, :, : self.max_len] = old.keys[:, :, : self.max_len]
+            new.values[: self.slots, :, : self.max_len] = old.values[:, :, : self.max_len]
             new.conv[: self.slots] = old.conv
             new.delayed[: self.slots] = old.delayed
         self.layers, self.slots, self.max_len = grown, new_slots, new_len
@@ -67,8 +68,30 @@ class StateCache:
             layer.conv[rows] = 0
             layer.delayed[rows] = 0
 
-    def context(self, slots: Sequence[int], starts: Sequence[int], lengths: Sequence[int]) -> StepContext:
-        """Place `lengths[b]` new tokens of the sequence in `slots[b]` after its first `starts[b]` tokens.
+    def fork(self, source: int, targets: Sequence[int], length: int) -> None:
+        """Give rows `targets` the state of row `source` after its first `length` tokens (KV, conv, delayed value)."""
+        rows = torch.tensor(list(targets), dtype=torch.long, device=self._device)
+        for layer in self.layers:
+            # The source is cloned: an indexed write may not read the tensor it writes to.
+            layer.keys[rows, :, :length] = layer.keys[source, :, :length].clone()
+            layer.values[rows, :, :length] = layer.values[source, :, :length].clone()
+            layer.conv[rows] = layer.conv[source].clone()
+            layer.delayed[rows] = layer.delayed[source].clone()
+
+    def bytes_per_token(self) -> int:
+        """KV bytes one token adds (all layers); the conv and delayed-value state is per sequence, not per token."""
+        d = self._dims
+        return 2 * d.num_hidden_layers * d.num_key_value_heads * d.head_dim * self._dtype.itemsize
+
+    def bytes_per_sequence(self) -> int:
+        """Fixed per-sequence state besides the KV cache: conv state and delayed value, all layers."""
+        d = self._dims
+        channels = (d.num_attention_heads + d.num_key_value_heads) * d.head_dim
+        per_layer = channels * conv_state_width(d) + d.num_key_value_heads * d.head_dim // 2
+        return d.num_hidden_layers * per_layer * self._dtype.itemsize
+
+    def context(self, rows: Sequence[int], starts: Sequence[int], lengths: Sequence[int]) -> StepContext:
+        """Place `lengths[b]` new tokens of the sequence in `rows[b]` after its first `starts[b]` tokens.
 
         Shorter sequences are right-padded to the longest; causality keeps padding from touching real tokens,
         and padding writes land in the scratch column.
@@ -82,7 +105,7 @@ class StateCache:
         width = max(s + n for s, n in zip(starts, lengths, strict=True))
         mask = torch.arange(width, device=dev) <= positions[..., None]  # [B, T, K]
         return StepContext(
-            slots=torch.tensor(list(slots), dtype=torch.long, device=dev),
+            rows=torch.tensor(list(rows), dtype=torch.long, device=dev),
             write_cols=torch.where(valid, positions, self.max_len),
             last=length - 1,
             valid=valid,

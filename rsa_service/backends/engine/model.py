@@ -1,16 +1,20 @@
 """ZAYA1 in plain PyTorch: CCA attention + top-1 MoE with a skip route, fp32 residual stream.
 
 Module and parameter names follow the published checkpoint keys, so a checkpoint's tensors map one-to-one onto
-`ZayaForCausalLM.state_dict()`. The forward pass always runs against per-sequence state held in cache buffers
-(KV, conv state, delayed value): a full-sequence pass is a prefill into fresh cache rows, so one code path serves
-prefill, chunked prefill and decode.
+`ZayaForCausalLM.state_dict()`. Every pass runs against per-sequence state held in cache buffers
+(KV, conv state, delayed value), updated in place. `forward` is the prefill pass (any rows, T new tokens each, also
+used for chunked prefill and scoring); decode has its own fixed-shape pieces (`decode_qkv`, `decode_router`,
+`decode_merge`) over the leading B cache rows, which the engine compiles and strings together with the attention
+read and the expert dispatch (data-dependent, so outside the compiled pieces).
 
 Shapes: B sequences, T new tokens each, K cache columns read, H hidden, nh/nkv query/KV heads, hd head dim,
-C = (nh + nkv)·hd conv channels, Dv = nkv·hd/2 delayed-value channels, R router hidden, E experts.
+C = (nh + nkv)·hd conv channels, Dv = nkv·hd/2 delayed-value channels, R router hidden, E experts, S cache rows,
+L cache columns.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -62,8 +66,8 @@ def conv_state_width(dims: ZayaDims) -> int:
 class LayerState(NamedTuple):
     """One layer's cache buffers, indexed by cache row (slot). Updated in place by the forward pass."""
 
-    keys: Tensor  # [S, L+1, nkv, hd] post-RoPE keys; column L is scratch for padding writes
-    values: Tensor  # [S, L+1, nkv, hd]
+    keys: Tensor  # [S, nkv, L+1, hd] post-RoPE keys, head-major so a column prefix is a view; column L is scratch
+    values: Tensor  # [S, nkv, L+1, hd]
     conv: Tensor  # [S, C, W] pre-conv q|k of the last W tokens
     delayed: Tensor  # [S, Dv] the last token's delayed value projection
 
@@ -72,7 +76,7 @@ class LayerState(NamedTuple):
 class StepContext:
     """Where a batch of new tokens sits: which cache rows, which columns, which positions, which are padding."""
 
-    slots: Tensor  # [B] cache rows
+    rows: Tensor  # [B] cache rows
     write_cols: Tensor  # [B, T] cache column per new token (padding → scratch column)
     last: Tensor  # [B] index in T of each sequence's last real token
     valid: Tensor  # [B, T] bool, real tokens
@@ -126,30 +130,51 @@ class CCAProjection(nn.Module):
         self.conv_qk_grouped = nn.Conv1d(channels, channels, dims.cca_time1, groups=self.nh + self.nkv, dtype=dtype)
         self.width = conv_state_width(dims)
 
+    def _heads(self, q_proj: Tensor, k_proj: Tensor, mixed: Tensor) -> tuple[Tensor, Tensor]:
+        """Pre-conv q [..., nh·hd], k [..., nkv·hd] and conv output [..., C] → q [..., nh, hd], k [..., nkv, hd].
+
+        Mean paths: q head ← ½(q + its KV head's k), k head ← mean of its q heads' mean paths.
+        """
+        q_mean = (q_proj.unflatten(-1, (self.nkv, -1, self.hd)) + k_proj.unflatten(-1, (self.nkv, 1, self.hd))) * 0.5
+        q_dim = self.nh * self.hd
+        query = mixed[..., :q_dim].unflatten(-1, (self.nh, self.hd)) + q_mean.flatten(-3, -2)
+        key = mixed[..., q_dim:].unflatten(-1, (self.nkv, self.hd)) + q_mean.mean(dim=-2)
+        return query, key
+
+    def _conv(self, history: Tensor) -> Tensor:
+        """history [B, C, W + T] → [B, C, T]."""
+        return self.conv_qk_grouped(self.conv_qk_depthwise(history))
+
     def forward(self, x: Tensor, ctx: StepContext, state: LayerState) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, H] → q [B, T, nh, hd], k [B, T, nkv, hd], v [B, T, nkv, hd]; rolls conv and delayed state."""
-        b, t, _ = x.shape
         q_proj, k_proj = self.q_proj(x), self.k_proj(x)  # [B, T, nh·hd], [B, T, nkv·hd]
-
-        # Mean paths from the pre-conv projections: q head ← ½(q + its KV head's k), k head ← mean of its q heads.
-        q_mean = (q_proj.view(b, t, self.nkv, -1, self.hd) + k_proj.view(b, t, self.nkv, 1, self.hd)) * 0.5
-        k_mean = q_mean.mean(dim=3)  # [B, T, nkv, hd]
-
         qk = torch.cat([q_proj, k_proj], dim=-1).transpose(1, 2)  # [B, C, T]
-        history = torch.cat([state.conv[ctx.slots], qk], dim=-1)  # [B, C, W + T]
+        history = torch.cat([state.conv[ctx.rows], qk], dim=-1)  # [B, C, W + T]
         # New conv state: the W columns ending at each sequence's last real token.
         cols = ctx.last[:, None] + 1 + torch.arange(self.width, device=x.device)  # [B, W]
-        state.conv[ctx.slots] = history.gather(2, cols[:, None, :].expand(-1, history.shape[1], -1))
-        mixed = self.conv_qk_grouped(self.conv_qk_depthwise(history)).transpose(1, 2)  # [B, T, C]
-        q_dim = self.nh * self.hd
-        query = mixed[..., :q_dim].reshape(b, t, self.nh, self.hd) + q_mean.reshape(b, t, self.nh, self.hd)
-        key = mixed[..., q_dim:].reshape(b, t, self.nkv, self.hd) + k_mean
+        state.conv[ctx.rows] = history.gather(2, cols[:, None, :].expand(-1, history.shape[1], -1))
+        query, key = self._heads(q_proj, k_proj, self._conv(history).transpose(1, 2))
 
         # Values: the first half of the channels from this token, the second half delayed by one token.
         v_now, v_next = self.v_proj_current(x), self.v_proj_delayed(x)  # [B, T, Dv] each
-        v_prev = torch.cat([state.delayed[ctx.slots][:, None], v_next[:, :-1]], dim=1)  # [B, T, Dv]
-        state.delayed[ctx.slots] = v_next.gather(1, ctx.last[:, None, None].expand(-1, 1, v_next.shape[-1]))[:, 0]
-        value = torch.cat([v_now, v_prev], dim=-1).view(b, t, self.nkv, self.hd)
+        v_prev = torch.cat([state.delayed[ctx.rows][:, None], v_next[:, :-1]], dim=1)  # [B, T, Dv]
+        state.delayed[ctx.rows] = v_next.gather(1, ctx.last[:, None, None].expand(-1, 1, v_next.shape[-1]))[:, 0]
+        return query, key, torch.cat([v_now, v_prev], dim=-1).unflatten(-1, (self.nkv, self.hd))
+
+    def decode(self, x: Tensor, active: Tensor, state: LayerState) -> tuple[Tensor, Tensor, Tensor]:
+        """One token for each of the leading B rows: x [B, H] → q [B, nh, hd], k and v [B, nkv, hd].
+
+        Rolls the conv and delayed state of active rows only; inactive rows may be mid-prefill.
+        """
+        b = x.shape[0]
+        q_proj, k_proj = self.q_proj(x), self.k_proj(x)  # [B, nh·hd], [B, nkv·hd]
+        conv, delayed = state.conv[:b], state.delayed[:b]  # views [B, C, W], [B, Dv]
+        history = torch.cat([conv, torch.cat([q_proj, k_proj], dim=-1)[:, :, None]], dim=-1)  # [B, C, W + 1]
+        query, key = self._heads(q_proj, k_proj, self._conv(history)[:, :, 0])
+        value = torch.cat([self.v_proj_current(x), delayed], dim=-1).unflatten(-1, (self.nkv, self.hd))
+        keep = active[:, None]
+        conv.copy_(torch.where(keep[:, :, None], history[:, :, 1:], conv))
+        delayed.copy_(torch.where(keep, self.v_proj_delayed(x), delayed))
         return query, key, value
 
 
@@ -189,15 +214,32 @@ class CCAttention(nn.Module):
         q, k, v = self.qkv_proj(x, ctx, state)
         q, k = self.qk_norm(q, k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        state.keys[ctx.slots[:, None], ctx.write_cols] = k
-        state.values[ctx.slots[:, None], ctx.write_cols] = v
+        state.keys[ctx.rows[:, None], :, ctx.write_cols] = k  # indexed as [B, T, nkv, hd]
+        state.values[ctx.rows[:, None], :, ctx.write_cols] = v
         width = ctx.mask.shape[-1]
-        keys = state.keys[ctx.slots, :width].transpose(1, 2)  # [B, nkv, K, hd]
-        values = state.values[ctx.slots, :width].transpose(1, 2)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=ctx.mask, scale=self.scale, enable_gqa=True
+            q.transpose(1, 2),
+            state.keys[ctx.rows, :, :width],  # [B, nkv, K, hd]
+            state.values[ctx.rows, :, :width],
+            attn_mask=ctx.mask,
+            scale=self.scale,
+            enable_gqa=True,
         )  # [B, nh, T, hd]; query head j reads KV head j // (nh / nkv)
         return self.o_proj(out.transpose(1, 2).flatten(2))
+
+    def decode_attend(self, q: Tensor, k: Tensor, v: Tensor, cols: Tensor, mask: Tensor, state: LayerState) -> Tensor:
+        """Store k, v [B, nkv, hd] at column cols [B] of the leading B rows; attend q [B, nh, 1, hd] → [B, nh·hd].
+
+        The cache is read through a view of its first K columns (mask [B, 1, 1, K]): nothing is copied.
+        """
+        b, width = q.shape[0], mask.shape[-1]
+        rows = torch.arange(b, device=q.device)
+        state.keys[rows, :, cols] = k
+        state.values[rows, :, cols] = v
+        out = F.scaled_dot_product_attention(
+            q, state.keys[:b, :, :width], state.values[:b, :, :width], attn_mask=mask, scale=self.scale, enable_gqa=True
+        )  # [B, nh, 1, hd]
+        return out.flatten(1)
 
 
 class RouterMLP(nn.Module):
@@ -237,8 +279,17 @@ class Router(nn.Module):
         return route, probs.gather(-1, route[..., None])[..., 0], state
 
 
+def expert_mlp(x: Tensor, gate_up: Tensor, down: Tensor, scale: Tensor) -> Tensor:
+    """One expert's SwiGLU on its tokens: x [n, H], gate_up [2I, H] (gate first), down [H, I], scale [n, 1] → [n, H]."""
+    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, down) * scale
+
+
+ExpertMLP = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
 class Experts(nn.Module):
-    """SwiGLU experts stored stacked, gate|up fused (first half gate)."""
+    """SwiGLU experts stored stacked, gate|up fused (first half gate). Route E is the skip route, E + 1 padding."""
 
     def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
         super().__init__()
@@ -246,21 +297,31 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h, dtype=dtype))
         self.down_proj = nn.Parameter(torch.empty(e, h, i, dtype=dtype))
 
-    def forward(self, x: Tensor, route: Tensor, weight: Tensor, skip_returns_input: bool) -> Tensor:
-        """x [N, H], route [N], weight [N] → [N, H]. Route E is the skip route."""
+    def forward(
+        self, x: Tensor, route: Tensor, weight: Tensor, skip_returns_input: bool, mlp: ExpertMLP = expert_mlp
+    ) -> tuple[Tensor, int]:
+        """x [N, H], route [N], weight [N] → output [N, H], skip routes taken.
+
+        Grouped dispatch: tokens sorted by expert, one `mlp` call per expert hit (its weights read once), skip and
+        padding tokens with no matmul. The per-expert counts are the one host read of the layer.
+        """
+        experts = self.gate_up_proj.shape[0]
+        counts = torch.bincount(route, minlength=experts + 2).tolist()
+        order = route.argsort(stable=True)  # [N]
+        xs, scale = x[order], weight[order, None].to(x.dtype)  # [N, H], [N, 1] grouped by expert
+        pieces, start = [], 0
+        for expert, n in enumerate(counts[:experts]):
+            if n:
+                end = start + n
+                pieces.append(mlp(xs[start:end], self.gate_up_proj[expert], self.down_proj[expert], scale[start:end]))
+                start = end
+        skips = counts[experts]
+        if skip_returns_input:
+            pieces.append(xs[start : start + skips] * scale[start : start + skips])
         out = torch.zeros_like(x)
-        skip = self.gate_up_proj.shape[0]
-        # One host read per layer to learn which experts are hit; each hit expert's weights are read once.
-        for expert in torch.unique(route).tolist():
-            rows = (route == expert).nonzero()[:, 0]
-            w = weight[rows, None].to(x.dtype)
-            if expert == skip:
-                if skip_returns_input:
-                    out.index_add_(0, rows, x[rows] * w)
-                continue
-            gate, up = F.linear(x[rows], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            out.index_add_(0, rows, F.linear(F.silu(gate) * up, self.down_proj[expert]) * w)
-        return out
+        if pieces:
+            out[order[: start + (skips if skip_returns_input else 0)]] = torch.cat(pieces)
+        return out, skips
 
 
 class MoE(nn.Module):
@@ -269,13 +330,17 @@ class MoE(nn.Module):
         self.gate = Router(dims, layer, dtype)
         self.experts = Experts(dims, dtype)
 
-    def forward(
-        self, x: Tensor, carried: Tensor | None, valid: Tensor, skip_returns_input: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, T, H] → output [B, T, H], router state [B, T, R], skip routes taken by real tokens (scalar)."""
+    def route(self, x: Tensor, carried: Tensor | None, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [..., H] → route [...] (padding → E + 1), weight [...], router state [..., R]."""
         route, weight, state = self.gate(x, carried)
-        out = self.experts(x.flatten(0, 1), route.flatten(), weight.flatten(), skip_returns_input)
-        skips = ((route == self.experts.gate_up_proj.shape[0]) & valid).sum()
+        return torch.where(valid, route, self.experts.gate_up_proj.shape[0] + 1), weight, state
+
+    def forward(
+        self, x: Tensor, carried: Tensor | None, valid: Tensor, skip_returns_input: bool, mlp: ExpertMLP
+    ) -> tuple[Tensor, Tensor, int]:
+        """x [B, T, H] → output [B, T, H], router state [B, T, R], skip routes taken by real tokens."""
+        route, weight, state = self.route(x, carried, valid)
+        out, skips = self.experts(x.flatten(0, 1), route.flatten(), weight.flatten(), skip_returns_input, mlp)
         return out.view_as(x), state, skips
 
 
@@ -289,6 +354,10 @@ class DecoderLayer(nn.Module):
         self.mlp = MoE(dims, layer, dtype)
         self.post_mlp_residual_scale = ResidualScale(dims.hidden_size, dtype)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_layernorm.weight.dtype
+
     def forward(
         self,
         residual: Tensor,
@@ -297,15 +366,33 @@ class DecoderLayer(nn.Module):
         rope: tuple[Tensor, Tensor],
         state: LayerState,
         skip_returns_input: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        mlp: ExpertMLP,
+    ) -> tuple[Tensor, Tensor, int]:
         """residual [B, T, H] fp32 → residual, router state, skip count."""
-        dtype = self.input_layernorm.weight.dtype
-        h = self.self_attn(self.input_layernorm(residual.to(dtype)), ctx, rope, state)
+        h = self.self_attn(self.input_layernorm(residual.to(self.dtype)), ctx, rope, state)
         residual = self.post_attention_residual_scale(h, residual)
         h, carried, skips = self.mlp(
-            self.post_attention_layernorm(residual.to(dtype)), carried, ctx.valid, skip_returns_input
+            self.post_attention_layernorm(residual.to(self.dtype)), carried, ctx.valid, skip_returns_input, mlp
         )
         return self.post_mlp_residual_scale(h, residual), carried, skips
+
+    def decode_qkv(
+        self, residual: Tensor, active: Tensor, rope: tuple[Tensor, Tensor], state: LayerState
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Decode, before the cache read: residual [B, H] fp32 → q [B, nh, 1, hd], k and v [B, nkv, hd]."""
+        q, k, v = self.self_attn.qkv_proj.decode(self.input_layernorm(residual.to(self.dtype)), active, state)
+        q, k = self.self_attn.qk_norm(q, k)
+        return apply_rope(q, *rope)[:, :, None], apply_rope(k, *rope), v
+
+    def decode_router(
+        self, residual: Tensor, attended: Tensor, carried: Tensor | None, active: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Decode, after the cache read: attended [B, nh·hd] → residual [B, H], MoE input [B, H], route [B],
+        weight [B], router state [B, R]."""
+        residual = self.post_attention_residual_scale(self.self_attn.o_proj(attended), residual)
+        x = self.post_attention_layernorm(residual.to(self.dtype))
+        route, weight, carried = self.mlp.route(x, carried, active)
+        return residual, x, route, weight, carried
 
 
 class ZayaBackbone(nn.Module):
@@ -335,25 +422,39 @@ class ZayaForCausalLM(nn.Module):
         return self.model.norm.weight.dtype
 
     def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions [B, T] → cos, sin [B, T, 1, rot], computed in fp32 and cast to the compute dtype."""
+        """positions [...] → cos, sin [..., 1, rot], computed in fp32 and cast to the compute dtype."""
         exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device=positions.device) / self.rotary_dim
         inv_freq = 1.0 / (self.rope_theta**exponents)
-        freqs = positions[..., None].float() * inv_freq  # [B, T, rot/2]
-        angles = torch.cat([freqs, freqs], dim=-1)[:, :, None]
+        freqs = positions[..., None].float() * inv_freq  # [..., rot/2]
+        angles = torch.cat([freqs, freqs], dim=-1)[..., None, :]
         return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
 
-    def forward(self, tokens: Tensor, ctx: StepContext, states: list[LayerState]) -> tuple[Tensor, Tensor]:
-        """tokens [B, T] → final normed hidden [B, T, H] (compute dtype), skip routes per layer [L]."""
+    def embed(self, tokens: Tensor) -> Tensor:
+        """tokens [...] → fp32 residual [..., H]."""
         core = self.model
         embedded = F.embedding(tokens, core.embed_tokens.weight)
-        residual = ((embedded + core.input_hidden_states_bias) * core.input_hidden_states_scale).float()
+        return ((embedded + core.input_hidden_states_bias) * core.input_hidden_states_scale).float()
+
+    def forward(
+        self, tokens: Tensor, ctx: StepContext, states: list[LayerState], mlp: ExpertMLP = expert_mlp
+    ) -> tuple[Tensor, list[int]]:
+        """Prefill: tokens [B, T] → final normed hidden [B, T, H] (compute dtype), skip routes per layer."""
+        residual = self.embed(tokens)
         rope = self.rope(ctx.positions)
         carried: Tensor | None = None
         skips = []
-        for layer, state in zip(core.layers, states, strict=True):
-            residual, carried, taken = layer(residual, carried, ctx, rope, state, self.skip_returns_input)
+        for layer, state in zip(self.model.layers, states, strict=True):
+            residual, carried, taken = layer(residual, carried, ctx, rope, state, self.skip_returns_input, mlp)
             skips.append(taken)
-        return core.norm(residual.to(self.dtype)), torch.stack(skips)
+        return self.model.norm(residual.to(self.dtype)), skips
+
+    def decode_embed(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Decode: tokens, positions [B] → fp32 residual [B, H], RoPE cos/sin [B, 1, rot]."""
+        return self.embed(tokens), self.rope(positions)
+
+    def decode_head(self, residual: Tensor) -> Tensor:
+        """Decode: residual [B, H] fp32 → fp32 logits [B, V]."""
+        return self.logits(self.model.norm(residual.to(self.dtype)))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., H] → fp32 logits [..., V]."""

@@ -1,6 +1,7 @@
-"""Forward passes of the model against cache slots: chunked prefill, one-token decode, whole-sequence scoring.
+"""Forward passes of the model against cache rows: prefill chunks, one-token decode, whole-sequence scoring.
 
-Token-level only: which sequence sits in which slot and when it stops is the batcher's business.
+Token-level only: which sequence sits in which row, how prompts are chunked and when a sequence stops is the
+batcher's business.
 """
 
 from __future__ import annotations
@@ -10,69 +11,87 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rsa_service.backends.engine.cache import StateCache
+from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
+from rsa_service.backends.engine.compiler import compile_enabled
+from rsa_service.backends.engine.decode import DecodeStep, batch_bucket
 from rsa_service.backends.engine.model import ZayaDims, ZayaForCausalLM
-
-DEFAULT_PREFILL_CHUNK_TOKENS = 512
 
 
 class ModelRunner:
-    """Owns the model and its state cache; counts skip routes taken by real tokens per layer."""
+    """Owns the model, its state cache and the compiled decode step; counts skip routes taken per layer.
 
-    def __init__(
-        self,
-        model: ZayaForCausalLM,
-        dims: ZayaDims,
-        *,
-        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
-    ) -> None:
+    `compile_decode` None follows RSA_ENGINE_COMPILE (default on); see `compiler`.
+    """
+
+    def __init__(self, model: ZayaForCausalLM, dims: ZayaDims, *, compile_decode: bool | None = None) -> None:
         self.model = model
         self.device = model.model.norm.weight.device
         self.cache = StateCache(dims, model.dtype, self.device)
-        self.prefill_chunk_tokens = prefill_chunk_tokens
-        # Accumulated on the device; read only when someone asks.
-        self.skip_counts = torch.zeros(dims.num_hidden_layers, dtype=torch.long, device=self.device)
+        self.decoder = DecodeStep(model, self.cache, compile_pieces=compile_enabled(compile_decode))
+        self.skip_counts = [0] * dims.num_hidden_layers  # skip routes taken by real tokens, per layer
 
-    def _forward(self, tokens: Tensor, slots: Sequence[int], starts: Sequence[int], lengths: Sequence[int]) -> Tensor:
-        """tokens [B, T] (right-padded) → final hidden [B, T, H]."""
-        ctx = self.cache.context(slots, starts, lengths)
-        hidden, skips = self.model(tokens, ctx, self.cache.layers)
-        self.skip_counts += skips
-        return hidden
+    def reserve(self, rows: int, max_len: int) -> None:
+        """Make room for rows [0, rows) of `max_len` tokens (rounded up to a decode batch)."""
+        self.cache.reserve(batch_bucket(rows), max_len)
 
-    @torch.inference_mode()
-    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> Tensor:
-        """Run fresh prompts into `slots` in chunks; return each prompt's last-token logits [B, V] fp32."""
-        self.cache.reset(slots)
-        last: list[Tensor | None] = [None] * len(prompts)
-        chunk = self.prefill_chunk_tokens
-        for start in range(0, max(len(p) for p in prompts), chunk):
-            active = [i for i, p in enumerate(prompts) if len(p) > start]
-            pieces = [list(prompts[i][start : start + chunk]) for i in active]
-            hidden = self._forward(
-                self._pad(pieces), [slots[i] for i in active], [start] * len(active), [len(p) for p in pieces]
-            )
-            for row, i in enumerate(active):
-                if len(prompts[i]) <= start + chunk:
-                    last[i] = hidden[row, len(pieces[row]) - 1]
-        return self.model.logits(torch.stack([h for h in last if h is not None]))
+    def warm_up(self, max_batch: int) -> None:
+        """Compile the decode step for every batch up to `max_batch` now, so no request waits for it."""
+        self.decoder.warm_up(max_batch)
+
+    def _count(self, skips: list[int]) -> None:
+        self.skip_counts = [total + n for total, n in zip(self.skip_counts, skips, strict=True)]
 
     @torch.inference_mode()
-    def decode(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> Tensor:
-        """Feed one token per sequence at `positions`; return next-token logits [B, V] fp32."""
-        ids = torch.tensor(list(tokens), dtype=torch.long, device=self.device)[:, None]  # [B, 1]
-        hidden = self._forward(ids, slots, positions, [1] * len(slots))
-        return self.model.logits(hidden[:, 0])
+    def prefill(self, rows: Sequence[int], pieces: Sequence[Sequence[int]], starts: Sequence[int]) -> Tensor:
+        """Run `pieces[b]`, the prompt tokens of row `rows[b]` after its first `starts[b]`, in one pass.
+
+        A piece starting at 0 begins a fresh sequence. Returns the final hidden state at each piece's last token,
+        [B, H]; `logits` turns the ones that end a prompt into next-token logits.
+        """
+        fresh = [row for row, start in zip(rows, starts, strict=True) if start == 0]
+        if fresh:
+            self.cache.reset(fresh)
+        lengths = [len(p) for p in pieces]
+        ctx = self.cache.context(rows, starts, lengths)
+        hidden, skips = self.model(self._pad(pieces), ctx, self.cache.layers, self.decoder.expert_mlp)
+        self._count(skips)
+        return hidden[torch.arange(len(rows), device=self.device), ctx.last]
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden [B, H] → fp32 logits [B, V]."""
+        with torch.inference_mode():
+            return self.model.logits(hidden)
+
+    def decode(self, rows: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> Tensor:
+        """Feed one token to each of `rows` at `positions`; return next-token logits [len(rows), V] fp32.
+
+        The step runs over the leading rows at a fixed batch size; other rows ride along inactive.
+        """
+        batch = batch_bucket(max(rows) + 1)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+
+        def spread(values: Sequence[int]) -> Tensor:
+            full = torch.zeros(batch, dtype=torch.long, device=self.device)
+            return full.index_copy_(0, index, torch.tensor(list(values), dtype=torch.long, device=self.device))
+
+        active = torch.zeros(batch, dtype=torch.bool, device=self.device).index_fill_(0, index, True)
+        width = min(-(-(max(positions) + 1) // COLUMN_BLOCK) * COLUMN_BLOCK, self.cache.max_len)
+        logits, skips = self.decoder(spread(tokens), spread(positions), active, width)
+        self._count(skips)
+        return logits[index]
 
     @torch.inference_mode()
-    def score(self, slot: int, tokens: Sequence[int]) -> Tensor:
+    def score(self, row: int, tokens: Sequence[int]) -> Tensor:
         """Logits after every token of one fresh sequence, in one pass: [T, V] fp32."""
-        self.cache.reserve(slot + 1, len(tokens))
-        self.cache.reset([slot])
-        hidden = self._forward(self._pad([list(tokens)]), [slot], [0], [len(tokens)])
+        self.reserve(row + 1, len(tokens))
+        self.cache.reset([row])
+        hidden, skips = self.model(
+            self._pad([tokens]), self.cache.context([row], [0], [len(tokens)]), self.cache.layers
+        )
+        self._count(skips)
         return self.model.logits(hidden[0])
 
-    def _pad(self, pieces: list[list[int]]) -> Tensor:
+    def _pad(self, pieces: Sequence[Sequence[int]]) -> Tensor:
         width = max(len(p) for p in pieces)
-        rows = [p + [0] * (width - len(p)) for p in pieces]
+        rows = [list(p) + [0] * (width - len(p)) for p in pieces]
         return torch.tensor(rows, dtype=torch.long, device=self.device)  # [B, T]
