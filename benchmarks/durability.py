@@ -82,10 +82,15 @@ async def statuses(store: JobStore, job_ids: list[str]) -> Counter[str]:
         return Counter(await pipe.execute())
 
 
+async def all_ended(store: JobStore, job_ids: list[str]) -> bool:
+    counts = await statuses(store, job_ids)
+    return counts["completed"] + counts["failed"] == len(job_ids)
+
+
 async def soak(args: argparse.Namespace, store: JobStore, fleet: Fleet, job_ids: list[str]) -> dict:
     seen: dict[tuple[str, str], str] = {}
     kills, next_kill = 0, time.monotonic() + args.kill_every_s
-    while sum((await statuses(store, job_ids))[status] for status in ("completed", "failed")) < len(job_ids):
+    while not await all_ended(store, job_ids):
         if time.monotonic() >= next_kill:
             await snapshot(store, job_ids, seen)
             fleet.kill_one()
