@@ -13,9 +13,6 @@ import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings
-from rsa_service.api.workers import in_process_workers
 from rsa_service.batch import BatchSummary, ResultLine, read_problems, run_batch
 from rsa_service.cli.common import NO_BACKEND, CLIError, run_async, stderr, stdout
 from rsa_service.cli.options import JobOptions, with_job_options
@@ -41,6 +38,11 @@ async def _client(
     if not spec:
         raise CLIError(NO_BACKEND)
     shared = settings.model_copy(update={"backends": {IN_PROCESS_BACKEND: spec}})
+    # Imported here: FastAPI costs a second of start-up that `rsa reason` and friends should not pay.
+    from rsa_service.api.app import create_app
+    from rsa_service.api.settings import ApiSettings
+    from rsa_service.api.workers import in_process_workers
+
     options = ApiSettings(api_keys=[], prompts_dir=job.prompts, poll_after_s=1, max_active_jobs=1_000_000)
     app = create_app(options, shared, background=in_process_workers(workers, shared))
     async with app.router.lifespan_context(app):

@@ -6,11 +6,7 @@ import logging
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings, named_backends
-from rsa_service.api.workers import in_process_workers
 from rsa_service.config import Settings
 
 
@@ -24,6 +20,13 @@ def serve(
 ) -> None:
     """Serve the REST API (jobs, events, OpenAI-compatible chat completions, health, metrics)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Imported here: FastAPI and uvicorn cost a second of start-up that the other commands should not pay.
+    import uvicorn
+
+    from rsa_service.api.app import create_app
+    from rsa_service.api.settings import ApiSettings, named_backends
+    from rsa_service.api.workers import in_process_workers
+
     shared = named_backends(Settings())
     background = in_process_workers(workers, shared) if workers else None
     app = create_app(ApiSettings(), shared, background=background)
