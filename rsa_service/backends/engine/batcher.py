@@ -146,7 +146,7 @@ class Batcher:
             leader, shared, j = ordered[i], len(ordered[i].prompt_ids) - 1, i + 1
             while j < len(ordered):
                 common = min(_common_prefix(leader.prompt_ids, ordered[j].prompt_ids), len(ordered[j].prompt_ids) - 1)
-                if common < self.min_shared_prefix:
+                if common < max(self.min_shared_prefix, 1):
                     break
                 shared, j = min(shared, common), j + 1
             if j > i + 1:  # every member keeps ≥ 1 token of its own, so each gets its own next-token logits

@@ -18,7 +18,7 @@ engine_app = typer.Typer(no_args_is_help=True)
 
 @engine_app.callback()
 def engine() -> None:
-    """Drive the in-process ZAYA1 engine (a group even with one command, so `engine generate` always parses)."""
+    """Drive the in-process ZAYA1 engine: generate one completion, or measure throughput."""
 
 
 def parse_ids(text: str, vocab_size: int) -> list[int]:
@@ -93,6 +93,48 @@ def _run(
     batcher = Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=1)
     (seq,) = batcher.generate([GenSequence(ids, params, stream=tokenizer.stream())])
     return seq.output_ids, seq.text
+
+
+@engine_app.command()
+def bench(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint directory.")],
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Sequences decoded together.")] = 1,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Random prompt length.")] = 128,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", min=2, help="Tokens generated per sequence.")] = 64,
+    dtype: Annotated[Literal["bfloat16", "float32"], typer.Option(help="Compute dtype.")] = "bfloat16",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
+) -> None:
+    """Prefill and decode tokens/s (aggregate over the batch), peak RSS and KV bytes per token on random prompts.
+
+    The decode step is compiled first unless RSA_ENGINE_COMPILE=0.
+    """
+    try:
+        import torch
+
+        from rsa_service.backends.engine.bench import run_bench
+        from rsa_service.backends.engine.loader import load_model
+        from rsa_service.backends.engine.runner import ModelRunner
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if not checkpoint.is_dir():
+            raise ValueError(f"--checkpoint: {checkpoint} is not a directory")
+        config, model = load_model(checkpoint, dtype=getattr(torch, dtype))
+        result = run_bench(ModelRunner(model, config), batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    except (BackendError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"the engine needs the 'engine' extra (pip install 'rsa-service[engine]'): {exc}")
+    if as_json:
+        typer.echo(json.dumps(result.as_json()))
+        return
+    typer.echo(
+        f"batch {batch}, prompt {prompt_tokens}, new {new_tokens}, {dtype}: "
+        f"prefill {result.prefill_tokens_per_s:,.0f} tok/s, decode {result.decode_tokens_per_s:,.1f} tok/s "
+        f"({result.decode_step_s * 1e3:.2f} ms/step), peak RSS {result.peak_rss_bytes / 2**20:,.0f} MiB, "
+        f"KV {result.state_bytes_per_token:,} B/token + {result.state_bytes_per_sequence:,} B/sequence"
+    )
 
 
 def _fail(message: str) -> NoReturn:

@@ -11,6 +11,7 @@ tokens take no expert matmul.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -65,17 +66,21 @@ class DecodeStep:
             skips.append(taken)
         return self._head(model, residual), skips
 
-    def warm_up(self, max_batch: int) -> None:
-        """Compile every piece for every batch bucket up to `max_batch` (on inactive rows), and the expert MLP."""
-        buckets = sorted({batch_bucket(n) for n in range(1, max_batch + 1)})
+    def warm_up(self, batches: Iterable[int]) -> None:
+        """Compile every piece for the buckets of `batches` (on inactive rows), and the expert MLP."""
+        buckets = sorted({batch_bucket(n) for n in batches})
         self.cache.reserve(buckets[-1], 1)
         device = self.model.model.norm.weight.device
         for b in buckets:
             tokens, positions = (torch.zeros(b, dtype=torch.long, device=device) for _ in range(2))
             self(tokens, positions, torch.zeros(b, dtype=torch.bool, device=device), 1)
+        # Dispatches whose slices cover the sizes, offsets and strides the expert MLP meets (dynamo re-specialises
+        # on 0/1 values of each, then generalises).
         experts = self.model.model.layers[0].mlp.experts
+        hidden, count = experts.gate_up_proj.shape[-1], experts.gate_up_proj.shape[0]
         with torch.inference_mode():
-            for n in (1, 2):  # 1 is specialised; 2 compiles the dynamic token count
-                x = torch.zeros(n, experts.gate_up_proj.shape[-1], dtype=self.model.dtype, device=device)
-                self.expert_mlp(x, experts.gate_up_proj[0], experts.down_proj[0], x[:, :1])
+            for route in ([0], [count - 1], [0, count - 1, count - 1], [count - 1, 0, 0, 0, count]):
+                routes = torch.tensor(route, device=device)
+                x = torch.zeros(len(route), hidden, dtype=self.model.dtype, device=device)
+                experts(x, routes, torch.ones(len(route), device=device), False, self.expert_mlp)
         logger.info("engine: decode warmed up for batches %s", buckets)

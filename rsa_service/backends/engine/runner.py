@@ -36,7 +36,7 @@ class ModelRunner:
 
     def warm_up(self, max_batch: int) -> None:
         """Compile the decode step for every batch up to `max_batch` now, so no request waits for it."""
-        self.decoder.warm_up(max_batch)
+        self.decoder.warm_up(range(1, max_batch + 1))
 
     def _count(self, skips: list[int]) -> None:
         self.skip_counts = [total + n for total, n in zip(self.skip_counts, skips, strict=True)]

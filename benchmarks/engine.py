@@ -1,0 +1,160 @@
+"""Our ZAYA1 engine against transformers' ZayaForCausalLM.generate, same weights, prompts and device, in one run.
+
+Builds (once, into benchmarks/.cache/) a mid-size random ZAYA1 checkpoint: hidden 512, 8 layers, 8 query / 2 KV
+heads of 64, 16 experts of intermediate 512, vocab 8192. Measures this machine's memory bandwidth in the same run
+(sum of a 512 MiB tensor, best of several), and prints each decode figure beside the bandwidth bound: the bytes a
+decode step must read (weights it touches plus the KV cache it attends over) divided by that bandwidth.
+
+    .venv/bin/python benchmarks/engine.py [--threads 1] [--dtypes float32 bfloat16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rsa_service.backends.engine.bench import run_bench
+from rsa_service.backends.engine.loader import load_model
+from rsa_service.backends.engine.runner import ModelRunner
+
+CACHE = Path(__file__).parent / ".cache"
+CONFIG: dict[str, Any] = {
+    "vocab_size": 8192,
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "moe_intermediate_size": 512,
+    "num_experts": 16,
+    "router_hidden_size": 64,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
+DECODE_PROMPT, DECODE_NEW = 128, 64
+PREFILL_PROMPT = 2048
+
+
+def build_checkpoint(directory: Path) -> Path:
+    """Random reference weights (fp32), saved once with the reference's own save_pretrained."""
+    if (directory / "config.json").is_file():
+        return directory
+    from transformers import ZayaConfig, ZayaForCausalLM
+
+    torch.manual_seed(0)
+    model = ZayaForCausalLM(ZayaConfig(**CONFIG))
+    with torch.no_grad():  # spread the router's choices like a trained balancer would
+        for name, buffer in model.named_buffers():
+            if name.endswith("balancing_biases"):
+                buffer.copy_(torch.randn(buffer.shape) * 0.01)
+    model.save_pretrained(directory)
+    return directory
+
+
+def bandwidth_bytes_per_s(size_bytes: int = 512 * 2**20, repeats: int = 7) -> float:
+    """Best-of-N read bandwidth: summing a tensor far larger than the caches reads every byte once."""
+    data = torch.ones(size_bytes // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return size_bytes / best
+
+
+def decode_bytes(batch: int, context: int, dtype: torch.dtype) -> float:
+    """Bytes one decode step must read: attention, router and norms of every layer, min(batch, E) experts per
+    layer (one at batch 1, nearly all at batch 16), the tied embedding for the logits, and the KV cache."""
+    c, item = CONFIG, dtype.itemsize
+    h, q, kv = c["hidden_size"], c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+    r = c["router_hidden_size"]
+    attention = h * q + h * kv + h * kv + q * h + (q + kv) * 4  # q, k, v (two halves), o, conv weights
+    router = h * r + 2 * r * r + r * (c["num_experts"] + 1)
+    expert = 3 * h * c["moe_intermediate_size"]
+    per_layer = attention + router + min(batch, c["num_experts"]) * expert
+    weights = c["num_hidden_layers"] * per_layer + c["vocab_size"] * h
+    kv_cache = batch * context * 2 * c["num_hidden_layers"] * kv
+    return (weights + kv_cache) * item
+
+
+def reference_timings(directory: Path, dtype: torch.dtype, batch: int, prompt: int, new: int) -> tuple[float, float]:
+    """transformers generate: (prefill tokens/s, decode tokens/s aggregate), greedy, no EOS."""
+    from transformers import ZayaForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ZayaForCausalLM.from_pretrained(directory, dtype=dtype).eval()
+    ids = torch.randint(3, CONFIG["vocab_size"], (batch, prompt), generator=torch.Generator().manual_seed(1))
+
+    def run(tokens: int) -> float:
+        start = time.perf_counter()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - start
+
+    run(2)  # warm-up
+    first = run(1)
+    if new <= 1:
+        return batch * prompt / first, 0.0
+    total = run(new)
+    return batch * prompt / first, batch * (new - 1) / max(total - first, 1e-9)
+
+
+def ours(directory: Path, dtype: torch.dtype, batch: int, prompt: int, new: int) -> dict[str, Any]:
+    config, model = load_model(directory, dtype=dtype)
+    return run_bench(ModelRunner(model, config), batch=batch, prompt_tokens=prompt, new_tokens=new).as_json()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    directory = build_checkpoint(CACHE / "engine-mid")
+    bandwidth = bandwidth_bytes_per_s()
+    print(f"threads {args.threads}, read bandwidth {bandwidth / 1e9:.1f} GB/s (sum of 512 MiB, best of 7)")
+    rows: list[dict[str, Any]] = []
+    for name in args.dtypes:
+        dtype = getattr(torch, name)
+        for batch in args.batches:
+            mine = ours(directory, dtype, batch, DECODE_PROMPT, DECODE_NEW)
+            _, ref_decode = reference_timings(directory, dtype, batch, DECODE_PROMPT, DECODE_NEW)
+            bound = bandwidth / decode_bytes(batch, DECODE_PROMPT + DECODE_NEW // 2, dtype) * batch  # tokens/s
+            row = {
+                "dtype": name, "batch": batch, "figure": "decode tok/s", "ours": mine["decode_tokens_per_s"],
+                "reference": ref_decode, "bound": bound, "state_bytes_per_token": mine["state_bytes_per_token"],
+            }  # fmt: skip
+            rows.append(row)
+            print(
+                f"{name:8} decode  batch {batch:2}: ours {row['ours']:8.1f} tok/s ({row['ours'] / bound:4.0%} of "
+                f"bound {bound:8.1f}), reference {ref_decode:8.1f} ({ref_decode / bound:4.0%}), "
+                f"ratio {row['ours'] / ref_decode:4.2f}x, KV {mine['state_bytes_per_token']} B/token",
+                flush=True,
+            )
+        mine = ours(directory, dtype, 1, PREFILL_PROMPT, 2)
+        ref_prefill, _ = reference_timings(directory, dtype, 1, PREFILL_PROMPT, 1)
+        rows.append({"dtype": name, "batch": 1, "figure": f"prefill {PREFILL_PROMPT} tok/s",
+                     "ours": mine["prefill_tokens_per_s"], "reference": ref_prefill})  # fmt: skip
+        print(
+            f"{name:8} prefill {PREFILL_PROMPT}: ours {mine['prefill_tokens_per_s']:8.0f} tok/s, reference "
+            f"{ref_prefill:8.0f}, ratio {mine['prefill_tokens_per_s'] / ref_prefill:4.2f}x",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"bandwidth_bytes_per_s": bandwidth, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
