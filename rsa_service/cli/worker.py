@@ -142,9 +142,8 @@ def show(job_id: JobId, as_json: JsonFlag = False) -> None:
         return
     for key, value in shown.items():
         if key == "result" and value:
-            value = f"answer {value['answer']!r}" + (
-                f" (stopped: {value['stopped_reason']})" * bool(value["stopped_reason"])
-            )
+            stopped = value["stopped_reason"]
+            value = f"answer {value['answer']!r}" + (f" (stopped: {stopped})" if stopped else "")
         stdout.out(f"{key:>12}: {value}", highlight=False)
 
 
