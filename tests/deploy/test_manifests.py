@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -318,6 +320,18 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
     on_disk = {path.name for path in k8s_files()} - {"kustomization.yaml", "secret.example.yaml"}
     assert listed == on_disk
     assert {image["name"] for image in kustomization["images"]} == {IMAGE}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) not installed")
+def test_kustomize_builds_into_one_namespace() -> None:
+    built = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    docs = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    assert len(docs) == len(k8s_docs()) - len([d for d in k8s_docs() if d["kind"] == "Secret"])
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "rsa-service", doc["metadata"]["name"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "rsa-service"
 
 
 def pod_labels() -> list[dict[str, str]]:
