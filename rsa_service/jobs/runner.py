@@ -321,19 +321,25 @@ class JobRunner:
             }
         )
 
+    def _feeds_a_round(self, round_index: int) -> bool:
+        """Only tails that a later prompt shows are cut: the last stage's feed nothing unless `aggregate` selects."""
+        return round_index < self.params.rounds or (
+            round_index == self.params.rounds and self.params.select == "aggregate"
+        )
+
     async def _record(self, base: StepResult, generation: Generation, seed: int, attempts: int) -> StepResult:
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
-        tail = await self.backend.tail(source, self.params.tail_tokens)
+        tail = await self.backend.tail(source, self.params.tail_tokens) if self._feeds_a_round(base.round) else None
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
         return base.model_copy(
             update={
                 "seed": seed,
                 "text": generation.text,
                 "reasoning": generation.reasoning,
-                "tail": tail.text,
-                "tail_tokens": tail.tokens,
-                "source_tokens": tail.source_tokens,
+                "tail": tail.text if tail else "",
+                "tail_tokens": tail.tokens if tail else 0,
+                "source_tokens": tail.source_tokens if tail else 0,
                 "answer": answer,
                 "finish_reason": generation.finish_reason,
                 "usage": generation.usage,
