@@ -81,6 +81,10 @@ async def keep_lease(store: JobStore, lease: Lease) -> None:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("job %s: cannot renew the lease (%s); retrying", lease.job_id, exc)
             continue
+        except LeaseLost:
+            if lease.finishing:
+                return
+            raise
         lease.renewed(asked_at)
 
 

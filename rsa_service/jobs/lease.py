@@ -22,6 +22,8 @@ class Lease:
     lease_s: float
     clock: Callable[[], float] = time.monotonic
     valid_until: float = field(init=False)
+    # Set just before the terminal transition: a renewal refused after it is the job ending, not a lost lease.
+    finishing: bool = False
 
     def __post_init__(self) -> None:
         # The claim's lease started in Redis after this object's creation began: the local view is conservative.

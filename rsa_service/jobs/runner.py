@@ -144,6 +144,7 @@ class JobRunner:
             error = failed.problem
         wall_s = self._ran_before_s + self.clock() - started
         result = await asyncio.to_thread(self.result, stopped_reason=stopped_reason, wall_s=wall_s, error=error)
+        self.lease.finishing = True
         await asyncio.shield(self.store.finish(self.job.id, self.fence, result=result, error=error))
         return result.model_copy(update={"status": "failed" if error else "completed"})
 
