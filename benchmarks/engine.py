@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from rsa_service.backends.engine.bench import run_bench
+from rsa_service.backends.engine.bench import decode_step_bytes, read_bandwidth_bytes_per_s, run_bench
+from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.loader import load_model
 from rsa_service.backends.engine.runner import ModelRunner
 
@@ -56,32 +57,6 @@ def build_checkpoint(directory: Path) -> Path:
                 buffer.copy_(torch.randn(buffer.shape) * 0.01)
     model.save_pretrained(directory)
     return directory
-
-
-def bandwidth_bytes_per_s(size_bytes: int = 512 * 2**20, repeats: int = 7) -> float:
-    """Best-of-N read bandwidth: summing a tensor far larger than the caches reads every byte once."""
-    data = torch.ones(size_bytes // 4, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        data.sum()
-        best = min(best, time.perf_counter() - start)
-    return size_bytes / best
-
-
-def decode_bytes(batch: int, context: int, dtype: torch.dtype) -> float:
-    """Bytes one decode step must read: attention, router and norms of every layer, min(batch, E) experts per
-    layer (one at batch 1, nearly all at batch 16), the tied embedding for the logits, and the KV cache."""
-    c, item = CONFIG, dtype.itemsize
-    h, q, kv = c["hidden_size"], c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
-    r = c["router_hidden_size"]
-    attention = h * q + h * kv + h * kv + q * h + (q + kv) * 4  # q, k, v (two halves), o, conv weights
-    router = h * r + 2 * r * r + r * (c["num_experts"] + 1)
-    expert = 3 * h * c["moe_intermediate_size"]
-    per_layer = attention + router + min(batch, c["num_experts"]) * expert
-    weights = c["num_hidden_layers"] * per_layer + c["vocab_size"] * h
-    kv_cache = batch * context * 2 * c["num_hidden_layers"] * kv
-    return (weights + kv_cache) * item
 
 
 def reference_timings(directory: Path, dtype: torch.dtype, batch: int, prompt: int, new: int) -> tuple[float, float]:
@@ -123,7 +98,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     directory = build_checkpoint(CACHE / "engine-mid")
-    bandwidth = bandwidth_bytes_per_s()
+    bandwidth = read_bandwidth_bytes_per_s()
+    dims = ZayaConfig.from_checkpoint(directory)
     print(f"threads {args.threads}, read bandwidth {bandwidth / 1e9:.1f} GB/s (sum of 512 MiB, best of 7)")
     rows: list[dict[str, Any]] = []
     for name in args.dtypes:
@@ -131,7 +107,8 @@ def main() -> None:
         for batch in args.batches:
             mine = ours(directory, dtype, batch, DECODE_PROMPT, DECODE_NEW)
             _, ref_decode = reference_timings(directory, dtype, batch, DECODE_PROMPT, DECODE_NEW)
-            bound = bandwidth / decode_bytes(batch, DECODE_PROMPT + DECODE_NEW // 2, dtype) * batch  # tokens/s
+            step_bytes = decode_step_bytes(dims, batch, DECODE_PROMPT + DECODE_NEW // 2, dtype)
+            bound = bandwidth / step_bytes * batch  # tokens/s
             row = {
                 "dtype": name, "batch": batch, "figure": "decode tok/s", "ours": mine["decode_tokens_per_s"],
                 "reference": ref_decode, "bound": bound, "state_bytes_per_token": mine["state_bytes_per_token"],

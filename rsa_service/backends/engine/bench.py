@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from rsa_service.backends.engine.batcher import Batcher, GenSequence
+from rsa_service.backends.engine.model import ZayaDims
 from rsa_service.backends.engine.runner import ModelRunner
 from rsa_service.backends.engine.sampling import SamplingParams
 
@@ -71,3 +72,28 @@ def run_bench(runner: ModelRunner, *, batch: int, prompt_tokens: int, new_tokens
         state_bytes_per_token=runner.cache.bytes_per_token(),
         state_bytes_per_sequence=runner.cache.bytes_per_sequence(),
     )
+
+
+def read_bandwidth_bytes_per_s(size_bytes: int = 512 * 2**20, repeats: int = 7) -> float:
+    """Best-of-N read bandwidth: summing a tensor far larger than the caches reads every byte once."""
+    data = torch.ones(size_bytes // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return size_bytes / best
+
+
+def decode_step_bytes(dims: ZayaDims, batch: int, context: int, dtype: torch.dtype) -> int:
+    """Bytes one decode step must read: every layer's attention, conv and router weights, min(batch, E) experts per
+    layer (one at batch 1, nearly all at batch 16), the output embedding for the logits, and the KV cache."""
+    h, r, e = dims.hidden_size, dims.router_hidden_size, dims.num_experts
+    q, kv = dims.num_attention_heads * dims.head_dim, dims.num_key_value_heads * dims.head_dim
+    conv = (q + kv) * (dims.cca_time0 + dims.cca_time1 * dims.head_dim)
+    attention = h * q + 2 * h * kv + q * h + conv
+    router = h * r + 2 * r * r + r * (e + 1)
+    expert = 3 * h * dims.moe_intermediate_size
+    weights = dims.num_hidden_layers * (attention + router + min(batch, e) * expert) + dims.vocab_size * h
+    kv_cache = batch * context * 2 * dims.num_hidden_layers * kv
+    return (weights + kv_cache) * dtype.itemsize

@@ -293,10 +293,22 @@ class Router(nn.Module):
         return route, probs.gather(-1, route[..., None])[..., 0], state
 
 
+SMALL_BATCH_ROWS = 2
+
+
+def small_batch_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x [n, K] · weight [N, K]ᵀ → [n, N]. Compiled for one or two rows of a 16-bit dtype: a multiply-reduce that
+    inductor fuses into one kernel reading the weight once at memory speed (oneDNN's bf16 GEMV reaches about a third
+    of that on this CPU; MKL's fp32 GEMV is as fast as the fused kernel). Otherwise the library GEMM."""
+    if not torch.compiler.is_compiling() or x.shape[0] > SMALL_BATCH_ROWS or x.dtype == torch.float32:
+        return F.linear(x, weight)
+    return (x[:, None, :].float() * weight.float()).sum(-1).to(x.dtype)
+
+
 def expert_mlp(x: Tensor, gate_up: Tensor, down: Tensor, scale: Tensor) -> Tensor:
     """One expert's SwiGLU on its tokens: x [n, H], gate_up [2I, H] (gate first), down [H, I], scale [n, 1] → [n, H]."""
-    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, down) * scale
+    gate, up = small_batch_linear(x, gate_up).chunk(2, dim=-1)
+    return small_batch_linear(F.silu(gate) * up, down) * scale
 
 
 ExpertMLP = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -468,7 +480,8 @@ class ZayaForCausalLM(nn.Module):
 
     def decode_head(self, residual: Tensor) -> Tensor:
         """Decode: residual [B, H] fp32 → fp32 logits [B, V]."""
-        return self.logits(self.model.norm(residual.to(self.dtype)))
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return small_batch_linear(self.model.norm(residual.to(self.dtype)), weight).float()
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., H] → fp32 logits [..., V]."""
