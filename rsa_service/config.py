@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rsa_service.backends.base import BackendOptions
+from rsa_service.tinymodel import CHECKPOINT_DIR
+
+# The bundled model's recommended RSA settings, next to its weights: the service defaults (16K-token traces) are
+# for ZAYA1-8B and would not fit a tiny model's context.
+BUNDLED_SETTINGS_FILE = "rsa.json"
 
 
 def _default_data_dir() -> Path:
@@ -55,3 +62,23 @@ def backend_options(settings: Settings, model: str | None) -> BackendOptions:
     return BackendOptions(
         model=model or settings.model, api_key=backend_api_key(settings), tokenizer_path=settings.tokenizer
     )
+
+
+def bundled_backend() -> str | None:
+    """The tiny ZAYA1 shipped in the package, through the in-process engine, if it and the engine extra exist."""
+    if not (CHECKPOINT_DIR / "config.json").is_file() or importlib.util.find_spec("torch") is None:
+        return None
+    return f"engine:{CHECKPOINT_DIR}"
+
+
+def default_backend(settings: Settings) -> str | None:
+    """`RSA_BACKEND`, else the bundled model: what runs when nobody chose a backend."""
+    return settings.backend or bundled_backend()
+
+
+def params_defaults(backend: str | None) -> dict[str, Any]:
+    """Parameter defaults for `backend`: the bundled model's recommended settings, else the library's."""
+    if backend is None or backend != bundled_backend():
+        return {}
+    path = CHECKPOINT_DIR / BUNDLED_SETTINGS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -11,7 +11,7 @@ from rsa_service.api.errors import ApiError, field_error, problem_responses
 from rsa_service.api.settings import ApiSettings, default_backend
 from rsa_service.api.views import job_view, json_response, owned_record, progress_many, step_records, to_job
 from rsa_service.client.models import Job, JobCreate, JobPage, StepList
-from rsa_service.config import Settings
+from rsa_service.config import Settings, params_defaults
 from rsa_service.core.params import RSAParams, check_problem
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
 from rsa_service.jobs.listing import BadCursor, count_active, list_jobs, track_active
@@ -60,7 +60,8 @@ def build_spec(settings: ApiSettings, request: Request, body: JobCreate) -> JobS
         raise field_error("problem", str(exc).removeprefix("problem: ")) from None
     backend = resolve_backend(request.app.state.shared, body.backend)
     overrides = body.model_dump(exclude_none=True, exclude={"problem", "backend", "model"})
-    params = RSAParams.model_validate(overrides)  # cross-field errors: the ValidationError handler → 422
+    spec = request.app.state.shared.backends.get(backend)
+    params = RSAParams.model_validate(params_defaults(spec) | overrides)  # cross-field errors → 422
     try:
         params.check_limits(limits)
     except ValueError as exc:

@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from rsa_service import config
 from rsa_service.config import Settings
 from rsa_service.core.params import Limits
 
@@ -51,10 +52,12 @@ class ApiSettings(BaseSettings):
 
 
 def named_backends(shared: Settings) -> Settings:
-    """`shared` with `RSA_BACKEND` added as the backend named `default` (unless RSA_BACKENDS names one)."""
+    """`shared` with `RSA_BACKEND` (else the bundled model) as the backend named `default`, unless RSA_BACKENDS
+    names one."""
     named = dict(shared.backends)
-    if shared.backend and DEFAULT_BACKEND_NAME not in named:
-        named[DEFAULT_BACKEND_NAME] = shared.backend
+    fallback = config.default_backend(shared)
+    if fallback and DEFAULT_BACKEND_NAME not in named:
+        named[DEFAULT_BACKEND_NAME] = fallback
     return shared.model_copy(update={"backends": named})
 
 

@@ -17,7 +17,7 @@ from rsa_service.batch import BatchSummary, ResultLine, read_problems, run_batch
 from rsa_service.cli.common import NO_BACKEND, CLIError, run_async, stderr, stdout
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.client import AsyncRSAClient
-from rsa_service.config import Settings
+from rsa_service.config import Settings, default_backend
 
 IN_PROCESS_BACKEND = "cli"
 
@@ -34,7 +34,7 @@ async def _client(
             yield client, job.backend
         return
     settings = Settings()
-    spec = job.backend or settings.backend
+    spec = job.backend or default_backend(settings)
     if not spec:
         raise CLIError(NO_BACKEND)
     shared = settings.model_copy(update={"backends": {IN_PROCESS_BACKEND: spec}})

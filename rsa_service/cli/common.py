@@ -14,7 +14,7 @@ from rich.console import Console
 
 from rsa_service.backends import BackendError
 from rsa_service.cli.options import JobOptions, describe_validation
-from rsa_service.config import Settings
+from rsa_service.config import Settings, default_backend, params_defaults
 from rsa_service.core.params import check_problem
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.models import JobSpec
@@ -28,7 +28,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 NO_BACKEND = (
     "no backend configured: pass --backend openai:http://HOST:PORT/v1 (any OpenAI-compatible server: vLLM, "
-    "SGLang, llama.cpp) or --backend engine:/path/to/checkpoint, or set RSA_BACKEND"
+    "SGLang, llama.cpp) or --backend engine:/path/to/checkpoint, or set RSA_BACKEND (the bundled model needs "
+    "the engine extra: pip install 'rsa-service[engine]')"
 )
 
 
@@ -69,12 +70,12 @@ def read_problem(problem: str | None) -> str:
 
 
 def build_spec(settings: Settings, problem: str, job: JobOptions) -> JobSpec:
-    backend = job.backend or settings.backend
+    backend = job.backend or default_backend(settings)
     if not backend:
         raise CLIError(NO_BACKEND)
     return JobSpec(
         problem=problem,
-        params=job.params(),
+        params=job.params(params_defaults(backend)),
         backend=backend,
         model=job.model or settings.model,
         templates=PromptTemplates.load(job.prompts),
