@@ -223,8 +223,15 @@ def result_line(problem: BatchProblem, job: Job | None, error: str | None = None
     )
 
 
-def _same(answer: str | None, expected: str) -> bool:
+def same_answer(answer: str | None, expected: str) -> bool:
     return answer is not None and equivalent(answer, expected)
+
+
+def trace_accuracy(stage: RoundAnswers | None, expected: str, population: int) -> float:
+    """Share of a stage's traces whose answer is equivalent to `expected` (a missing stage scores 0)."""
+    if stage is None or not population:
+        return 0.0
+    return sum(a.count for a in stage.answers if same_answer(a.answer, expected)) / population
 
 
 def summarise(lines: list[ResultLine], problems: int, resumed: int, wall_s: float) -> BatchSummary:
@@ -232,15 +239,10 @@ def summarise(lines: list[ResultLine], problems: int, resumed: int, wall_s: floa
     graded = [line for line in lines if line.expected is not None]
     accuracy = None
     if graded:
-        final = sum(_same(line.answer, line.expected) for line in graded)  # type: ignore[arg-type]
+        final = sum(same_answer(line.answer, line.expected) for line in graded)  # type: ignore[arg-type]
         first = [line.rounds[0] if line.rounds else None for line in graded]
-        majority = sum(r is not None and _same(r.answer, g.expected) for r, g in zip(first, graded, strict=True))  # type: ignore[arg-type]
-        traces = [
-            sum(a.count for a in r.answers if _same(a.answer, g.expected)) / g.population  # type: ignore[arg-type]
-            if r is not None and g.population
-            else 0.0
-            for r, g in zip(first, graded, strict=True)
-        ]
+        majority = sum(r is not None and same_answer(r.answer, g.expected) for r, g in zip(first, graded, strict=True))  # type: ignore[arg-type]
+        traces = [trace_accuracy(r, g.expected, g.population) for r, g in zip(first, graded, strict=True)]  # type: ignore[arg-type]
         accuracy = Accuracy(
             graded=len(graded),
             final=final / len(graded),

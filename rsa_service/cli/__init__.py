@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from rsa_service.backends.engine.cli import engine_app
-from rsa_service.cli import batch, reason, serve, worker
+from rsa_service.cli import batch, evaluate, reason, serve, worker
 
 app = typer.Typer(
     name="rsa",
@@ -21,6 +21,7 @@ reason.register(app)
 worker.register(app)
 serve.register(app)
 batch.register(app)
+evaluate.register(app)
 app.add_typer(engine_app, name="engine", help="Drive the in-process ZAYA1 engine directly.")
 
 

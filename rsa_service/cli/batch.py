@@ -23,7 +23,7 @@ IN_PROCESS_BACKEND = "cli"
 
 
 @asynccontextmanager
-async def _client(
+async def batch_client(
     server: str | None, job: JobOptions, workers: int
 ) -> AsyncIterator[tuple[AsyncRSAClient, str | None]]:
     """A client of `server`, or of an in-process app with workers; and the backend name to send."""
@@ -72,7 +72,7 @@ async def _batch(
         failures += line.status != "completed"
         progress.update(task, advance=1, failed=failures)
 
-    async with _client(server, job, workers) as (client, backend):
+    async with batch_client(server, job, workers) as (client, backend):
         with progress:
             return await run_batch(
                 client,

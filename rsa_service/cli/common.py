@@ -11,6 +11,7 @@ import redis
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from rsa_service.backends import BackendError
 from rsa_service.cli.options import JobOptions, describe_validation
@@ -40,7 +41,7 @@ class CLIError(Exception):
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

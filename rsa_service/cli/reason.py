@@ -15,6 +15,7 @@ from rsa_service.cli.common import (
     EXIT_FAILED,
     CLIError,
     build_spec,
+    fail,
     read_problem,
     run_async,
     stderr,
@@ -23,11 +24,13 @@ from rsa_service.cli.common import (
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.cli.progress import LiveProgress, follow_events, render_result
 from rsa_service.config import Settings, backend_options
+from rsa_service.core.answers import equivalent
 from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_owner_id, run_attempt
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.models import JobResult, JobSpec
 from rsa_service.jobs.runner import check_fits
 from rsa_service.jobs.store import JobStore
+from rsa_service.tinymodel import HELDOUT_PATH
 
 CLAIM_RETRY_S = 1.0
 
@@ -127,11 +130,24 @@ def reason(
     resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted job by id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the result.")] = False,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Generations in flight.")] = None,
+    example: Annotated[
+        bool, typer.Option("--example", help="Solve the first problem of the bundled model's held-out set.")
+    ] = False,
     job: JobOptions,
 ) -> None:
     """Run one Markovian RSA job to completion in this process, with live per-round progress."""
     settings = Settings()
+    expected = None
+    if example:
+        if problem is not None:
+            fail("--example: give either a problem or --example, not both")
+        first = json.loads(HELDOUT_PATH.read_text(encoding="utf-8").splitlines()[0])
+        problem, expected = first["prompt"], first["answer"]
+        stderr.print(f"example problem: {problem}", highlight=False, soft_wrap=True)
     result = run_async(lambda: _reason(settings, problem, job, resume, as_json, concurrency))
+    if expected is not None and not as_json:
+        verdict = "correct" if result.answer is not None and equivalent(result.answer, expected) else "not correct"
+        stderr.print(f"reference answer: {expected} (the job's answer is {verdict})", highlight=False)
     print_result(result, as_json)
 
 
