@@ -17,20 +17,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import field_error, problem_responses
 from rsa_service.api.views import owned_record
-from rsa_service.jobs.models import TERMINAL_STATUSES, Event
+from rsa_service.jobs.events import follow
 from rsa_service.jobs.store import JobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-async def follow(store: JobStore, job_id: str, after: str, block_ms: int) -> AsyncIterator[Event]:
-    """Events after the stream id `after` until the terminal one, waiting for new ones in Redis."""
-    while True:
-        for event in await store.events(job_id, after=after, block_ms=block_ms):
-            after = event.id
-            yield event
-            if event.type in TERMINAL_STATUSES:
-                return
 
 
 def _valid_stream_id(value: str) -> bool:

@@ -7,27 +7,13 @@ and the REST API all show one truth.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rsa_service.core.steps import RoundStats
-from rsa_service.jobs.models import TERMINAL_STATUSES, Event, JobResult
-from rsa_service.jobs.store import JobStore
-
-EVENT_POLL_MS = 1000
-
-
-async def follow_events(store: JobStore, job_id: str, after: str = "0-0") -> AsyncIterator[Event]:
-    """Every event of a job from `after` on, until its terminal event."""
-    while True:
-        for event in await store.events(job_id, after=after, block_ms=EVENT_POLL_MS):
-            after = event.id
-            yield event
-            if event.type in TERMINAL_STATUSES:
-                return
+from rsa_service.jobs.models import Event, JobResult
 
 
 def _tally(answers: Counter[str]) -> str:

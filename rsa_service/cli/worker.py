@@ -1,29 +1,31 @@
-"""`rsa submit`, `rsa worker` and `rsa jobs list|show|cancel|events`: the queue side of the service."""
+"""`rsa submit`, `rsa worker` and `rsa jobs list|show|cancel|events|requeue`: the queue side of the service."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import logging
 import signal
 from typing import Annotated, Any
 
 import typer
 
-from rsa_service.cli.common import build_spec, read_problem, run_async, stdout
+from rsa_service.cli.common import EXIT_FAILED, CLIError, build_spec, fail, read_problem, run_async, stderr, stdout
 from rsa_service.cli.options import JobOptions, with_job_options
-from rsa_service.cli.progress import follow_events, format_round
+from rsa_service.cli.progress import format_round
 from rsa_service.config import Settings
 from rsa_service.core.steps import RoundStats
 from rsa_service.jobs import listing
 from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.connect import open_store
+from rsa_service.jobs.events import follow
 from rsa_service.jobs.models import Event, JobRecord, JobStatus
 from rsa_service.jobs.runner import check_fits
-from rsa_service.jobs.store import JobStore
+from rsa_service.jobs.store import JobNotFound, JobStore, NotDeadLettered
 from rsa_service.jobs.worker import Worker
+from rsa_service.metrics import serve_metrics
+from rsa_service.observability import ObservabilitySettings, configure_observability
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 JobId = Annotated[str, typer.Argument(help="The job id (job_...).")]
 jobs_app = typer.Typer(help="Inspect and act on jobs.", no_args_is_help=True)
@@ -59,12 +61,17 @@ def submit(
     _print_json({"job_id": job_id}) if as_json else stdout.out(job_id, highlight=False)
 
 
-async def _work(settings: Settings, concurrency: int | None) -> None:
+async def _work(settings: Settings, concurrency: int | None, metrics_port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_store(settings) as store:
+    async with open_store(settings) as store, contextlib.AsyncExitStack() as stack:
+        if metrics_port:
+            try:
+                await stack.enter_async_context(serve_metrics(store, metrics_port))
+            except OSError as exc:
+                raise CLIError(f"--metrics-port {metrics_port}: {exc.strerror or exc}", EXIT_FAILED) from exc
         backends = BackendPool(settings)
         overrides = {"concurrency": concurrency} if concurrency else {}
         try:
@@ -77,10 +84,20 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", "-c", min=1, help="Generations in flight (RSA_WORKER_CONCURRENCY).")
     ] = None,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            envvar="RSA_METRICS_PORT",
+            help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off).",
+        ),
+    ] = 0,
 ) -> None:
     """Run queued jobs until SIGTERM or Ctrl-C, then drain: in-flight generations finish or leases go back."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    run_async(lambda: _work(Settings(), concurrency))
+    configure_observability(ObservabilitySettings())
+    run_async(lambda: _work(Settings(), concurrency, metrics_port))
 
 
 # ---- jobs ---------------------------------------------------------------------------------------------------
@@ -159,6 +176,46 @@ def cancel(job_id: JobId, as_json: JsonFlag = False) -> None:
     _print_json({"job_id": job_id, "status": status}) if as_json else stdout.out(f"{job_id} {status}")
 
 
+async def _requeue(job_ids: list[str], all_dead: bool) -> list[dict[str, Any]]:
+    async with open_store(Settings()) as store:
+        if all_dead:
+            job_ids = [*job_ids, *(job_id for job_id in await store.dead_lettered() if job_id not in job_ids)]
+        outcomes: list[dict[str, Any]] = []
+        for job_id in job_ids:
+            try:
+                tenant = await store.requeue(job_id)
+            except (JobNotFound, NotDeadLettered) as exc:
+                outcomes.append({"job_id": job_id, "requeued": False, "error": str(exc)})
+                continue
+            await listing.track_active(store, tenant, job_id)  # unfinished again: it counts against the tenant
+            outcomes.append({"job_id": job_id, "requeued": True, "status": "queued"})
+    return outcomes
+
+
+@jobs_app.command("requeue")
+def requeue(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Dead-lettered job ids.", show_default=False)] = None,
+    all_dead: Annotated[bool, typer.Option("--all-dead", help="Every job in the dead-letter set.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run dead-lettered (poison) jobs again: queued with a fresh attempt budget, resuming from their committed
+    steps. Any other job is refused; the exit code is 1 if one was."""
+    if not job_ids and not all_dead:
+        fail("give the ids of the jobs to requeue, or --all-dead")
+    outcomes = run_async(lambda: _requeue(job_ids or [], all_dead))
+    if as_json:
+        _print_json(outcomes)
+    elif not outcomes:
+        stdout.out("no dead-lettered jobs")
+    for outcome in [] if as_json else outcomes:
+        if outcome["requeued"]:
+            stdout.out(f"{outcome['job_id']} queued", highlight=False)
+        else:
+            stderr.print(f"[red]refused:[/red] {outcome['error']}", highlight=False, soft_wrap=True)
+    if not all(outcome["requeued"] for outcome in outcomes):
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _describe(event: Event) -> str:
     if event.type == "round":
         return format_round(RoundStats.model_validate(event.data))
@@ -169,7 +226,7 @@ async def _follow(store: JobStore, job_id: str, after: str, as_json: bool) -> No
     record = await store.get(job_id)
     if record.terminal and not await store.events(job_id, after=after, count=1):
         return  # nothing after `after`, and nothing will come
-    async for event in follow_events(store, job_id, after=after):
+    async for event in follow(store, job_id, after=after):
         if as_json:
             _print_json(event.model_dump())
         else:
