@@ -64,22 +64,19 @@ class BackendOptions(BaseModel):
 
     model: str | None = Field(default=None, description="Model name sent to the server (remote) or reported.")
     api_key: str | None = Field(default=None, repr=False)
-    tokenizer_path: str | None = Field(
-        default=None, description="A local tokenizer.json for exact token counts."
-    )
+    tokenizer_path: str | None = Field(default=None, description="A local tokenizer.json for exact token counts.")
     max_concurrency: int = Field(default=64, gt=0, description="Requests or sequences in flight at once.")
     requests_per_s: float | None = Field(default=None, gt=0, description="Client-side rate limit.")
     connect_timeout_s: float = Field(default=10.0, gt=0)
-    read_timeout_s: float = Field(
-        default=1800.0, gt=0, description="Long: a 40K-token rollout takes minutes."
-    )
+    read_timeout_s: float = Field(default=1800.0, gt=0, description="Long: a 40K-token rollout takes minutes.")
     max_retries: int = Field(default=6, ge=0)
-    retry_backoff_s: float = Field(
-        default=0.5, gt=0, description="First backoff wait; doubles per retry, jittered."
-    )
+    retry_backoff_s: float = Field(default=0.5, gt=0, description="First backoff wait; doubles per retry, jittered.")
     retry_max_wait_s: float = Field(default=30.0, gt=0, description="Cap on one wait, Retry-After included.")
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     device: str = "cpu"
+    threads: int | None = Field(
+        default=None, gt=0, description="In-process engine: torch threads (default: every core but one)."
+    )
 
 
 class Capabilities(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +31,13 @@ from rsa_service.core.tails import Tail, tail_from_offsets
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def default_threads() -> int:
+    """Every core but one: the event loop, the Redis client and tokenization keep the last. On a busy machine a
+    torch thread pool wider than the idle cores is far slower than a narrow one (threads spin waiting for each
+    other), so erring narrow is the safe side."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 class EngineBackend:
@@ -68,6 +76,7 @@ class EngineBackend:
         size up to `options.max_concurrency` before this returns.
         """
         directory = Path(location).expanduser()
+        torch.set_num_threads(options.threads or default_threads())
         config, model = load_model(
             directory,
             dtype=_DTYPES[options.dtype],

@@ -76,6 +76,7 @@ def _run(
 ) -> tuple[list[int], str]:
     import torch
 
+    from rsa_service.backends.engine.backend import default_threads
     from rsa_service.backends.engine.batcher import Batcher, GenSequence
     from rsa_service.backends.engine.loader import load_model
     from rsa_service.backends.engine.runner import ModelRunner
@@ -84,6 +85,7 @@ def _run(
 
     if not checkpoint.is_dir():
         raise ValueError(f"--checkpoint: {checkpoint} is not a directory")
+    torch.set_num_threads(default_threads())
     config, model = load_model(checkpoint, dtype=getattr(torch, dtype))
     tokenizer = ChatTokenizer.from_checkpoint(checkpoint, config)
     ids = tokenizer.encode_plain(prompt) if prompt is not None else parse_ids(prompt_ids or "", config.vocab_size)

@@ -4,7 +4,9 @@ Inductor fuses each piece's small ops (norms, convs, RoPE, residual merges, the 
 kernels: C++/OpenMP on a CPU, Triton on a GPU. On CUDA the pieces are compiled in "reduce-overhead" mode, which
 replays them as CUDA graphs (written for CUDA machines, untested here: this machine has no GPU).
 
-Set RSA_ENGINE_COMPILE=0 (or pass `enabled=False`) to run eagerly. If compiling a function fails, a warning is
+By default compilation is on where it pays: on a GPU, or for models of hidden size 1024 and up. For a tiny model
+on a CPU the generated kernels save little and the first compile costs tens of seconds, so it runs eagerly.
+RSA_ENGINE_COMPILE=1 or 0 (or `enabled=`) decides instead. If compiling a function fails, a warning is
 logged and that function runs eagerly from then on; warm-up calls every piece before the engine reports ready, so
 a failure shows at start-up, not mid-request.
 """
@@ -23,11 +25,18 @@ logger = logging.getLogger(__name__)
 COMPILE_ENV = "RSA_ENGINE_COMPILE"
 
 
-def compile_enabled(option: bool | None = None) -> bool:
-    """An explicit option wins; else RSA_ENGINE_COMPILE ("0"/"false"/"no" disable); else on."""
+COMPILE_MIN_HIDDEN = 1024
+
+
+def compile_enabled(option: bool | None = None, *, worthwhile: bool = True) -> bool:
+    """An explicit option wins; else RSA_ENGINE_COMPILE ("0"/"false"/"no"/"off" disable, anything else enables);
+    else `worthwhile` (see the module docstring)."""
     if option is not None:
         return option
-    return os.environ.get(COMPILE_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    setting = os.environ.get(COMPILE_ENV, "").strip().lower()
+    if not setting:
+        return worthwhile
+    return setting not in {"0", "false", "no", "off"}
 
 
 class Compiled:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
-from rsa_service.backends.engine.compiler import compile_enabled
+from rsa_service.backends.engine.compiler import COMPILE_MIN_HIDDEN, compile_enabled
 from rsa_service.backends.engine.decode import DecodeStep, batch_bucket
 from rsa_service.backends.engine.model import ZayaDims, ZayaForCausalLM
 
@@ -20,14 +20,17 @@ from rsa_service.backends.engine.model import ZayaDims, ZayaForCausalLM
 class ModelRunner:
     """Owns the model, its state cache and the compiled decode step; counts skip routes taken per layer.
 
-    `compile_decode` None follows RSA_ENGINE_COMPILE (default on); see `compiler`.
+    `compile_decode` None follows RSA_ENGINE_COMPILE, else compiles where it pays; see `compiler`.
     """
 
     def __init__(self, model: ZayaForCausalLM, dims: ZayaDims, *, compile_decode: bool | None = None) -> None:
         self.model = model
         self.device = model.model.norm.weight.device
         self.cache = StateCache(dims, model.dtype, self.device)
-        self.decoder = DecodeStep(model, self.cache, compile_pieces=compile_enabled(compile_decode))
+        worthwhile = self.device.type == "cuda" or dims.hidden_size >= COMPILE_MIN_HIDDEN
+        self.decoder = DecodeStep(
+            model, self.cache, compile_pieces=compile_enabled(compile_decode, worthwhile=worthwhile)
+        )
         self.skip_counts = [0] * dims.num_hidden_layers  # skip routes taken by real tokens, per layer
 
     def reserve(self, rows: int, max_len: int) -> None:
