@@ -1,40 +1,33 @@
-"""Prometheus metrics: requests by route template and status, latency, jobs created.
+"""The API's side of the metrics (defined in `rsa_service.metrics`): HTTP requests by route template and status,
+their latency, jobs created, and the `/metrics` endpoint.
 
-One registry per app (tests build several apps in one process); the middleware is plain ASGI so it neither
-buffers streaming responses nor costs a task per request.
+The middleware is plain ASGI so it neither buffers streaming responses nor costs a task per request. The registry
+is the process's: with in-process workers (`rsa serve --workers K`) the job metrics appear here too.
 """
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+from rsa_service.jobs.store import JobStore
+from rsa_service.metrics import HTTP_LATENCY, HTTP_REQUESTS, JOBS_CREATED, exposition
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "rsa_http_requests_total", "HTTP requests.", ["method", "route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "rsa_http_request_duration_seconds",
-            "Time to the response's first byte.",
-            ["method", "route"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
-        self.jobs_created = Counter(
-            "rsa_jobs_created_total", "Jobs created (replays excluded).", ["source"], registry=self.registry
-        )
+    """The app's handle on the HTTP metrics (kept on `app.state` for the routes that record them)."""
 
-    def render(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+    def __init__(self) -> None:
+        self.requests = HTTP_REQUESTS
+        self.latency = HTTP_LATENCY
+        self.jobs_created = JOBS_CREATED
+
+    async def render(self, store: JobStore) -> Response:
+        return Response(await exposition(store), media_type=CONTENT_TYPE_LATEST)
 
 
 class MetricsMiddleware:
@@ -70,4 +63,5 @@ def _route(scope: Scope) -> str:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return request.app.state.metrics.render()
+    state = request.app.state
+    return await state.metrics.render(state.store)

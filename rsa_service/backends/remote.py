@@ -17,7 +17,7 @@ from typing import Any, Self
 import httpx
 from asyncio_throttle import Throttler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from rsa_service.backends.base import (
     BackendError,
@@ -32,10 +32,11 @@ from rsa_service.backends.base import (
     TransientBackendError,
     Usage,
 )
-from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error
+from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_cause
 from rsa_service.backends.token_counting import OffsetCounter, ServerCounter, TokenCounter
 from rsa_service.core.reasoning import THINK_OPEN, split_reasoning
 from rsa_service.core.tails import Tail
+from rsa_service.metrics import RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,13 @@ def _transport_error(method: str, url: str, exc: httpx.HTTPError) -> BackendErro
     if is_transient_transport_error(exc):
         return TransientBackendError(message)
     return BackendUnavailableError(message)
+
+
+def _count_retry(state: RetryCallState) -> None:
+    """tenacity's `before_sleep`: one more retry, by what the failed attempt ran into."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if exc is not None:
+        RETRIES.labels(retry_cause(exc)).inc()
 
 
 class RemoteBackend:
@@ -292,6 +300,7 @@ class RemoteBackend:
             stop=stop_after_attempt(self._policy.max_retries + 1),
             wait=self._policy.tenacity_wait,
             retry=retry_if_exception_type(TransientBackendError),
+            before_sleep=_count_retry,
             reraise=True,
         )
         try:

@@ -11,7 +11,8 @@ opinion wins:
 4. everything else (400/401/403/404/422, ...) is permanent.
 
 Transport failures (timeouts, refused or reset connections, a peer that hangs up mid-response) are transient.
-Waits without a server hint back off exponentially with jitter, capped.
+Waits without a server hint back off exponentially with jitter, capped. `retry_cause` names what a retry was
+about (for the `rsa_backend_retries_total` metric).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import httpx
 from tenacity import RetryCallState
 
 Verdict = Literal["retry", "fail", "context_length"]
+RetryCause = Literal["status", "timeout", "connection"]
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 # 5xx statuses that say "this server cannot do that", which load or time will not change.
@@ -101,6 +103,19 @@ def decide(failure: HTTPFailure) -> Decision:
 def is_transient_transport_error(exc: BaseException) -> bool:
     """Timeouts, refused/reset connections and truncated responses: the request may well succeed next time."""
     return isinstance(exc, TRANSIENT_TRANSPORT_ERRORS)
+
+
+def retry_cause(exc: BaseException) -> RetryCause:
+    """A retried failure's cause: a read/write/pool timeout, a connection that failed or broke, else a status.
+
+    Looks at `exc` or the httpx error it was raised from (the backends translate httpx errors with `from`).
+    """
+    transport = exc if isinstance(exc, httpx.HTTPError) else exc.__cause__
+    if isinstance(transport, httpx.TimeoutException) and not isinstance(transport, httpx.ConnectTimeout):
+        return "timeout"
+    if isinstance(transport, httpx.TransportError):
+        return "connection"
+    return "status"
 
 
 def retry_after(headers: Mapping[str, str], *, now_s: float | None = None) -> float | None:

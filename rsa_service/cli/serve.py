@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from rsa_service.config import Settings
+from rsa_service.observability import ObservabilitySettings, configure_observability
 
 
 def serve(
@@ -16,10 +17,12 @@ def serve(
     ),
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option("--workers", min=0, help="In-process workers (0: run `rsa worker`s).")] = 1,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error.")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="debug | info | warning | error (default: RSA_LOG_LEVEL).")
+    ] = None,
 ) -> None:
     """Serve the REST API (jobs, events, OpenAI-compatible chat completions, health, metrics)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_observability(ObservabilitySettings(), level=log_level)
     # Imported here: FastAPI and uvicorn cost a second of start-up that the other commands should not pay.
     import uvicorn
 
@@ -30,7 +33,15 @@ def serve(
     shared = named_backends(Settings())
     background = in_process_workers(workers, shared) if workers else None
     app = create_app(ApiSettings(), shared, background=background)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # uvicorn's records go through our handler (JSON or text, with context)
+        log_level=logging.getLogger().level,  # as configured above
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
 
 
 def register(app: typer.Typer) -> None:

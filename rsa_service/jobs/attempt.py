@@ -24,13 +24,14 @@ from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobResult
 from rsa_service.jobs.runner import JobRunner
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore, LeaseLost
+from rsa_service.observability import log_context, span
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_S = 30.0
 FENCE_CHECK_INTERVAL_S = 0.5
 
-AttemptEnd = Literal["completed", "failed", "cancelled", "lost", "busy", "terminal", "poisoned", "missing"]
+AttemptEnd = Literal["completed", "failed", "cancelled", "lost", "busy", "terminal", "poisoned", "newer", "missing"]
 
 
 @dataclass(frozen=True)
@@ -103,20 +104,26 @@ async def run_attempt(
     claim = await store.claim(
         job_id, owner, lease_ms=int(lease_s * 1000), max_attempts=max_attempts, steal_from=steal_from
     )
+    if claim.outcome == "newer":
+        log.warning(
+            "job %s: stored format %d is newer than this release's; left for a newer worker", job_id, claim.version
+        )
+        return AttemptOutcome("newer", detail=f"stored format {claim.version}")
     if claim.outcome != "claimed":
         return AttemptOutcome(claim.outcome, detail=claim.status or claim.owner)
-    lease = Lease(job_id, claim.fence, lease_s)
-    log.info("job %s: claimed by %s (fence %d, attempt %d)", job_id, owner, claim.fence, claim.attempts)
-    try:
-        job = await store.get(job_id)
-        runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency)
-        result = await _run_leased(store, runner, lease)
-    except asyncio.CancelledError:
-        await asyncio.shield(_hand_back(store, lease))
-        raise
-    if result is None:
-        return await asyncio.shield(_settle_lost(store, job_id, runner))
-    return AttemptOutcome(result.status, result=result)  # type: ignore[arg-type]
+    with log_context(fence=claim.fence), span("job", job_id=job_id, fence=claim.fence, attempt=claim.attempts):
+        lease = Lease(job_id, claim.fence, lease_s)
+        log.info("job %s: claimed by %s (fence %d, attempt %d)", job_id, owner, claim.fence, claim.attempts)
+        try:
+            job = await store.get(job_id)
+            runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency)
+            result = await _run_leased(store, runner, lease)
+        except asyncio.CancelledError:
+            await asyncio.shield(_hand_back(store, lease))
+            raise
+        if result is None:
+            return await asyncio.shield(_settle_lost(store, job_id, runner))
+        return AttemptOutcome(result.status, result=result)  # type: ignore[arg-type]
 
 
 async def _run_leased(store: JobStore, runner: JobRunner, lease: Lease) -> JobResult | None:

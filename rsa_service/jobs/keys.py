@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The layout of a job's keys, written into its hash as `v`. Readers accept every version up to their own; claim
+# refuses a newer one (an old worker must not run a job whose fields it does not know) and stamps an older one
+# with this version, since the steps it commits from then on are in this layout.
+#   0: before versioning: no `v` and no `started_ms` in the hash; steps hold only round, slot, text, reasoning,
+#      tail, answer, finish_reason and usage (no status, candidates, seed, tail/source token counts, error,
+#      attempts or duration_s). Read with those fields at their defaults.
+#   1: `v` and `started_ms` in the hash; steps with every field of `core.steps.StepResult`.
 STORE_FORMAT_VERSION = 1
+UNVERSIONED_FORMAT = 0
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import RoundStats, Usage
+from rsa_service.jobs.keys import STORE_FORMAT_VERSION, UNVERSIONED_FORMAT
 
 JobStatus = Literal["queued", "in_progress", "cancelling", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class NewerFormat(ValueError):
+    """The job was written by a newer release (its `v` is above this code's `STORE_FORMAT_VERSION`): this code
+    must neither parse nor run it. A newer worker will; the job stays where it is."""
+
+    def __init__(self, job_id: str, version: int) -> None:
+        super().__init__(
+            f"job {job_id} is in stored format {version}; this release reads up to {STORE_FORMAT_VERSION} "
+            "(upgrade this process)"
+        )
+        self.job_id = job_id
+        self.version = version
 
 
 class JobSpec(BaseModel):
@@ -79,7 +93,7 @@ class JobRecord(BaseModel):
     result: JobResult | None = None
     error: Problem | None = None
     fingerprint: str = ""
-    version: int = 1
+    version: int = STORE_FORMAT_VERSION
 
     @property
     def terminal(self) -> bool:
@@ -87,6 +101,12 @@ class JobRecord(BaseModel):
 
     @classmethod
     def from_hash(cls, job_id: str, fields: dict[str, str]) -> JobRecord:
+        """Parse any stored format up to this code's (see `keys.STORE_FORMAT_VERSION`): absent fields default.
+        A newer format raises NewerFormat before anything else is parsed (its spec may not even validate here)."""
+        version = int(fields.get("v") or UNVERSIONED_FORMAT)
+        if version > STORE_FORMAT_VERSION:
+            raise NewerFormat(job_id, version)
+
         def number(name: str) -> int:
             return int(fields.get(name) or 0)
 
@@ -106,7 +126,7 @@ class JobRecord(BaseModel):
             result=JobResult.model_validate_json(fields["result"]) if fields.get("result") else None,
             error=Problem.model_validate_json(fields["error"]) if fields.get("error") else None,
             fingerprint=fields.get("fingerprint", ""),
-            version=number("v") or 1,
+            version=version,
         )
 
 

@@ -3,6 +3,8 @@
 Load → execute → record. Loading reads the committed steps, so a resumed job skips them and, because every
 random choice derives from (seed, round, slot), rebuilds exactly the prompts the first attempt built. The runner
 never sees HTTP or torch (only the Backend protocol) and never touches Redis except through the store.
+Rounds and generations carry their position in the log context and in tracing spans, and feed the metrics of
+`rsa_service.metrics` from what they already measured.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
 from rsa_service.jobs.store import JobStore
+from rsa_service.metrics import (
+    GENERATION_LATENCY,
+    GENERATIONS,
+    PROMPT_TOKENS,
+    ROUND_DURATION,
+    STRAGGLER_WAIT,
+    STRAGGLERS,
+    TAIL_TRIMMED_TOKENS,
+    TOKENS,
+)
+from rsa_service.observability import log_context, span
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +109,17 @@ def _request(
         min_p=None if final_select else params.min_p,
         seed=seed,
     )
+
+
+def _usable(generation: Generation) -> bool:
+    return bool(generation.text.strip() or generation.reasoning.strip())
+
+
+def _stage(round_index: int, final_select: bool) -> str:
+    """A prompt's kind, for the prompt-size metric: the bare problem, an aggregation, or the final selection."""
+    if final_select:
+        return "final"
+    return "initial" if round_index == 0 else "aggregation"
 
 
 class JobRunner:
@@ -225,16 +249,30 @@ class JobRunner:
         missing = [slot for slot in range(self.params.population) if step_key(round_index, slot) not in self._steps]
         if not missing:
             return
-        tasks = {
-            slot: asyncio.create_task(self._generate_and_commit(round_index, slot, survivors), name=f"slot-{slot}")
-            for slot in missing
-        }
-        try:
-            await self._await_round(round_index, tasks)
-        finally:
+        started = self.clock()
+        finished_at: list[float] = []
+        with log_context(round=round_index), span("round", round=round_index):  # the slot tasks inherit both
+            tasks = {
+                slot: asyncio.create_task(self._generate_and_commit(round_index, slot, survivors), name=f"slot-{slot}")
+                for slot in missing
+            }
             for task in tasks.values():
-                task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+                task.add_done_callback(lambda _: finished_at.append(self.clock()))
+            try:
+                await self._await_round(round_index, tasks)
+                self._observe_round(started, finished_at, len(missing))
+            finally:
+                for task in tasks.values():
+                    task.cancel()
+                await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    def _observe_round(self, started: float, finished_at: list[float], slots: int) -> None:
+        """Round time, and how long the round waited on its slowest slots once a quorum of them had finished."""
+        ended = self.clock()
+        ROUND_DURATION.observe(ended - started)
+        quorum = math.ceil(self.params.quorum * slots)
+        if len(finished_at) >= quorum:
+            STRAGGLER_WAIT.observe(ended - sorted(finished_at)[quorum - 1])
 
     async def _await_round(self, round_index: int, tasks: Mapping[int, asyncio.Task[None]]) -> None:
         """Wait for the round; with a deadline and the quorum policy, cut stragglers once a quorum is done."""
@@ -258,6 +296,7 @@ class JobRunner:
                     status="straggler",
                     error=f"still running after the {deadline:g}s round deadline",
                 )
+                STRAGGLERS.inc()
                 await self._commit(straggler)
 
     def _done_in(self, round_index: int) -> int:
@@ -286,11 +325,12 @@ class JobRunner:
         content, chosen = self._prompt(round_index, slot, survivors)
         final_select = slot == FINAL_SLOT
         max_tokens = self.params.final_tokens if final_select else self.params.max_tokens_for(round_index)
-        async with self.gate.slot():
-            self.lease.check()  # never start a generation under a lease that may have passed to another worker
-            started = self.clock()
-            step = await self._generate_step(round_index, slot, content, chosen, max_tokens, final_select)
-            await self._commit(step.model_copy(update={"duration_s": self.clock() - started}))
+        with log_context(slot=slot), span("generation", round=round_index, slot=slot):
+            async with self.gate.slot():
+                self.lease.check()  # never start a generation under a lease that may have passed to another worker
+                started = self.clock()
+                step = await self._generate_step(round_index, slot, content, chosen, max_tokens, final_select)
+                await self._commit(step.model_copy(update={"duration_s": self.clock() - started}))
 
     async def _generate_step(
         self,
@@ -302,17 +342,21 @@ class JobRunner:
         final_select: bool,
     ) -> StepResult:
         base = StepResult(round=round_index, slot=slot, candidates=chosen)
+        stage = _stage(round_index, final_select)
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
             request = _request(self.spec, content, max_tokens, seed, final_select=final_select)
+            started = self.clock()
             try:
                 generation = await self.backend.generate(request)
             except BackendError as exc:
+                self._observe_generation(None, stage, self.clock() - started)
                 log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
                 return base.model_copy(
                     update={"status": "failed", "error": str(exc), "seed": seed, "attempts": attempt + 1}
                 )
-            if generation.text.strip() or generation.reasoning.strip():
+            self._observe_generation(generation, stage, self.clock() - started)
+            if _usable(generation):
                 return await self._record(base, generation, seed, attempt + 1)
         return base.model_copy(
             update={
@@ -321,6 +365,18 @@ class JobRunner:
                 "attempts": EMPTY_OUTPUT_RETRIES + 1,
             }
         )
+
+    def _observe_generation(self, generation: Generation | None, stage: str, seconds: float) -> None:
+        """One backend call that returned (`generation`) or failed (None); a cancelled one is not counted."""
+        backend = self.spec.backend
+        GENERATION_LATENCY.labels(backend).observe(seconds)
+        if generation is None:
+            GENERATIONS.labels(backend, "failed").inc()
+            return
+        GENERATIONS.labels(backend, "ok" if _usable(generation) else "empty").inc()
+        TOKENS.labels(backend, "prompt").inc(generation.usage.prompt_tokens)
+        TOKENS.labels(backend, "completion").inc(generation.usage.completion_tokens)
+        PROMPT_TOKENS.labels(stage).observe(generation.usage.prompt_tokens)
 
     def _feeds_a_round(self, round_index: int) -> bool:
         """Only tails that a later prompt shows are cut: the last stage's feed nothing unless `aggregate` selects."""
@@ -332,6 +388,8 @@ class JobRunner:
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
         tail = await self.backend.tail(source, self.params.tail_tokens) if self._feeds_a_round(base.round) else None
+        if tail is not None:
+            TAIL_TRIMMED_TOKENS.labels(self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
         return base.model_copy(
             update={

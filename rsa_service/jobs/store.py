@@ -4,7 +4,11 @@ Exceptions, translated here from redis-py so callers never see transport details
 
     StoreError
     ├── JobNotFound        no such job (or it expired after finishing)
-    └── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
+    ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
+    └── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+
+(`models.NewerFormat`, a ValueError, says a job was written by a newer release than this one.)
+Transitions are counted in `rsa_service.metrics` as they return: no extra round trip.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from redis.commands.core import AsyncScript
 from rsa_service.core.steps import StepResult
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
 from rsa_service.jobs.models import Event, JobRecord, JobResult, JobSpec, Problem
+from rsa_service.metrics import CLAIMS, JOBS_FINISHED, RECLAIMS
 
 EVENTS_MAXLEN = 10_000
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_ATTEMPTS = 5
 
-ClaimOutcome = Literal["claimed", "busy", "terminal", "poisoned", "missing"]
+ClaimOutcome = Literal["claimed", "busy", "terminal", "poisoned", "newer", "missing"]
 
 
 class StoreError(Exception):
@@ -48,6 +53,16 @@ class LeaseLost(StoreError):
         self.fence = fence
 
 
+class NotDeadLettered(StoreError):
+    def __init__(self, job_id: str, status: str, title: str) -> None:
+        why = f"{status} ({title})" if title else status
+        super().__init__(
+            f"job {job_id} is {why}: only dead-lettered jobs (failed as poison after their attempts) can be requeued"
+        )
+        self.job_id = job_id
+        self.status = status
+
+
 @dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
@@ -56,6 +71,7 @@ class Claim:
     lease_until_ms: int = 0
     owner: str = ""
     status: str = ""
+    version: int = 0  # the job's stored format, when it is newer than this code's
 
 
 def new_job_id() -> str:
@@ -66,7 +82,20 @@ def new_job_id() -> str:
 def _load_scripts() -> dict[str, str]:
     folder = files("rsa_service.jobs") / "lua"
     prelude = (folder / "_prelude.lua").read_text(encoding="utf-8")
-    names = ("create", "claim", "renew", "commit", "emit", "finish", "cancel", "settle", "release", "janitor", "rate")
+    names = (
+        "create",
+        "claim",
+        "renew",
+        "commit",
+        "emit",
+        "finish",
+        "cancel",
+        "settle",
+        "release",
+        "requeue",
+        "janitor",
+        "rate",
+    )
     return {name: prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
 
 
@@ -186,9 +215,11 @@ class JobStore:
                 steal_from,
                 self.events_maxlen,
                 self.retention_s,
+                STORE_FORMAT_VERSION,
             )
         ]
         outcome = reply[0]
+        CLAIMS.labels(outcome).inc()
         if outcome == "claimed":
             claim = Claim("claimed", fence=int(reply[1]), attempts=int(reply[2]), lease_until_ms=int(reply[3]))
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -198,7 +229,10 @@ class JobStore:
             return claim
         if outcome == "busy":
             return Claim("busy", owner=reply[1], lease_until_ms=int(reply[2]))
+        if outcome == "newer":  # hints stay: the janitor queues it again, for a newer worker to take
+            return Claim("newer", version=int(reply[1]))
         if outcome == "poisoned":
+            JOBS_FINISHED.labels("failed").inc()
             await self._forget(job_id, dead=True)
             return Claim("poisoned", attempts=int(reply[1]))
         if outcome == "terminal":
@@ -268,23 +302,45 @@ class JobStore:
         )
         if outcome < 0:
             raise LeaseLost(job_id, fence)
+        JOBS_FINISHED.labels(status).inc()
         await self._forget(job_id)
 
     async def cancel(self, job_id: str) -> str:
         """Request cancellation; returns the status now. Idempotent; a finished job is left as it is."""
-        status = str(await self._run("cancel", job_id, self.events_maxlen, self.retention_s))
+        status, changed = await self._run("cancel", job_id, self.events_maxlen, self.retention_s)
         if status == "missing":
             raise JobNotFound(job_id)
         if status == "cancelled":
             await self._forget(job_id)
-        return status
+            if int(changed):
+                JOBS_FINISHED.labels("cancelled").inc()
+        return str(status)
 
     async def settle_cancelled(self, job_id: str, result: JobResult | None) -> str:
         """Move `cancelling` to `cancelled`, keeping the partial result. Anyone may; the first one wins."""
         payload = result.model_copy(update={"status": "cancelled"}).model_dump_json() if result else ""
-        status = str(await self._run("settle", job_id, payload, self.events_maxlen, self.retention_s))
+        status, changed = await self._run("settle", job_id, payload, self.events_maxlen, self.retention_s)
+        if int(changed):
+            JOBS_FINISHED.labels("cancelled").inc()
         await self._forget(job_id)
-        return status
+        return str(status)
+
+    async def requeue(self, job_id: str) -> str:
+        """Run a dead-lettered job again from its committed steps; returns its tenant. JobNotFound, or
+        NotDeadLettered for any job that is not a poison failure (other failures would fail the same way again)."""
+        outcome, *rest = [str(part) for part in await self._run("requeue", job_id, self.events_maxlen)]
+        if outcome == "missing":
+            await self.redis.srem(self.keys.dead, job_id)  # a stale hint: the job expired after failing
+            raise JobNotFound(job_id)
+        if outcome == "refused":
+            raise NotDeadLettered(job_id, status=rest[0], title=rest[1])
+        await self.redis.srem(self.keys.dead, job_id)
+        await self.enqueue(job_id)
+        return rest[0]
+
+    async def dead_lettered(self) -> list[str]:
+        """The dead-letter hint: ids of jobs failed as poison (some may have expired since)."""
+        return sorted(await self.redis.smembers(self.keys.dead))
 
     async def delete(self, job_id: str) -> None:
         record = await self.get(job_id)
@@ -314,7 +370,9 @@ class JobStore:
     async def requeue_stale(self, *, lease_ms: int, stale_pending_ms: int, limit: int = 100) -> list[str]:
         """The janitor's sweep: queue again jobs whose lease expired or whose queue hint may be lost."""
         keys = (self.keys.queue, self.keys.leases, self.keys.pending)
-        return [str(job_id) for job_id in await self._run_on("janitor", keys, lease_ms, stale_pending_ms, limit)]
+        found = [str(job_id) for job_id in await self._run_on("janitor", keys, lease_ms, stale_pending_ms, limit)]
+        RECLAIMS.inc(len(found))
+        return found
 
     async def rate_wait_ms(self, requests_per_s: float, burst: int) -> int:
         """Take one request from the namespace's shared rate (GCRA): 0 when granted, else ms to wait first."""

@@ -26,8 +26,9 @@ from rsa_service.config import Settings
 from rsa_service.jobs.attempt import DEFAULT_LEASE_S, process_owner_id, run_attempt
 from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.gate import Gate, SharedRate
-from rsa_service.jobs.models import JobRecord, Problem
+from rsa_service.jobs.models import JobRecord, NewerFormat, Problem
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobNotFound, JobStore
+from rsa_service.observability import log_context
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,9 @@ class Worker:
             record = await self.store.get(job_id)
         except JobNotFound:
             return
+        except NewerFormat as exc:  # a rolling upgrade: its hints stay, and the janitor offers it to newer workers
+            log.warning("worker %s: %s; left for a newer worker", self.owner, exc)
+            return
         if record.terminal or job_id in self._running:
             return  # a duplicate hint: claiming again here would fence off this worker's own attempt
         try:
@@ -153,23 +157,26 @@ class Worker:
         self._room.set()
 
     async def _attempt(self, job_id: str, backend: Backend) -> None:
-        try:
-            outcome = await run_attempt(
-                self.store,
-                backend,
-                job_id,
-                self.owner,
-                lease_s=self.lease_s,
-                max_attempts=self.max_attempts,
-                gate=self.gate,
-            )
-            self.outcomes[outcome.end] += 1
-            if outcome.end != "busy":
-                log.info("job %s: attempt ended %s %s", job_id, outcome.end, outcome.detail)
-        except* REDIS_ERRORS as group:
-            log.warning("job %s: Redis lost mid-attempt (%s); it resumes after its lease", job_id, group.exceptions[0])
-        except* Exception:
-            log.exception("job %s: the attempt crashed; it resumes after its lease", job_id)
+        with log_context(job_id=job_id, worker=self.owner):
+            try:
+                outcome = await run_attempt(
+                    self.store,
+                    backend,
+                    job_id,
+                    self.owner,
+                    lease_s=self.lease_s,
+                    max_attempts=self.max_attempts,
+                    gate=self.gate,
+                )
+                self.outcomes[outcome.end] += 1
+                if outcome.end != "busy":
+                    log.info("job %s: attempt ended %s %s", job_id, outcome.end, outcome.detail)
+            except* REDIS_ERRORS as group:
+                log.warning(
+                    "job %s: Redis lost mid-attempt (%s); it resumes after its lease", job_id, group.exceptions[0]
+                )
+            except* Exception:
+                log.exception("job %s: the attempt crashed; it resumes after its lease", job_id)
 
     async def _fail_unrunnable(self, record: JobRecord, detail: str) -> None:
         """A job whose backend cannot be resolved will never run: fail it, with the reason, for its owner to see."""

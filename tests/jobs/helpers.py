@@ -1,24 +1,35 @@
-"""Shared by the worker tests: small job specs, polling, and `rsa worker` subprocesses whose logs are kept."""
+"""Shared by the worker tests: small job specs, polling, an in-process worker, and `rsa worker` subprocesses whose
+logs are kept."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from rsa_service.config import Settings
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
+from rsa_service.core.steps import Usage
+from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobStore
+from rsa_service.jobs.worker import Worker
 
 PROBLEM = "Compute the thing. ANSWER=70"
+LEASE_S = 2.0
 SMALL = {"population": 4, "subset": 2, "rounds": 2, "trace_tokens": 200, "tail_tokens": 40, "final_tokens": 300}
 
 
@@ -43,6 +54,21 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout_s: float, what
         await asyncio.sleep(poll_s)
 
 
+@asynccontextmanager
+async def running(store: JobStore, pool: BackendPool | None = None, **options: object) -> AsyncIterator[Worker]:
+    """A worker on `store` for the `with` block; leaving it drains the worker and closes the backends."""
+    pool = pool or BackendPool(Settings())
+    worker = Worker(store, pool, **({"concurrency": 8, "lease_s": LEASE_S} | options))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+        await pool.aclose()
+
+
 async def step_events(store: JobStore, job_id: str) -> Counter[str]:
     """How many times each step was committed, from the job's event stream (one `step` event per write)."""
     events = await store.events(job_id, count=100_000)
@@ -65,6 +91,57 @@ async def finished(store: JobStore, job_id: str, timeout_s: float = 30) -> str:
 
 async def status_of(store: JobStore, job_id: str) -> str:
     return (await store.get(job_id)).status
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    """GET a Prometheus endpoint: every sample by (name, labels)."""
+    response = httpx.get(url, timeout=5)
+    response.raise_for_status()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; 0 when absent (a labelled counter not yet touched)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape_when(url: str, name: str, at_least: float, timeout_s: float = 20, **labels: str) -> Samples:
+    """Scrape `url` (once it answers) until the sample `name` is present and reaches `at_least`; return that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            samples = scrape(url)
+            if (name, frozenset(labels.items())) in samples and sample(samples, name, **labels) >= at_least:
+                return samples
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {name}{labels} >= {at_least} at {url}")
+        time.sleep(0.05)
+
+
+def assert_job_recorded(before: Samples, after: Samples, backend: str, stages: int, usage: Usage) -> None:
+    """The counters one completed job of `SMALL`-like width moved between two scrapes of the same process."""
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    generations = stages * SMALL["population"]
+    assert delta("rsa_generations_total", backend=backend, status="ok") == generations
+    assert delta("rsa_generation_duration_seconds_count", backend=backend) == generations
+    assert delta("rsa_tokens_total", backend=backend, direction="prompt") == usage.prompt_tokens
+    assert delta("rsa_tokens_total", backend=backend, direction="completion") == usage.completion_tokens
+    assert delta("rsa_round_duration_seconds_count") == stages
+    assert delta("rsa_round_straggler_wait_seconds_count") == stages
+    assert delta("rsa_prompt_tokens_count", stage="initial") == SMALL["population"]
+    assert delta("rsa_prompt_tokens_sum", stage="aggregation") > delta("rsa_prompt_tokens_sum", stage="initial")
+    assert delta("rsa_tail_trimmed_tokens_total", backend=backend) > 0
+    assert delta("rsa_jobs_finished_total", status="completed") == 1
 
 
 class WorkerProcess:

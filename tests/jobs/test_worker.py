@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
@@ -14,26 +12,8 @@ from rsa_service.config import Settings
 from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.gate import SharedRate
 from rsa_service.jobs.store import JobStore
-from rsa_service.jobs.worker import Worker
-from tests.jobs.helpers import finished, job_spec, status_of, step_events, wait_until
+from tests.jobs.helpers import finished, job_spec, running, status_of, step_events, wait_until
 from tests.modelserver import ModelServerConfig, serve_in_thread
-
-LEASE_S = 2.0
-
-
-@asynccontextmanager
-async def running(store: JobStore, pool: BackendPool | None = None, **options: object) -> AsyncIterator[Worker]:
-    """A worker on `store` for the `with` block; leaving it drains the worker and closes the backends."""
-    pool = pool or BackendPool(Settings())
-    worker = Worker(store, pool, **({"concurrency": 8, "lease_s": LEASE_S} | options))  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await task
-        await pool.aclose()
 
 
 async def test_token_budget_completes_with_the_best_answer_and_says_why(store: JobStore) -> None:

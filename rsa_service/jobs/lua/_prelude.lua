@@ -4,6 +4,7 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local TERMINAL = {completed = true, failed = true, cancelled = true}
+local POISON_TITLE = 'Poison job'  -- the error of a job failed for exhausting its attempts (dead-lettered)
 local function emit(maxlen, kind, data)
   return redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', kind, 'data', data)
 end
