@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rsa_service.client.models import FieldError, ProblemDetails
+from rsa_service.jobs.models import NewerFormat
 from rsa_service.jobs.store import JobNotFound
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(JobNotFound)
     async def _not_found(request: Request, exc: JobNotFound) -> ProblemResponse:
         return problem(404, f"no job {exc.job_id}", kind="not-found", instance=request.url.path)
+
+    @app.exception_handler(NewerFormat)
+    async def _newer(request: Request, exc: NewerFormat) -> ProblemResponse:
+        # A rolling upgrade: a newer replica wrote this job; this one must not guess at its format.
+        detail = f"{exc}; this server is older than the job, retry against an upgraded one"
+        return problem(503, detail, kind="newer-format", instance=request.url.path, headers={"Retry-After": "5"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:

@@ -6,9 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import redis
 
 from rsa_service.client import ConflictError, NotFoundError, UnprocessableEntityError
+from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
 from tests.api.conftest import KEY_A, KEY_B, SMALL, ApiFactory, LiveAPI
+from tests.conftest import RedisServer
 
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}
@@ -142,3 +145,14 @@ def test_readiness_reports_an_unreachable_backend(make_api: ApiFactory, monkeypa
         metrics = http.get("/metrics").text
         assert 'rsa_http_requests_total{method="GET",route="/readyz",status="503"}' in metrics
         assert "rsa_jobs_created_total" in metrics
+
+
+def test_a_job_of_a_newer_stored_format_is_503_not_500(
+    idle: LiveAPI, redis_server: RedisServer, namespace: str
+) -> None:
+    created = httpx.post(f"{idle.url}/v1/jobs", json={"problem": "2+2?", **SMALL}, headers=A)
+    job_id = created.json()["id"]
+    with redis.Redis.from_url(redis_server.url) as client:  # as a newer release would have written it
+        client.hset(Keys(namespace).job(job_id).meta, "v", STORE_FORMAT_VERSION + 1)
+    body = _problem(httpx.get(f"{idle.url}/v1/jobs/{job_id}", headers=A), 503)
+    assert "stored format" in str(body["detail"])
