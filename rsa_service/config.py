@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     )
     rate_burst: int = Field(default=1, gt=0, description="Requests the shared rate lets through at once.")
     drain_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM, wait this long for in-flight work.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="`rsa worker`: serve /metrics here (0: off).")
     requeue_pending_after_s: float = Field(
         default=60.0, gt=0, description="Queue a never-claimed job again after this long (its hint may be lost)."
     )

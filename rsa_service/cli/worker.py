@@ -85,19 +85,20 @@ def worker(
         int | None, typer.Option("--concurrency", "-c", min=1, help="Generations in flight (RSA_WORKER_CONCURRENCY).")
     ] = None,
     metrics_port: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--metrics-port",
             min=0,
             max=65535,
-            envvar="RSA_METRICS_PORT",
-            help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off).",
+            help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off; default RSA_METRICS_PORT).",
         ),
-    ] = 0,
+    ] = None,
 ) -> None:
     """Run queued jobs until SIGTERM or Ctrl-C, then drain: in-flight generations finish or leases go back."""
     configure_observability(ObservabilitySettings())
-    run_async(lambda: _work(Settings(), concurrency, metrics_port))
+    settings = Settings()
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    run_async(lambda: _work(settings, concurrency, port))
 
 
 # ---- jobs ---------------------------------------------------------------------------------------------------
