@@ -8,7 +8,9 @@ cap. httpx errors and error statuses are translated here, at the boundary, into 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -150,6 +152,12 @@ def _count_retry(state: RetryCallState) -> None:
         RETRIES.labels(retry_cause(exc)).inc()
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client: loading the CA bundle costs ~30 ms, once per process is enough."""
+    return httpx.create_ssl_context()
+
+
 class RemoteBackend:
     """A Backend over an OpenAI-compatible HTTP API rooted at `base_url` (e.g. `http://127.0.0.1:8000/v1`).
 
@@ -179,6 +187,7 @@ class RemoteBackend:
         connections = opts.max_concurrency + AUXILIARY_CONNECTIONS
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
         self._client = httpx.AsyncClient(
+            verify=_ssl_context(),
             timeout=timeout,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers=headers,
