@@ -463,7 +463,10 @@ def build_app(config: ModelServerConfig | None = None) -> FaultsAndLog:
         return JSONResponse({"object": "list", "data": [model | {"max_model_len": cfg.max_model_len}]})
 
     async def generate(request: Request) -> Response:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:  # a client killed mid-send leaves half a body behind
+            return _error(400, "modelserver: the request body is not JSON")
         status, answer = completion_response(body, cfg, chat=request.url.path.endswith("/chat/completions"))
         if status == 200:
             tokens = answer.get("usage", {}).get("completion_tokens", 0)
