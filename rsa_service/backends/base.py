@@ -72,7 +72,9 @@ class BackendOptions(BaseModel):
     max_retries: int = Field(default=6, ge=0)
     retry_backoff_s: float = Field(default=0.5, gt=0, description="First backoff wait; doubles per retry, jittered.")
     retry_max_wait_s: float = Field(default=30.0, gt=0, description="Cap on one wait, Retry-After included.")
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto", description="In-process engine weights; auto: the checkpoint's own dtype."
+    )
     device: str = "cpu"
     threads: int | None = Field(
         default=None, gt=0, description="In-process engine: torch threads (default: every core but one)."

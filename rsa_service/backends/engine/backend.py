@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,6 +32,16 @@ from rsa_service.core.tails import Tail, tail_from_offsets
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def checkpoint_dtype(directory: Path) -> str:
+    """The dtype config.json records (`dtype`, or `torch_dtype` in older files); bf16, as published, if none."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "bfloat16"  # the loader reports the missing or broken file properly
+    recorded = config.get("dtype") or config.get("torch_dtype")
+    return recorded if recorded in _DTYPES else "bfloat16"
 
 
 def default_threads() -> int:
@@ -79,7 +90,7 @@ class EngineBackend:
         torch.set_num_threads(options.threads or default_threads())
         config, model = load_model(
             directory,
-            dtype=_DTYPES[options.dtype],
+            dtype=_DTYPES[checkpoint_dtype(directory) if options.dtype == "auto" else options.dtype],
             device=options.device,
             skip_returns_input=skip_returns_input,
         )
