@@ -1,12 +1,12 @@
-"""The tiny model's reasoning task: a sum of products, solved one checkable line at a time.
+"""The tiny model's reasoning task: the last digit of a sum of products, one checkable line at a time.
 
-Problem: ``Compute 4*2 + 9*5 + 9*9 + 3*2 + 4*8 + 9*4.`` The trace writes every product on its own line, then a
-running sum whose lines name the products again (``053+081=134``); every number in the trace is zero-padded to
-three digits, which lets a tiny model learn column addition in minutes. Each line is a small local computation
-the model gets right most of the time, and its slips at temperature 1.0 are independent across samples, so one
-try is often wrong somewhere while several tries rarely share a slip. Because the sum lines repeat the products,
-the last ~64 tokens of a trace (the Markovian tail) hold nearly every intermediate result, so an aggregator can
-check candidates line by line instead of voting on final answers. Pure Python, no torch.
+Problem: ``Find the last digit of 4*2 + 9*5 + 9*9 + 3*2 + 4*8 + 9*4 + 2*7 + 3*6.`` The trace writes every product
+as two digits on its own line, then a running sum of last digits whose lines name each product's last digit
+again (``3+1=4``). Every line is a lookup of two single digits, which a 2M-parameter model learns in minutes
+(multi-digit addition it does not, in this budget); its slips at temperature 1.0 are independent across samples,
+so one try of 15 lines is often wrong somewhere while several tries rarely share a slip. The last 64 tokens of
+a trace (the Markovian tail) hold the whole running sum and the last products, so an aggregator can check
+candidates line by line instead of voting on final answers. Pure Python, no torch.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-TERMS = 6
+TERMS = 8
 FACTOR_RANGE = (2, 9)
 MULTIPLIER_RANGE = (2, 9)
-WIDTH = 3  # every number in the trace is zero-padded to this many digits
+PREFIX = "Find the last digit of "
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,11 @@ class Problem:
 
     @property
     def prompt(self) -> str:
-        return "Compute " + " + ".join(f"{a}*{b}" for a, b in self.pairs) + "."
+        return PREFIX + " + ".join(f"{a}*{b}" for a, b in self.pairs) + "."
 
     @property
     def answer(self) -> str:
-        return str(sum(a * b for a, b in self.pairs))
+        return str(sum(a * b for a, b in self.pairs) % 10)
 
 
 def generate_problem(rng: random.Random, terms: int = TERMS) -> Problem:
@@ -45,7 +45,7 @@ def generate_problem(rng: random.Random, terms: int = TERMS) -> Problem:
 
 def parse_prompt(prompt: str) -> Problem:
     """Inverse of `Problem.prompt`, so held-out rows (prompt + answer only) rebuild their reference trace."""
-    body = prompt.removeprefix("Compute ").rstrip(".")
+    body = prompt.removeprefix(PREFIX).rstrip(".")
     pairs = []
     for term in body.split(" + "):
         a, b = term.split("*")
@@ -54,13 +54,13 @@ def parse_prompt(prompt: str) -> Problem:
 
 
 def solution_steps(problem: Problem) -> list[str]:
-    """The reference reasoning, one line per step: products first, then the running sum."""
+    """The reference reasoning, one line per step: two-digit products, then the running sum of last digits."""
     products = [a * b for a, b in problem.pairs]
-    lines = [f"{a}*{b}={p:0{WIDTH}d}" for (a, b), p in zip(problem.pairs, products, strict=True)]
-    total = products[0]
+    lines = [f"{a}*{b}={p:02d}" for (a, b), p in zip(problem.pairs, products, strict=True)]
+    total = products[0] % 10
     for p in products[1:]:
-        lines.append(f"{total:0{WIDTH}d}+{p:0{WIDTH}d}={total + p:0{WIDTH}d}")
-        total += p
+        lines.append(f"{total}+{p % 10}={(total + p) % 10}")
+        total = (total + p) % 10
     return lines
 
 
