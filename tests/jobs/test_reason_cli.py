@@ -12,6 +12,10 @@ from collections import Counter
 import pytest
 import redis
 
+from rsa_service import config
+from rsa_service.cli.common import CLIError, build_spec
+from rsa_service.cli.options import JobOptions
+from rsa_service.config import Settings
 from rsa_service.jobs.keys import Keys
 from tests.conftest import RedisServer
 from tests.modelserver import ModelServerConfig, serve_in_subprocess, serve_in_thread
@@ -160,13 +164,18 @@ def test_bad_parameters_exit_with_one_line(cli_env: dict[str, str], args: list[s
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_empty_problem_and_missing_backend(cli_env: dict[str, str]) -> None:
+def test_empty_problem(cli_env: dict[str, str]) -> None:
     empty = rsa(["reason", "   ", "--backend", "openai:http://127.0.0.1:9/v1"], cli_env)
     assert empty.returncode == 2 and "problem: must not be empty" in empty.stderr
-    env = {k: v for k, v in cli_env.items() if k != "RSA_BACKEND"}
-    missing = rsa(["reason", PROBLEM], env)
-    assert missing.returncode == 2 and "no backend configured" in missing.stderr
-    assert "Traceback" not in empty.stderr + missing.stderr
+    assert "Traceback" not in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+
+
+def test_no_backend_and_no_bundled_model_names_the_ways_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the engine extra (or the bundled checkpoint) there is no default; the error says what to do.
+    monkeypatch.setattr(config, "bundled_backend", lambda: None)
+    monkeypatch.delenv("RSA_BACKEND", raising=False)
+    with pytest.raises(CLIError, match="no backend configured: pass --backend openai:http"):
+        build_spec(Settings(), PROBLEM, JobOptions())
 
 
 def test_unreachable_and_non_openai_backends(cli_env: dict[str, str]) -> None:
