@@ -94,7 +94,7 @@ async def create_job(request: Request, store: JobStore, owner: str, spec: JobSpe
     "",
     status_code=202,
     response_model=Job,
-    responses=problem_responses(401, 409, 413, 422, 429, 503),
+    responses=problem_responses(400, 401, 409, 413, 422, 429, 503),  # 400: a body that is not JSON
     summary="Create a job (honours Idempotency-Key)",
 )
 async def create(

@@ -52,10 +52,10 @@ class ApiSettings(BaseSettings):
 
 
 def named_backends(shared: Settings) -> Settings:
-    """`shared` with `RSA_BACKEND` (else the bundled model) as the backend named `default`, unless RSA_BACKENDS
-    names one."""
+    """`shared` with `RSA_BACKEND` as the backend named `default`, unless RSA_BACKENDS names one; with no backend
+    configured at all, the bundled model."""
     named = dict(shared.backends)
-    fallback = config.default_backend(shared)
+    fallback = shared.backend or (None if named else config.bundled_backend())
     if fallback and DEFAULT_BACKEND_NAME not in named:
         named[DEFAULT_BACKEND_NAME] = fallback
     return shared.model_copy(update={"backends": named})
