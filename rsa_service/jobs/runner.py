@@ -26,7 +26,7 @@ from rsa_service.backends.base import (
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.plan import FINAL_SLOT, choose_subset, generation_seed
 from rsa_service.core.reasoning import tail_source_text
-from rsa_service.core.steps import FINAL_STEP, StepResult, step_key
+from rsa_service.core.steps import FINAL_STEP, StepResult, round_stats, step_key
 from rsa_service.core.summary import round_steps, summarise
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
@@ -218,9 +218,9 @@ class JobRunner:
             await self._generate_and_commit(self.params.rounds + 1, FINAL_SLOT, survivors)
 
     async def _after_round(self, round_index: int) -> None:
-        stats = (await asyncio.to_thread(summarise, self.params, dict(self._steps))).rounds[-1]
-        await self.store.emit(self.job.id, self.fence, "round", stats.model_dump(mode="json"))
         members = round_steps(self._steps, round_index, self.params.population)
+        stats = await asyncio.to_thread(round_stats, round_index, members, self.params.population)
+        await self.store.emit(self.job.id, self.fence, "round", stats.model_dump(mode="json"))
         succeeded = sum(1 for step in members if step.status == "ok")
         if succeeded < math.ceil(self.params.population / 2):
             first_error = next((step.error for step in members if step.error), "no usable output")
