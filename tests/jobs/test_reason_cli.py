@@ -23,6 +23,7 @@ from tests.modelserver import ModelServerConfig, serve_in_subprocess, serve_in_t
 RSA = [sys.executable, "-m", "rsa_service.cli"]
 SMALL = ["-n", "4", "-k", "2", "-t", "2", "--trace-tokens", "200", "--tail-tokens", "40", "--final-tokens", "300"]
 PROBLEM = "Compute the thing. ANSWER=70"
+TINY_BUDGETS = ["--trace-tokens", "100", "--tail-tokens", "20", "--final-tokens", "150"]
 
 
 def rsa(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -65,12 +66,7 @@ def test_t0_is_parallel_sampling_and_k1_refines(cli_env: dict[str, str]) -> None
                 "1",
                 "-t",
                 "0",
-                "--trace-tokens",
-                "100",
-                "--tail-tokens",
-                "20",
-                "--final-tokens",
-                "150",
+                *TINY_BUDGETS,
                 "--json",
             ],
             cli_env,
@@ -92,12 +88,7 @@ def test_t0_is_parallel_sampling_and_k1_refines(cli_env: dict[str, str]) -> None
                 "1",
                 "-t",
                 "1",
-                "--trace-tokens",
-                "100",
-                "--tail-tokens",
-                "20",
-                "--final-tokens",
-                "150",
+                *TINY_BUDGETS,
                 "--json",
             ],
             cli_env,
