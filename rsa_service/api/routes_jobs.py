@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses
 from rsa_service.api.settings import ApiSettings, default_backend
-from rsa_service.api.views import job_view, json_response, owned_record, progress_many, step_records, to_job
+from rsa_service.api.views import json_response, owned_record, progress_many, read_job, step_records, to_job
 from rsa_service.client.models import Job, JobCreate, JobPage, StepList
 from rsa_service.config import Settings, params_defaults
 from rsa_service.core.params import RSAParams, check_problem
@@ -24,11 +24,12 @@ Tenant = Annotated[str, Depends(tenant)]
 COMMON = (401, 404, 422, 503)
 
 
-def _store(request: Request) -> JobStore:
+# Dependencies are coroutines: a plain function would be run on a worker thread, a hop per request.
+async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _settings(request: Request) -> ApiSettings:
+async def _settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
@@ -124,7 +125,7 @@ async def create(
         if created.outcome == "replayed":
             response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return json_response(await job_view(store, await store.get(job_id)), 202, dict(response.headers))
+    return json_response(await read_job(store, job_id, owner), 202, dict(response.headers))
 
 
 @router.get("", response_model=JobPage, responses=problem_responses(401, 422, 503), summary="List jobs")
@@ -147,7 +148,7 @@ async def list_(
 
 @router.get("/{job_id}", response_model=Job, responses=problem_responses(*COMMON), summary="Get a job")
 async def get(job_id: str, owner: Tenant, store: Store, settings: Options) -> Response:
-    job = await job_view(store, await owned_record(store, job_id, owner))
+    job = await read_job(store, job_id, owner)
     return json_response(job, headers=None if job.terminal else {"Retry-After": str(settings.poll_after_s)})
 
 
@@ -157,7 +158,7 @@ async def get(job_id: str, owner: Tenant, store: Store, settings: Options) -> Re
 async def cancel(job_id: str, owner: Tenant, store: Store) -> Job:
     await owned_record(store, job_id, owner)
     await store.cancel(job_id)
-    return await job_view(store, await store.get(job_id))
+    return await read_job(store, job_id, owner)
 
 
 @router.delete("/{job_id}", responses=problem_responses(401, 404, 409, 422, 503), summary="Delete a finished job")

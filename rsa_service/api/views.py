@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from fastapi import Response
 from pydantic import BaseModel
@@ -13,6 +13,10 @@ from rsa_service.core.plan import FINAL_SLOT
 from rsa_service.core.steps import StepResult, step_key
 from rsa_service.jobs.models import JobRecord, JobSpec
 from rsa_service.jobs.store import JobNotFound, JobStore
+
+# The progress commit.lua and emit.lua keep in the job hash, and the fields a job resource shows besides it.
+PROGRESS_FIELDS = ("progress_steps", "progress_round", "progress_completion_tokens", "progress_prompt_tokens")
+VIEW_FIELDS = ("status", "tenant", "spec", "created_ms", "updated_ms", "finished_ms", "result", "error", "v")
 
 
 def steps_total(spec: JobSpec) -> int:
@@ -37,15 +41,53 @@ def progress_from_events(spec: JobSpec, entries: Sequence[tuple[str, dict[str, s
     return progress
 
 
+def kept_progress(spec: JobSpec, fields: dict[str, str], committed: int) -> Progress | None:
+    """The progress kept in the job hash, the same as its events tell; None unless it counts every committed step
+    (a job begun before it was kept, a worker of an older release committing since, or a read between the two).
+    A job with no step committed has none kept and needs none."""
+    if int(fields.get("progress_steps", 0)) != committed:
+        return None
+    return Progress(
+        round=int(fields.get("progress_round", 0)),
+        stages=spec.params.stages,
+        steps_done=committed,
+        steps_total=steps_total(spec),
+        completion_tokens=int(fields.get("progress_completion_tokens", 0)),
+        prompt_tokens=int(fields.get("progress_prompt_tokens", 0)),
+    )
+
+
+async def _completed(store: JobStore, records: Sequence[JobRecord], kept: list[Progress | None]) -> list[Progress]:
+    """`kept`, each None filled in from its job's events (all of those read in one more round trip)."""
+    folded = [record for record, progress in zip(records, kept, strict=True) if progress is None]
+    streams: Iterator[list[tuple[str, dict[str, str]]]] = iter(())
+    if folded:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for record in folded:
+                pipe.xrange(store.keys.job(record.id).events)
+            streams = iter(await pipe.execute())
+    return [
+        progress if progress is not None else progress_from_events(record.spec, next(streams))
+        for record, progress in zip(records, kept, strict=True)
+    ]
+
+
 async def progress_many(store: JobStore, records: Sequence[JobRecord]) -> list[Progress]:
-    """Progress of several jobs in one round trip."""
-    if not records:
-        return []
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for record in records:
-            pipe.xrange(store.keys.job(record.id).events)
-        streams = await pipe.execute()
-    return [progress_from_events(r.spec, entries) for r, entries in zip(records, streams, strict=True)]
+    """Progress of several jobs: one round trip for the kept progress, one more only for jobs without it."""
+    rows = await store.fields([record.id for record in records], PROGRESS_FIELDS)
+    kept = [kept_progress(r.spec, fields, committed) for r, (fields, committed) in zip(records, rows, strict=True)]
+    return await _completed(store, records, kept)
+
+
+async def read_job(store: JobStore, job_id: str, tenant: str) -> Job:
+    """The job resource if it belongs to `tenant` (another tenant's job is indistinguishable from a missing one):
+    the status read, so one round trip for the fields it shows and nothing else, unless it must fold events."""
+    [(fields, committed)] = await store.fields([job_id], VIEW_FIELDS + PROGRESS_FIELDS)
+    if "status" not in fields or fields.get("tenant") != tenant:
+        raise JobNotFound(job_id)
+    record = JobRecord.from_hash(job_id, fields)  # the shown fields only: no lease bookkeeping
+    [progress] = await _completed(store, [record], [kept_progress(record.spec, fields, committed)])
+    return to_job(record, progress)
 
 
 def json_response(model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -75,11 +117,6 @@ async def owned_record(store: JobStore, job_id: str, tenant: str) -> JobRecord:
     if record.tenant != tenant:
         raise JobNotFound(job_id)
     return record
-
-
-async def job_view(store: JobStore, record: JobRecord) -> Job:
-    [progress] = await progress_many(store, [record])
-    return to_job(record, progress)
 
 
 def rebuilt_prompt(spec: JobSpec, steps: dict[str, StepResult], step: StepResult) -> str | None:
