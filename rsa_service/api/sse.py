@@ -46,7 +46,7 @@ async def events(
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
     after: Annotated[str | None, Query(max_length=64, description="Start after this event id.")] = None,
 ) -> EventSourceResponse:
-    owner = tenant(request)
+    owner = await tenant(request)
     store: JobStore = request.app.state.store
     await owned_record(store, job_id, owner)
     start = last_event_id or after or "0-0"
