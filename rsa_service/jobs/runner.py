@@ -28,6 +28,7 @@ from rsa_service.core.plan import FINAL_SLOT, choose_subset, generation_seed
 from rsa_service.core.reasoning import tail_source_text
 from rsa_service.core.steps import FINAL_STEP, StepResult, round_stats, step_key
 from rsa_service.core.summary import round_steps, summarise
+from rsa_service.core.tails import Tail
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
@@ -387,7 +388,7 @@ class JobRunner:
     async def _record(self, base: StepResult, generation: Generation, seed: int, attempts: int) -> StepResult:
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
-        tail = await self.backend.tail(source, self.params.tail_tokens) if self._feeds_a_round(base.round) else None
+        tail = await self._tail(source, generation) if self._feeds_a_round(base.round) else None
         if tail is not None:
             TAIL_TRIMMED_TOKENS.labels(self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
@@ -405,6 +406,18 @@ class JobRunner:
                 "attempts": attempts,
             }
         )
+
+    async def _tail(self, source: str, generation: Generation) -> Tail:
+        """A trace no longer than τ is kept whole (the spec's rule) without counting it again.
+
+        The generation's own token count bounds every part of it, so when it is within τ no backend call is
+        needed; the tail's `tokens` is then that bound. Against a remote server this saves a /tokenize round
+        trip per generation whenever traces are shorter than τ.
+        """
+        produced = generation.usage.completion_tokens
+        if produced <= self.params.tail_tokens:
+            return Tail(text=source, tokens=produced, source_tokens=produced)
+        return await self.backend.tail(source, self.params.tail_tokens)
 
     async def _commit(self, step: StepResult) -> None:
         event = {

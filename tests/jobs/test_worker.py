@@ -127,3 +127,21 @@ async def test_backend_pool_resolves_names_and_shares_open_backends() -> None:
     assert await pool.get("openai:http://127.0.0.1:9/v1", "m") is first
     assert await pool.get("fast", "other") is not first
     await pool.aclose()
+
+
+@pytest.mark.parametrize(("words", "tau"), [(5, 100), (200, 40)])
+async def test_tails_are_counted_only_when_a_trace_may_exceed_tau(store: JobStore, words: int, tau: int) -> None:
+    """A trace whose whole completion is within τ is kept whole with no tokenize call; a longer one is cut."""
+    with serve_in_thread(ModelServerConfig(reasoning_words=words)) as server:
+        job_id = await store.create(job_spec(server.base_url, tail_tokens=tau))
+        async with running(store):
+            assert await finished(store, job_id) == "completed"
+        tokenize_calls = server.log()["tokenize_calls"]
+    steps = [step for step in (await store.steps(job_id)).values() if step.round < 2]
+    assert all(step.tail_tokens <= tau and step.reasoning.endswith(step.tail) for step in steps)
+    if words == 5:
+        assert all(step.tail == step.reasoning and step.usage.completion_tokens <= tau for step in steps)
+        assert tokenize_calls == 0
+    else:
+        assert all(step.source_tokens > tau and len(step.tail) < len(step.reasoning) for step in steps)
+        assert tokenize_calls >= 2 * len(steps)
