@@ -110,7 +110,8 @@ CountRequest = Callable[[dict[str, object]], Awaitable[int]]
 
 
 class ServerCounter:
-    """The server's tokenize endpoint. Count-only, so a tail is found by an interpolating search over suffixes.
+    """The server's tokenize endpoint. Count-only, so a tail is found by an interpolating search over suffixes;
+    a cut tail's `tokens` is then the count of the suffix found, which bounds the (boundary-trimmed) text kept.
 
     `count` takes a vLLM-style body (`prompt` + `add_special_tokens`, or `messages`) and returns the count;
     `chat_template` says the server renders `messages` itself (vLLM, SGLang) rather than only counting text
@@ -147,7 +148,6 @@ class ServerCounter:
                 offset = search.send(counts[offset])
         except StopIteration as done:
             found = done.value
-        cut = clean_boundary(text, found)
-        kept = text[cut:]
-        tokens = counts[found] if cut == found and found in counts else await self.count_text(kept)
-        return Tail(text=kept, tokens=tokens, source_tokens=total)
+        # Moving the cut forward to a clean boundary only drops text, so the count found bounds the kept tail;
+        # counting it again would cost a round trip for a figure that is only reported.
+        return Tail(text=text[clean_boundary(text, found) :], tokens=counts.get(found, max_tokens), source_tokens=total)

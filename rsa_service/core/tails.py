@@ -21,7 +21,8 @@ _SPACE = re.compile(r"\s+")
 
 
 class Tail(BaseModel):
-    """A trace's tail. `tokens` counts the kept text; `source_tokens` the whole trace."""
+    """A trace's tail. `tokens` counts the kept text (exact where token offsets are known; where only counts or
+    the generation's usage are, an upper bound); `source_tokens` the whole trace."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -83,10 +84,12 @@ def suffix_search(length: int, total_tokens: int, max_tokens: int) -> Generator[
     A coroutine so the search stays pure: it yields a candidate offset, the caller sends back the token count of
     `text[offset:]` (counted however it likes, e.g. over HTTP), and it returns the answer. Token counts grow
     almost linearly with text length, so interpolating on them (regula falsi, with a bisection step whenever one
-    side stalls) lands within a few counts; any fitting suffix within `tolerance` tokens of the budget is taken,
-    since the cut then moves to a clean boundary anyway.
+    side stalls) lands within a few counts. Any fitting suffix within `tolerance` tokens of the budget is taken,
+    since the cut then moves to a clean boundary anyway (up to a tenth of the tail); interpolation aims at the
+    middle of that band, so the first count usually lands in it.
     """
-    tolerance = max(1, max_tokens // 64)
+    tolerance = max(1, max_tokens // 32)
+    aim = max_tokens - tolerance // 2
     low, low_count = 0, total_tokens  # does not fit
     high, high_count = length, 0  # fits
     stalled = 0
@@ -94,7 +97,7 @@ def suffix_search(length: int, total_tokens: int, max_tokens: int) -> Generator[
         if stalled >= 2:
             guess = (low + high) // 2
         else:
-            share = (low_count - max_tokens) / max(low_count - high_count, 1)
+            share = (low_count - aim) / max(low_count - high_count, 1)
             guess = min(high - 1, max(low + 1, low + round((high - low) * share)))
         count = yield guess
         if count <= max_tokens:
