@@ -67,7 +67,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
+import httpx2
 import uvicorn
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
@@ -531,7 +531,7 @@ class ModelServerHandle:
         self.process = process
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
-        response = httpx.request(method, self.root_url + path, json=payload, timeout=10.0)
+        response = httpx2.request(method, self.root_url + path, json=payload, timeout=10.0)
         response.raise_for_status()
         return response.json()
 
@@ -578,7 +578,6 @@ def _uvicorn_config(config: ModelServerConfig) -> uvicorn.Config:
         log_level="warning",
         lifespan="off",
         ws="none",
-        http="h11",
         timeout_graceful_shutdown=1,
     )
 

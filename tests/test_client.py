@@ -6,7 +6,7 @@ import inspect
 import json
 import time
 
-import httpx
+import httpx2
 import pytest
 
 import rsa_service.client as sdk
@@ -62,15 +62,15 @@ def test_all_is_exactly_the_exported_surface() -> None:
 
 
 def test_retries_honour_retry_after_and_reuse_the_idempotency_key() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
         if len(seen) < 3:
-            return httpx.Response(429 if len(seen) == 1 else 503, json=PROBLEM_429, headers={"Retry-After": "0.2"})
-        return httpx.Response(202, json=JOB)
+            return httpx2.Response(429 if len(seen) == 1 else 503, json=PROBLEM_429, headers={"Retry-After": "0.2"})
+        return httpx2.Response(202, json=JOB)
 
-    client = RSAClient(base_url="http://api", api_key="k", transport=httpx.MockTransport(handler))
+    client = RSAClient(base_url="http://api", api_key="k", transport=httpx2.MockTransport(handler))
     started = time.monotonic()
     job = client.jobs.create("2+2?", population=4, rounds=1)
     assert job.id == "job_1" and time.monotonic() - started >= 0.4
@@ -85,13 +85,13 @@ def test_retries_honour_retry_after_and_reuse_the_idempotency_key() -> None:
 def test_gives_up_after_max_retries_and_never_retries_422() -> None:
     calls = {"n": 0}
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         calls["n"] += 1
         if request.url.path == "/v1/jobs" and request.method == "GET":
-            return httpx.Response(429, json=PROBLEM_429, headers={"Retry-After": "0"})
-        return httpx.Response(422, json=PROBLEM_429 | {"status": 422, "errors": [{"field": "x", "message": "bad"}]})
+            return httpx2.Response(429, json=PROBLEM_429, headers={"Retry-After": "0"})
+        return httpx2.Response(422, json=PROBLEM_429 | {"status": 422, "errors": [{"field": "x", "message": "bad"}]})
 
-    client = RSAClient(base_url="http://api", max_retries=2, transport=httpx.MockTransport(handler))
+    client = RSAClient(base_url="http://api", max_retries=2, transport=httpx2.MockTransport(handler))
     with pytest.raises(RateLimitError) as limited:
         client.jobs.page()
     assert calls["n"] == 3 and limited.value.problem.detail == "slow down"
@@ -101,16 +101,16 @@ def test_gives_up_after_max_retries_and_never_retries_422() -> None:
 
 
 def test_bad_parameters_fail_before_any_request() -> None:
-    client = RSAClient(base_url="http://api", transport=httpx.MockTransport(lambda r: pytest.fail("sent")))
+    client = RSAClient(base_url="http://api", transport=httpx2.MockTransport(lambda r: pytest.fail("sent")))
     with pytest.raises(ValueError, match="subset"):
         client.jobs.create("q", population=2, subset=3)
 
 
 def test_timeouts_inherit_unless_given_and_none_disables() -> None:
-    client = RSAClient(base_url="http://api", timeout=httpx.Timeout(3.0, connect=1.0))
-    assert client._timeout(NOT_GIVEN) == httpx.Timeout(3.0, connect=1.0)
-    assert client._timeout(None) == httpx.Timeout(None)
-    assert client._timeout(9.0) == httpx.Timeout(9.0)
+    client = RSAClient(base_url="http://api", timeout=httpx2.Timeout(3.0, connect=1.0))
+    assert client._timeout(NOT_GIVEN) == httpx2.Timeout(3.0, connect=1.0)
+    assert client._timeout(None) == httpx2.Timeout(None)
+    assert client._timeout(9.0) == httpx2.Timeout(9.0)
     assert not NOT_GIVEN and repr(NOT_GIVEN) == "NOT_GIVEN"
 
 
@@ -122,10 +122,10 @@ def test_environment_supplies_base_url_and_key(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_wait_follows_retry_after_and_times_out() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=JOB | {"status": "in_progress"}, headers={"Retry-After": "0.05"})
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json=JOB | {"status": "in_progress"}, headers={"Retry-After": "0.05"})
 
-    client = RSAClient(base_url="http://api", transport=httpx.MockTransport(handler))
+    client = RSAClient(base_url="http://api", transport=httpx2.MockTransport(handler))
     started = time.monotonic()
     with pytest.raises(WaitTimeout):
         client.jobs.wait("job_1", timeout=0.3)
@@ -138,10 +138,10 @@ async def test_async_client_pages_through_list() -> None:
         "c1": {"data": [JOB | {"id": "job_3"}], "has_more": False},
     }
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=pages[request.url.params.get("after")])
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json=pages[request.url.params.get("after")])
 
-    async with AsyncRSAClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
+    async with AsyncRSAClient(base_url="http://api", transport=httpx2.MockTransport(handler)) as client:
         ids = [job.id async for job in client.jobs.list(limit=2)]
     assert ids == ["job_1", "job_2", "job_3"]
 

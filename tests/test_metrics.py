@@ -6,7 +6,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from prometheus_client import REGISTRY
 
@@ -52,7 +52,7 @@ async def test_worker_metrics_port_during_a_job(store: JobStore, cli_env: dict[s
             assert sample(during, "rsa_job_claims_total", outcome="claimed") == 1
             assert await finished(store, job_id) == "completed"
             after = await asyncio.to_thread(scrape, url)
-            async with httpx.AsyncClient(timeout=5) as http:
+            async with httpx2.AsyncClient(timeout=5) as http:
                 assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 404
         finally:
             assert worker.stop() == 0, worker.log()
@@ -67,11 +67,11 @@ def test_retry_causes_from_what_the_attempt_ran_into() -> None:
         error.__cause__ = cause
         return error
 
-    request = httpx.Request("POST", "http://h/v1/chat/completions")
+    request = httpx2.Request("POST", "http://h/v1/chat/completions")
     assert retry_cause(TransientBackendError("503")) == "status"
-    assert retry_cause(raised_from(httpx.ReadTimeout("slow", request=request))) == "timeout"
-    assert retry_cause(raised_from(httpx.ConnectTimeout("no route", request=request))) == "connection"
-    assert retry_cause(raised_from(httpx.RemoteProtocolError("hung up", request=request))) == "connection"
+    assert retry_cause(raised_from(httpx2.ReadTimeout("slow", request=request))) == "timeout"
+    assert retry_cause(raised_from(httpx2.ConnectTimeout("no route", request=request))) == "connection"
+    assert retry_cause(raised_from(httpx2.RemoteProtocolError("hung up", request=request))) == "connection"
 
 
 def retries(cause: str) -> float:

@@ -1,5 +1,5 @@
-"""RemoteBackend against a real OpenAI-compatible server on 127.0.0.1 (tests.modelserver); respx only for
-narrow client cases the model server cannot express (llama.cpp's tokenizer, malformed JSON)."""
+"""RemoteBackend against a real OpenAI-compatible server on 127.0.0.1 (tests.modelserver); an injected transport
+only for narrow client cases the model server cannot express (llama.cpp's tokenizer, malformed JSON)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
-import respx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from rsa_service.backends import open_backend
@@ -378,43 +377,49 @@ async def test_approximate_tokenizer_is_the_last_resort(
     assert sum("estimates" in r.message for r in caplog.records) == 1
 
 
-# -- client units (respx) ------------------------------------------------------------------------------------
+# -- client units (an injected transport) -------------------------------------------------------------------
 
 BASE = "http://llm.test/v1"
 
 
-@respx.mock
+def answering(handler: Callable[[httpx2.Request], httpx2.Response], calls: list[str] | None = None) -> RemoteBackend:
+    """A RemoteBackend whose requests go to `handler` in-process; `calls` collects the paths asked for."""
+
+    def record(request: httpx2.Request) -> httpx2.Response:
+        if calls is not None:
+            calls.append(request.url.path)
+        return handler(request)
+
+    return RemoteBackend(BASE, BackendOptions(model="m", **FAST), transport=httpx2.MockTransport(record))
+
+
 async def test_llama_cpp_tokenizer_flavour() -> None:
-    def tokenize_route(request: httpx.Request) -> httpx.Response:
+    def tokenize_route(request: httpx2.Request) -> httpx2.Response:
         payload = json.loads(request.content)
         if "content" not in payload:
-            return httpx.Response(400, json={"error": {"message": "'content' is required"}})
-        return httpx.Response(200, json={"tokens": list(range(len(payload["content"].split())))})
+            return httpx2.Response(400, json={"error": {"message": "'content' is required"}})
+        return httpx2.Response(200, json={"tokens": list(range(len(payload["content"].split())))})
 
-    respx.post("http://llm.test/tokenize").mock(side_effect=tokenize_route)
-    async with RemoteBackend(BASE, BackendOptions(model="m", **FAST)) as remote:
+    async with answering(tokenize_route) as remote:
         # No server-side chat template: the documented per-message estimate applies.
         assert await remote.count_tokens(chat("a b c")) == 3 + 4 + 3
         tail = await remote.tail("w " * 50, 10)
     assert tail.tokens <= 10 and tail.source_tokens == 50
 
 
-@respx.mock
 async def test_json_without_choices_is_unavailable() -> None:
-    respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(200, json={"status": "ok"}))
-    async with RemoteBackend(BASE, BackendOptions(model="m", **FAST)) as remote:
+    async with answering(lambda _: httpx2.Response(200, json={"status": "ok"})) as remote:
         with pytest.raises(BackendUnavailableError, match="not an OpenAI completion"):
             await remote.generate(chat())
 
 
-@respx.mock
 async def test_vllm_legacy_error_shape_maps_to_context_length() -> None:
     error = {"object": "error", "message": "This model's maximum context length is 8192 tokens.", "code": 400}
-    route = respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(400, json=error))
-    async with RemoteBackend(BASE, BackendOptions(model="m", **FAST)) as remote:
+    calls: list[str] = []
+    async with answering(lambda _: httpx2.Response(400, json=error), calls) as remote:
         with pytest.raises(ContextLengthError, match="400: This model's maximum context length is 8192"):
             await remote.generate(chat())
-    assert route.call_count == 1
+    assert calls == ["/v1/chat/completions"]
 
 
 # -- the model server itself ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from email.utils import formatdate
 
-import httpx
+import httpx2
 import pytest
 
 from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_after
@@ -74,11 +74,11 @@ def test_policy_caps_retry_after_and_backoff() -> None:
 @pytest.mark.parametrize(
     ("exc", "transient"),
     [
-        (httpx.ReadTimeout("slow"), True),
-        (httpx.ConnectError("refused"), True),
-        (httpx.ReadError("reset"), True),
-        (httpx.RemoteProtocolError("peer closed"), True),
-        (httpx.UnsupportedProtocol("ftp://"), False),
+        (httpx2.ReadTimeout("slow"), True),
+        (httpx2.ConnectError("refused"), True),
+        (httpx2.ReadError("reset"), True),
+        (httpx2.RemoteProtocolError("peer closed"), True),
+        (httpx2.UnsupportedProtocol("ftp://"), False),
         (ValueError("bug"), False),
     ],
 )

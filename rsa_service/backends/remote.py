@@ -1,8 +1,8 @@
-"""The `openai:` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Zyphra Cloud) over httpx.
+"""The `openai:` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Zyphra Cloud) over httpx2.
 
 One request per completion (never `n`: llama.cpp rejects it and vLLM splits it anyway), explicit timeouts per
 phase, retries only where `backends.retry` says a retry can help, a client-side rate limit and a concurrency
-cap. httpx errors and error statuses are translated here, at the boundary, into the `backends.base` tree.
+cap. httpx2 errors and error statuses are translated here, at the boundary, into the `backends.base` tree.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import httpx2
 from asyncio_throttle import Throttler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -101,7 +101,7 @@ class _ModelList(BaseModel):
     data: list[_Model]
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: httpx2.Response) -> str:
     """The server's error message: OpenAI `error.message`, vLLM `message`, FastAPI `detail`, or raw text."""
     try:
         body = response.json()
@@ -117,11 +117,11 @@ def _error_text(response: httpx.Response) -> str:
     return str(body)[:BODY_EXCERPT_CHARS]
 
 
-def _is_json(response: httpx.Response) -> bool:
+def _is_json(response: httpx2.Response) -> bool:
     return "json" in response.headers.get("content-type", "")
 
 
-def _http_error(method: str, url: str, response: httpx.Response) -> BackendError:
+def _http_error(method: str, url: str, response: httpx2.Response) -> BackendError:
     """Translate an error status into the base.py tree; the message names the status and the server's text."""
     status = response.status_code
     text = _error_text(response)
@@ -136,9 +136,9 @@ def _http_error(method: str, url: str, response: httpx.Response) -> BackendError
     return PermanentBackendError(message)
 
 
-def _transport_error(method: str, url: str, exc: httpx.HTTPError) -> BackendError:
+def _transport_error(method: str, url: str, exc: httpx2.HTTPError) -> BackendError:
     message = f"{method} {url}: {type(exc).__name__}: {exc or 'no detail'}"
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
         return _Unreachable(message)
     if is_transient_transport_error(exc):
         return TransientBackendError(message)
@@ -155,13 +155,13 @@ def _count_retry(state: RetryCallState) -> None:
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One TLS context for every client: loading the CA bundle costs ~30 ms, once per process is enough."""
-    return httpx.create_ssl_context()
+    return httpx2.create_ssl_context()
 
 
 class RemoteBackend:
     """A Backend over an OpenAI-compatible HTTP API rooted at `base_url` (e.g. `http://127.0.0.1:8000/v1`).
 
-    Safe to share between tasks. `transport` lets tests inject an httpx transport (respx, ASGI).
+    Safe to share between tasks. `transport` lets tests inject an httpx2 transport (respx, ASGI).
     """
 
     def __init__(
@@ -169,14 +169,14 @@ class RemoteBackend:
         base_url: str,
         options: BackendOptions | None = None,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.options = options or BackendOptions()
         self.base_url = base_url.rstrip("/")
         # vLLM, SGLang and llama.cpp serve /tokenize beside /v1, not under it.
         self.root_url = self.base_url.removesuffix("/v1")
         opts = self.options
-        timeout = httpx.Timeout(
+        timeout = httpx2.Timeout(
             connect=opts.connect_timeout_s,
             read=opts.read_timeout_s,
             # Bodies are prompts (a few hundred KB at most): they go out about as fast as a connection opens.
@@ -186,10 +186,10 @@ class RemoteBackend:
         )
         connections = opts.max_concurrency + AUXILIARY_CONNECTIONS
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
-        self._client = httpx.AsyncClient(
+        self._client = httpx2.AsyncClient(
             verify=_ssl_context(),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers=headers,
             transport=transport,
         )
@@ -324,7 +324,7 @@ class RemoteBackend:
         async with self._gate(generation):
             try:
                 response = await self._client.request(method, url, json=body)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 raise _transport_error(method, url, exc) from exc
         if not response.is_success:
             raise _http_error(method, url, response)

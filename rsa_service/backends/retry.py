@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-import httpx
+import httpx2
 from tenacity import RetryCallState
 
 Verdict = Literal["retry", "fail", "context_length"]
@@ -39,9 +39,9 @@ _CONTEXT_LENGTH = re.compile(
     re.IGNORECASE,
 )
 TRANSIENT_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
+    httpx2.TimeoutException,
+    httpx2.NetworkError,
+    httpx2.RemoteProtocolError,
 )
 
 
@@ -108,12 +108,12 @@ def is_transient_transport_error(exc: BaseException) -> bool:
 def retry_cause(exc: BaseException) -> RetryCause:
     """A retried failure's cause: a read/write/pool timeout, a connection that failed or broke, else a status.
 
-    Looks at `exc` or the httpx error it was raised from (the backends translate httpx errors with `from`).
+    Looks at `exc` or the httpx2 error it was raised from (the backends translate httpx2 errors with `from`).
     """
-    transport = exc if isinstance(exc, httpx.HTTPError) else exc.__cause__
-    if isinstance(transport, httpx.TimeoutException) and not isinstance(transport, httpx.ConnectTimeout):
+    transport = exc if isinstance(exc, httpx2.HTTPError) else exc.__cause__
+    if isinstance(transport, httpx2.TimeoutException) and not isinstance(transport, httpx2.ConnectTimeout):
         return "timeout"
-    if isinstance(transport, httpx.TransportError):
+    if isinstance(transport, httpx2.TransportError):
         return "connection"
     return "status"
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-import httpx
+import httpx2
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -46,7 +46,7 @@ async def batch_client(
     options = ApiSettings(api_keys=[], prompts_dir=job.prompts, poll_after_s=1, max_active_jobs=1_000_000)
     app = create_app(options, shared, background=in_process_workers(workers, shared))
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx2.ASGITransport(app=app)
         async with AsyncRSAClient(base_url="http://rsa.local", transport=transport, api_key="") as client:
             yield client, IN_PROCESS_BACKEND
 

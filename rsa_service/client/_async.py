@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import httpx2
 
 from rsa_service.client._base import (
     DEFAULT_MAX_RETRIES,
@@ -27,7 +27,7 @@ from rsa_service.jobs.models import TERMINAL_STATUSES
 
 
 class AsyncRSAClient(BaseClient):
-    """Client of the rsa-service REST API. `transport` injects an httpx transport (tests, ASGI apps)."""
+    """Client of the rsa-service REST API. `transport` injects an httpx2 transport (tests, ASGI apps)."""
 
     def __init__(
         self,
@@ -37,7 +37,7 @@ class AsyncRSAClient(BaseClient):
         timeout: Timeout = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_max_wait_s: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
             base_url=base_url,
@@ -46,17 +46,17 @@ class AsyncRSAClient(BaseClient):
             max_retries=max_retries,
             retry_max_wait_s=retry_max_wait_s,
         )
-        self._http = httpx.AsyncClient(transport=transport, timeout=DEFAULT_TIMEOUT)
+        self._http = httpx2.AsyncClient(transport=transport, timeout=DEFAULT_TIMEOUT)
         self.jobs = AsyncJobs(self)
 
-    async def request(self, options: RequestOptions) -> httpx.Response:
+    async def request(self, options: RequestOptions) -> httpx2.Response:
         """Send with retries; the response of the first success (a stream stays open: close it)."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 response = await self._http.send(self._build(self._http, options), stream=options.stream)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 wait = self._retry_after_error(attempt, exc)
                 if wait is None:
                     raise self._connection_error(exc) from exc
@@ -94,7 +94,7 @@ class AsyncJobs:
         backend: str | None = None,
         model: str | None = None,
         idempotency_key: str | None = None,
-        timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109 (an httpx timeout, as in the sync twin)
+        timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109 (an httpx2 timeout, as in the sync twin)
         **params: Any,
     ) -> Job:
         """Submit a job; `params` are RSA parameters (population, subset, rounds, trace_tokens, ...)."""
@@ -160,8 +160,8 @@ class AsyncJobs:
                     yield event
                     if event.type in TERMINAL_STATUSES:
                         return
-                error: httpx.HTTPError = httpx.RemoteProtocolError("the event stream ended before the job did")
-            except httpx.HTTPError as exc:
+                error: httpx2.HTTPError = httpx2.RemoteProtocolError("the event stream ended before the job did")
+            except httpx2.HTTPError as exc:
                 error = exc
             finally:
                 await response.aclose()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import httpx
+import httpx2
 
 from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_after
 from rsa_service.client._errors import APIConnectionError, APITimeoutError, RSAError, WaitTimeout
@@ -21,7 +21,7 @@ from rsa_service.client.models import Event, Job, JobCreate, JobStatus
 from rsa_service.core.params import RSAParams
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=30.0, pool=10.0)
+DEFAULT_TIMEOUT = httpx2.Timeout(connect=5.0, read=60.0, write=30.0, pool=10.0)
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_POLL_S = 1.0
 # An event stream is idle between events; the server pings every 15 s, so a read waits for a few pings.
@@ -46,7 +46,7 @@ class NotGiven:
 
 
 NOT_GIVEN: Final = NotGiven()
-Timeout = float | httpx.Timeout | None
+Timeout = float | httpx2.Timeout | None
 
 
 @dataclass
@@ -87,11 +87,11 @@ class BaseClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _timeout(self, override: Timeout | NotGiven) -> httpx.Timeout:
+    def _timeout(self, override: Timeout | NotGiven) -> httpx2.Timeout:
         chosen = self.timeout if isinstance(override, NotGiven) else override
-        return chosen if isinstance(chosen, httpx.Timeout) else httpx.Timeout(chosen)
+        return chosen if isinstance(chosen, httpx2.Timeout) else httpx2.Timeout(chosen)
 
-    def _build(self, client: httpx.Client | httpx.AsyncClient, options: RequestOptions) -> httpx.Request:
+    def _build(self, client: httpx2.Client | httpx2.AsyncClient, options: RequestOptions) -> httpx2.Request:
         return client.build_request(
             options.method,
             self.base_url + options.path,
@@ -103,7 +103,7 @@ class BaseClient:
 
     # ---- retry decisions ---------------------------------------------------------------------------------
 
-    def _retry_after_response(self, attempt: int, response: httpx.Response) -> float | None:
+    def _retry_after_response(self, attempt: int, response: httpx2.Response) -> float | None:
         """Seconds to wait before retrying after an error status, or None: do not retry."""
         if attempt > self.policy.max_retries:
             return None
@@ -111,14 +111,14 @@ class BaseClient:
         decision = decide(failure)
         return self.policy.wait_s(attempt, decision.retry_after_s) if decision.verdict == "retry" else None
 
-    def _retry_after_error(self, attempt: int, exc: httpx.HTTPError) -> float | None:
+    def _retry_after_error(self, attempt: int, exc: httpx2.HTTPError) -> float | None:
         if attempt > self.policy.max_retries or not is_transient_transport_error(exc):
             return None
         return self.policy.wait_s(attempt)
 
     @staticmethod
-    def _connection_error(exc: httpx.HTTPError) -> RSAError:
-        kind = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+    def _connection_error(exc: httpx2.HTTPError) -> RSAError:
+        kind = APITimeoutError if isinstance(exc, httpx2.TimeoutException) else APIConnectionError
         return kind(f"{type(exc).__name__}: {exc or 'no detail'}", request=getattr(exc, "_request", None))
 
     # ---- the job calls -----------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ class BaseClient:
     @staticmethod
     def _events_options(job_id: str, last_event_id: str | None) -> RequestOptions:
         headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_event_id} if last_event_id else {})
-        timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect, read=EVENTS_READ_TIMEOUT_S)
+        timeout = httpx2.Timeout(DEFAULT_TIMEOUT.connect, read=EVENTS_READ_TIMEOUT_S)
         return RequestOptions("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout, stream=True)
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""The SDK's exceptions, one tree; HTTP statuses and httpx errors are mapped to it in `_base`.
+"""The SDK's exceptions, one tree; HTTP statuses and httpx2 errors are mapped to it in `_base`.
 
 RSAError
 ├── APIConnectionError            no usable answer: refused, reset, or dropped connection
@@ -18,7 +18,7 @@ RSAError
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 
 from rsa_service.client.models import ProblemDetails
 
@@ -28,7 +28,7 @@ class RSAError(Exception):
 
 
 class APIConnectionError(RSAError):
-    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+    def __init__(self, message: str, *, request: httpx2.Request | None = None) -> None:
         super().__init__(message)
         self.request = request
 
@@ -38,7 +38,7 @@ class APITimeoutError(APIConnectionError):
 
 
 class APIStatusError(RSAError):
-    def __init__(self, response: httpx.Response, problem: ProblemDetails) -> None:
+    def __init__(self, response: httpx2.Response, problem: ProblemDetails) -> None:
         super().__init__(f"{response.status_code} {problem.title}: {problem.detail or ''}".rstrip(": "))
         self.response = response
         self.status_code = response.status_code
@@ -99,7 +99,7 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
 }
 
 
-def status_error(response: httpx.Response) -> APIStatusError:
+def status_error(response: httpx2.Response) -> APIStatusError:
     """The exception for an error response, with its problem details (or a stand-in for a non-RFC 9457 body)."""
     try:
         problem = ProblemDetails.model_validate_json(response.content)

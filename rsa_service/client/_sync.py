@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import httpx2
 
 from rsa_service.client._base import (
     DEFAULT_MAX_RETRIES,
@@ -26,7 +26,7 @@ from rsa_service.jobs.models import TERMINAL_STATUSES
 
 
 class RSAClient(BaseClient):
-    """Client of the rsa-service REST API. `transport` injects an httpx transport (tests, ASGI apps)."""
+    """Client of the rsa-service REST API. `transport` injects an httpx2 transport (tests, ASGI apps)."""
 
     def __init__(
         self,
@@ -36,7 +36,7 @@ class RSAClient(BaseClient):
         timeout: Timeout = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_max_wait_s: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx2.BaseTransport | None = None,
     ) -> None:
         super().__init__(
             base_url=base_url,
@@ -45,17 +45,17 @@ class RSAClient(BaseClient):
             max_retries=max_retries,
             retry_max_wait_s=retry_max_wait_s,
         )
-        self._http = httpx.Client(transport=transport, timeout=DEFAULT_TIMEOUT)
+        self._http = httpx2.Client(transport=transport, timeout=DEFAULT_TIMEOUT)
         self.jobs = Jobs(self)
 
-    def request(self, options: RequestOptions) -> httpx.Response:
+    def request(self, options: RequestOptions) -> httpx2.Response:
         """Send with retries; the response of the first success (a stream stays open: close it)."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 response = self._http.send(self._build(self._http, options), stream=options.stream)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 wait = self._retry_after_error(attempt, exc)
                 if wait is None:
                     raise self._connection_error(exc) from exc
@@ -156,8 +156,8 @@ class Jobs:
                     yield event
                     if event.type in TERMINAL_STATUSES:
                         return
-                error: httpx.HTTPError = httpx.RemoteProtocolError("the event stream ended before the job did")
-            except httpx.HTTPError as exc:
+                error: httpx2.HTTPError = httpx2.RemoteProtocolError("the event stream ended before the job did")
+            except httpx2.HTTPError as exc:
                 error = exc
             finally:
                 response.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 import redis
 
 from rsa_service.client import RSAClient
@@ -18,16 +18,16 @@ def _stream_ids(redis_server: RedisServer, namespace: str, job_id: str) -> list[
         return [entry_id for entry_id, _ in client.xrange(Keys(namespace).job(job_id).events)]
 
 
-class DropAfter(httpx.BaseTransport):
+class DropAfter(httpx2.BaseTransport):
     """Cuts the first `drops` event streams after `lines` lines, as a proxy or flaky network would."""
 
     def __init__(self, lines: int, drops: int) -> None:
-        self.inner = httpx.HTTPTransport()
+        self.inner = httpx2.HTTPTransport()
         self.lines = lines
         self.drops = drops
         self.resumed_from: list[str | None] = []
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         response = self.inner.handle_request(request)
         if not request.url.path.endswith("/events"):
             return response
@@ -35,11 +35,11 @@ class DropAfter(httpx.BaseTransport):
         if self.drops <= 0:
             return response
         self.drops -= 1
-        return httpx.Response(response.status_code, headers=response.headers, stream=_Cut(response, self.lines))
+        return httpx2.Response(response.status_code, headers=response.headers, stream=_Cut(response, self.lines))
 
 
-class _Cut(httpx.SyncByteStream):
-    def __init__(self, response: httpx.Response, lines: int) -> None:
+class _Cut(httpx2.SyncByteStream):
+    def __init__(self, response: httpx2.Response, lines: int) -> None:
         self.response = response
         self.lines = lines
 
@@ -50,7 +50,7 @@ class _Cut(httpx.SyncByteStream):
                 yield line
                 seen += 1
                 if seen >= self.lines:
-                    raise httpx.ReadError("connection dropped")
+                    raise httpx2.ReadError("connection dropped")
 
     def close(self) -> None:
         self.response.close()
@@ -69,7 +69,7 @@ def test_sdk_events_resume_after_dropped_connections(api: LiveAPI, redis_server:
 
 def test_last_event_id_over_raw_http_and_keepalive(make_api, redis_server: RedisServer, namespace: str) -> None:  # type: ignore[no-untyped-def]
     api = make_api(workers=0, sse_ping_s=0.2)
-    with httpx.Client(base_url=api.url, headers=AUTH, timeout=10) as http:
+    with httpx2.Client(base_url=api.url, headers=AUTH, timeout=10) as http:
         job_id = http.post("/v1/jobs", json={"problem": "q", "backend": "toy"}).json()["id"]
         with redis.Redis.from_url(redis_server.url, decode_responses=True) as client:
             events = Keys(namespace).job(job_id).events

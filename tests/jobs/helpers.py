@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
 from rsa_service.config import Settings
@@ -98,7 +98,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def scrape(url: str) -> Samples:
     """GET a Prometheus endpoint: every sample by (name, labels)."""
-    response = httpx.get(url, timeout=5)
+    response = httpx2.get(url, timeout=5)
     response.raise_for_status()
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -116,7 +116,7 @@ def scrape_when(url: str, name: str, at_least: float, timeout_s: float = 20, **l
     """Scrape `url` (once it answers) until the sample `name` is present and reaches `at_least`; return that."""
     deadline = time.monotonic() + timeout_s
     while True:
-        with contextlib.suppress(httpx.TransportError):
+        with contextlib.suppress(httpx2.TransportError):
             samples = scrape(url)
             if (name, frozenset(labels.items())) in samples and sample(samples, name, **labels) >= at_least:
                 return samples
