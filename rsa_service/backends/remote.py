@@ -36,6 +36,7 @@ from rsa_service.backends.base import (
 )
 from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_cause
 from rsa_service.backends.token_counting import OffsetCounter, ServerCounter, TokenCounter
+from rsa_service.backends.transport import pooled_transport
 from rsa_service.core.reasoning import THINK_OPEN, split_reasoning
 from rsa_service.core.tails import Tail
 from rsa_service.metrics import RETRIES
@@ -186,12 +187,13 @@ class RemoteBackend:
         )
         connections = opts.max_concurrency + AUXILIARY_CONNECTIONS
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._client = httpx2.AsyncClient(
             verify=_ssl_context(),
             timeout=timeout,
-            limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
+            limits=limits,
             headers=headers,
-            transport=transport,
+            transport=transport or pooled_transport(self.base_url, _ssl_context(), limits),
         )
         self._slots = asyncio.Semaphore(opts.max_concurrency)
         self._throttler = self._make_throttler(opts.requests_per_s)
