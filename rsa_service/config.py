@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     backend: str | None = Field(default=None, description="Default backend spec, e.g. openai:http://h:8000/v1.")
     model: str | None = None
     backend_api_key: str | None = Field(default=None, repr=False, description="Bearer key for remote backends.")
-    tokenizer: str | None = Field(default=None, description="A tokenizer.json for exact counts on remote backends.")
+    tokenizer: str | None = Field(default=None, description="The model's tokenizer.json: remote tails cut locally.")
     namespace: str = Field(default="rsa", description="Prefix of every Redis key.")
     backends: dict[str, str] = Field(
         default_factory=dict,

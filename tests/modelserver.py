@@ -76,6 +76,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 ReasoningStyle = Literal["reasoning_content", "reasoning", "inline", "hidden"]
 
@@ -162,6 +163,15 @@ class ModelServerConfig(BaseModel):
 def tokenize(text: str) -> list[str]:
     """The server's tokenizer: concatenating the pieces gives back `text`."""
     return _TOKEN.findall(text)
+
+
+def write_tokenizer_json(path: Path) -> Path:
+    """The server's tokenizer as a `tokenizer.json` (one token per regex piece, offsets included), what a user
+    gives as RSA_TOKENIZER so tails are cut locally."""
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(_TOKEN.pattern), behavior="isolated")
+    tokenizer.save(str(path))
+    return path
 
 
 def render_chat(messages: list[dict[str, str]]) -> str:

@@ -38,6 +38,7 @@ from tests.modelserver import (
     serve_in_subprocess,
     serve_in_thread,
     tokenize,
+    write_tokenizer_json,
 )
 
 FAST = {"retry_backoff_s": 0.01, "retry_max_wait_s": 2.0, "max_retries": 3}
@@ -362,6 +363,22 @@ async def test_tail_by_local_tokenizer_json(
     assert tail.tokens <= budget
     assert len(encode(tail.text, add_special_tokens=False).ids) <= budget
     assert tail.source_tokens == len(encode(text, add_special_tokens=False).ids)
+
+
+async def test_local_tokenizer_cuts_tails_and_the_server_counts_prompts(
+    server: ModelServerHandle, tmp_path: Path
+) -> None:
+    """With both, tails need no round trip (the local offsets) while prompts keep the server's chat template."""
+    options = BackendOptions(tokenizer_path=str(write_tokenizer_json(tmp_path / "tokenizer.json")), **FAST)
+    async with RemoteBackend(server.base_url, options) as remote:
+        assert (await remote.capabilities()).exact_tokenizer  # the server's tokenizer is probed once here
+        probed = server.log()["tokenize_calls"]
+        tail = await remote.tail(long_text(), 100)
+        assert server.log()["tokenize_calls"] == probed
+        assert await remote.count_tokens(chat("one two")) == len(tokenize("<|user|>\none two\n<|assistant|>\n"))
+        assert server.log()["tokenize_calls"] == probed + 1
+    assert tail.tokens == len(tokenize(tail.text)) <= 100 and long_text().endswith(tail.text)
+    assert tail.source_tokens == len(tokenize(long_text()))
 
 
 async def test_approximate_tokenizer_is_the_last_resort(

@@ -13,6 +13,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -100,6 +101,12 @@ class _Model(BaseModel):
 
 class _ModelList(BaseModel):
     data: list[_Model]
+
+
+@dataclass(frozen=True)
+class _Counters:
+    prompts: TokenCounter
+    tails: TokenCounter
 
 
 def _error_text(response: httpx2.Response) -> str:
@@ -207,7 +214,7 @@ class RemoteBackend:
         self._model: str | None = opts.model
         self._context_length: int | None = None
         self._models_listed = False
-        self._counter: TokenCounter | None = None
+        self._counters: _Counters | None = None
         self._separate_reasoning = False
         self._warned_no_usage = False
 
@@ -245,17 +252,17 @@ class RemoteBackend:
         return Generation(text=answer, reasoning=reasoning, finish_reason=finish, usage=usage)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
-        counter = await self._token_counter()
+        counter = (await self._token_counters()).prompts
         if request.messages is not None:
             return await counter.count_messages(request.messages)
         return await counter.count_prompt(request.prompt or "")
 
     async def tail(self, text: str, max_tokens: int) -> Tail:
-        return await (await self._token_counter()).tail(text, max_tokens)
+        return await (await self._token_counters()).tails.tail(text, max_tokens)
 
     async def capabilities(self) -> Capabilities:
         await self._list_models()
-        counter = await self._token_counter()
+        counter = (await self._token_counters()).prompts
         return Capabilities(
             model=await self._model_name(),
             context_length=self._context_length,
@@ -356,7 +363,7 @@ class RemoteBackend:
         if not self._warned_no_usage:
             self._warned_no_usage = True
             log.warning("%s returns no usage; counting with this backend's tokenizer instead", self.base_url)
-        completion_tokens = await (await self._token_counter()).count_text(output)
+        completion_tokens = await (await self._token_counters()).tails.count_text(output)
         return Usage(prompt_tokens=await self.count_tokens(request), completion_tokens=completion_tokens)
 
     # -- discovery -----------------------------------------------------------------------------------------
@@ -388,24 +395,24 @@ class RemoteBackend:
         assert self._model is not None
         return self._model
 
-    async def _token_counter(self) -> TokenCounter:
-        """The server's tokenizer if it has one, else a local tokenizer.json, else the approximation."""
+    async def _token_counters(self) -> _Counters:
+        """Prompts are counted by the server's tokenizer when it has one (it renders the chat template itself);
+        tails are cut by a local tokenizer.json when one is given (its offsets cut in one pass, with no round
+        trips); each falls back on the other, then on the documented approximation."""
         async with self._counter_lock:
-            if self._counter is None:
-                self._counter = await self._choose_token_counter()
-            return self._counter
-
-    async def _choose_token_counter(self) -> TokenCounter:
-        server = await self._probe_server_tokenizer()
-        if server is not None:
-            return server
-        if self.options.tokenizer_path:
-            return await OffsetCounter.from_tokenizer_json(self.options.tokenizer_path)
-        log.warning(
-            "%s has no tokenize endpoint and no tokenizer_path is set: token counts and tails are estimates",
-            self.base_url,
-        )
-        return OffsetCounter.approximate()
+            if self._counters is None:
+                path = self.options.tokenizer_path
+                local = await OffsetCounter.from_tokenizer_json(path) if path else None
+                server = await self._probe_server_tokenizer()
+                if server is None and local is None:
+                    log.warning(
+                        "%s has no tokenize endpoint and no tokenizer_path is set: token counts and tails are "
+                        "estimates",
+                        self.base_url,
+                    )
+                either: TokenCounter = local or server or OffsetCounter.approximate()
+                self._counters = _Counters(prompts=server or either, tails=local or either)
+            return self._counters
 
     async def _probe_server_tokenizer(self) -> ServerCounter | None:
         """Ask {root}/tokenize in vLLM/SGLang form, then in llama.cpp form. Unreachable servers propagate."""
