@@ -105,6 +105,12 @@ def default_equivalence() -> Callable[[str, str], bool]:
     return lambda a, b: a == b or _math_verify_equal(a, b)
 
 
+def warm_up() -> None:
+    """Load the answer checker now: math-verify's first use imports sympy and builds its LaTeX parser (~0.4 s of
+    CPU), which a long-running process should pay at start rather than in the middle of its first job."""
+    equivalent("1", "1.0")
+
+
 def equivalent(a: str, b: str) -> bool:
     return default_equivalence()(normalise(a), normalise(b))
 

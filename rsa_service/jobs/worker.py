@@ -23,6 +23,7 @@ import redis
 
 from rsa_service.backends import Backend
 from rsa_service.config import Settings
+from rsa_service.core import answers
 from rsa_service.jobs.attempt import DEFAULT_LEASE_S, process_owner_id, run_attempt
 from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.gate import Gate, SharedRate
@@ -94,6 +95,7 @@ class Worker:
         return cls(store, backends, **(options | overrides))  # type: ignore[arg-type]
 
     async def run(self, stop: asyncio.Event) -> None:
+        answers.warm_up()
         log.info("worker %s: started (concurrency %d, lease %gs)", self.owner, self.gate.concurrency, self.lease_s)
         janitor = asyncio.create_task(self._janitor(), name="janitor")
         try:

@@ -1,5 +1,6 @@
 import pytest
 
+from rsa_service.core import answers
 from rsa_service.core.answers import cluster, equivalent, extract_boxed, majority, normalise
 
 
@@ -44,3 +45,9 @@ def test_majority_clusters_and_breaks_ties_by_first_seen() -> None:
     assert majority(["b", "a", "a", "b"]) == ("b", 2)
     assert majority([None, None]) == (None, 0)
     assert [members for _, members in cluster(["1", None, "2", "1"])] == [[0, 3], [2]]
+
+
+def test_warm_up_builds_the_parser_before_any_job() -> None:
+    answers._parsed.cache_clear()
+    answers.warm_up()
+    assert answers._parsed.cache_info().currsize == 2  # "1" and "1.0" went through math-verify's parser
