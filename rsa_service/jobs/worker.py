@@ -30,6 +30,7 @@ from rsa_service.jobs.gate import Gate, SharedRate
 from rsa_service.jobs.models import JobRecord, NewerFormat, Problem
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobNotFound, JobStore
 from rsa_service.observability import log_context
+from rsa_service.runtime import settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         answers.warm_up()
+        settle_heap()
         log.info("worker %s: started (concurrency %d, lease %gs)", self.owner, self.gate.concurrency, self.lease_s)
         janitor = asyncio.create_task(self._janitor(), name="janitor")
         try:
