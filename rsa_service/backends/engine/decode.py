@@ -1,11 +1,14 @@
-"""One decode step over the leading B cache rows, at fixed shapes, with the compiled pieces living on this object.
+"""One decode step over the leading B cache rows, at fixed shapes, with the compiled function living on this object.
 
-Per layer: the compiled `decode_qkv` (norm, projections, convs, mean paths, temperature, RoPE, state roll), the KV
-write and an attention read through a view of the cache (no copy), the compiled `decode_router` (output projection,
-residual merge, norm, router), the grouped expert dispatch (data-dependent, eager; each expert's SwiGLU compiled
-with a dynamic token count), and the residual merge. B is rounded up to a power of two so a handful of shapes cover
-every batch; rows that hold no decoding sequence ride along inactive: their state is left untouched and their
-tokens take no expert matmul.
+Compiled, the whole step (`ZayaForCausalLM.decode_step`: every layer, the KV write and attention read, experts
+gathered per row, the logits) is one graph, so dynamo's guards are checked once per step rather than once per piece,
+and inductor fuses the small ops between the weight reads. The cache buffers' row and column counts are dynamic in
+that graph, so a growing cache does not recompile it. Up to E rows the experts are gathered (each row reads one
+expert, never more than the E a grouped dispatch would read); above that, and when running eagerly, the step
+dispatches tokens grouped by expert (data-dependent, so eager) with the expert MLP compiled on its own.
+
+B is rounded up to a power of two so a handful of shapes cover every batch; rows that hold no decoding sequence ride
+along inactive: their state is left untouched.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from rsa_service.backends.engine.cache import StateCache
+from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
 from rsa_service.backends.engine.compiler import Compiled
-from rsa_service.backends.engine.model import DecoderLayer, ZayaForCausalLM, expert_mlp
+from rsa_service.backends.engine.model import ZayaForCausalLM, expert_mlp
 
 logger = logging.getLogger(__name__)
 
@@ -28,52 +31,52 @@ def batch_bucket(rows: int) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
+def _mark_dynamic(cache: StateCache) -> None:
+    """Rows and columns of the cache buffers vary between calls (the cache grows); compile them as symbols."""
+    for layer in cache.layers:
+        for buffer in layer:
+            torch._dynamo.maybe_mark_dynamic(buffer, 0)
+        torch._dynamo.maybe_mark_dynamic(layer.keys, 2)
+        torch._dynamo.maybe_mark_dynamic(layer.values, 2)
+
+
 class DecodeStep:
     """Fixed-shape decode for a model and its cache; compiled functions are created once here and reused."""
 
-    def __init__(self, model: ZayaForCausalLM, cache: StateCache, *, compile_pieces: bool) -> None:
+    def __init__(self, model: ZayaForCausalLM, cache: StateCache, *, compile_step: bool) -> None:
         self.model, self.cache = model, cache
         device = model.model.norm.weight.device
-
-        def compiled(fn: object, dynamic: bool | None = False) -> Compiled:
-            return Compiled(fn, enabled=compile_pieces, device=device, dynamic=dynamic)  # type: ignore[arg-type]
-
-        # Unbound functions: every layer passes itself, so all layers share one compiled graph per shape.
-        self._embed = compiled(ZayaForCausalLM.decode_embed)
-        self._qkv = compiled(DecoderLayer.decode_qkv)
-        self._router = compiled(DecoderLayer.decode_router)
-        self._head = compiled(ZayaForCausalLM.decode_head)
-        self.expert_mlp = compiled(expert_mlp, dynamic=None)  # recompiles once with a dynamic token count
+        self._step = Compiled(ZayaForCausalLM.decode_step, enabled=compile_step, device=device, dynamic=False)
+        # Prefill and large batches: recompiles once with a dynamic token count.
+        self.expert_mlp = Compiled(expert_mlp, enabled=compile_step, device=device, dynamic=None)
+        self._marked: list[object] = []
 
     @torch.inference_mode()
-    def __call__(self, tokens: Tensor, positions: Tensor, active: Tensor, width: int) -> tuple[Tensor, list[int]]:
-        """tokens, positions, active [B] for the leading B rows → fp32 logits [B, V], skip routes per layer.
+    def __call__(self, tokens: Tensor, positions: Tensor, active: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """tokens, positions, active [B] for the leading B rows → fp32 logits [B, V], skip routes per layer [L].
 
         `width` (> every position) is how many cache columns the attention reads.
         """
-        model, layers = self.model, self.cache.layers
         mask = (torch.arange(width, device=tokens.device) <= positions[:, None])[:, None, None]  # [B, 1, 1, K]
-        cols = torch.where(active, positions, self.cache.max_len)  # inactive rows write to the scratch column
-        residual, rope = self._embed(model, tokens, positions)
-        carried: Tensor | None = None
-        skips = []
-        for layer, state in zip(model.model.layers, layers, strict=True):
-            q, k, v = self._qkv(layer, residual, active, rope, state)
-            attended = layer.self_attn.decode_attend(q, k, v, cols, mask, state)
-            residual, x, route, weight, carried = self._router(layer, residual, attended, carried, active)
-            out, taken = layer.mlp.experts(x, route, weight, model.skip_returns_input, self.expert_mlp)
-            residual = layer.post_mlp_residual_scale(out, residual)
-            skips.append(taken)
-        return self._head(model, residual), skips
+        gather = self._step.compiled and tokens.shape[0] <= self.model.model.layers[0].mlp.experts.gate_up_proj.shape[0]
+        if gather:
+            if self._marked is not self.cache.layers:
+                _mark_dynamic(self.cache)
+                self._marked = self.cache.layers
+            torch._dynamo.maybe_mark_dynamic(mask, 3)
+            return self._step(self.model, tokens, positions, active, mask, self.cache.layers, None)
+        return ZayaForCausalLM.decode_step(
+            self.model, tokens, positions, active, mask, self.cache.layers, self.expert_mlp
+        )
 
     def warm_up(self, batches: Iterable[int]) -> None:
-        """Compile every piece for the buckets of `batches` (on inactive rows), and the expert MLP."""
+        """Compile the step for the buckets of `batches` (on inactive rows), and the expert MLP."""
         buckets = sorted({batch_bucket(n) for n in batches})
-        self.cache.reserve(buckets[-1], 1)
+        self.cache.reserve(buckets[-1], COLUMN_BLOCK)
         device = self.model.model.norm.weight.device
         for b in buckets:
             tokens, positions = (torch.zeros(b, dtype=torch.long, device=device) for _ in range(2))
-            self(tokens, positions, torch.zeros(b, dtype=torch.bool, device=device), 1)
+            self(tokens, positions, torch.zeros(b, dtype=torch.bool, device=device), COLUMN_BLOCK)
         # Dispatches whose slices cover the sizes, offsets and strides the expert MLP meets (dynamo re-specialises
         # on 0/1 values of each, then generalises).
         experts = self.model.model.layers[0].mlp.experts

@@ -28,10 +28,14 @@ class ModelRunner:
         self.device = model.model.norm.weight.device
         self.cache = StateCache(dims, model.dtype, self.device)
         worthwhile = self.device.type == "cuda" or dims.hidden_size >= COMPILE_MIN_HIDDEN
-        self.decoder = DecodeStep(
-            model, self.cache, compile_pieces=compile_enabled(compile_decode, worthwhile=worthwhile)
-        )
-        self.skip_counts = [0] * dims.num_hidden_layers  # skip routes taken by real tokens, per layer
+        compile_step = compile_enabled(compile_decode, worthwhile=worthwhile)
+        self.decoder = DecodeStep(model, self.cache, compile_step=compile_step)
+        self._skips = torch.zeros(dims.num_hidden_layers, dtype=torch.long, device=self.device)
+
+    @property
+    def skip_counts(self) -> list[int]:
+        """Skip routes taken by real tokens, per layer (counted on the device: decode never waits for it)."""
+        return [int(n) for n in self._skips.tolist()]
 
     def reserve(self, rows: int, max_len: int) -> None:
         """Make room for rows [0, rows) of `max_len` tokens (rounded up to a decode batch)."""
@@ -41,8 +45,8 @@ class ModelRunner:
         """Compile the decode step for every batch up to `max_batch` now, so no request waits for it."""
         self.decoder.warm_up(range(1, max_batch + 1))
 
-    def _count(self, skips: list[int]) -> None:
-        self.skip_counts = [total + n for total, n in zip(self.skip_counts, skips, strict=True)]
+    def _count(self, skips: Tensor | list[int]) -> None:
+        self._skips += torch.as_tensor(skips, device=self.device)
 
     @torch.inference_mode()
     def prefill(self, rows: Sequence[int], pieces: Sequence[Sequence[int]], starts: Sequence[int]) -> Tensor:
