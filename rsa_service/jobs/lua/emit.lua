@@ -1,6 +1,7 @@
 -- ARGV: fence, event_type, event_data, maxlen. Progress that changes no state, still fenced.
 if not fenced(ARGV[1]) then return false end
--- A summed round adds its prompt tokens to the progress kept in the job hash (see commit.lua).
+-- A summed round adds its prompt tokens to the progress kept in the job hash (see commit.lua). During a rolling
+-- upgrade, a round that a worker of the older release sums is not counted there.
 if ARGV[2] == 'round' and redis.call('HEXISTS', KEYS[1], 'progress_steps') == 1 then
   local tokens = cjson.decode(ARGV[3]).tokens
   local prompt = type(tokens) == 'table' and tonumber(tokens.prompt_tokens) or 0
