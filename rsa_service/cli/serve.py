@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from typing import TYPE_CHECKING, Annotated
@@ -11,6 +10,7 @@ import typer
 
 from rsa_service.config import Settings
 from rsa_service.observability import ObservabilitySettings, configure_observability
+from rsa_service.runtime import settle_heap
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -29,9 +29,7 @@ def build_app(workers: int) -> FastAPI:
     shared = named_backends(Settings())
     background = in_process_workers(workers, shared) if workers else None
     app = create_app(ApiSettings(), shared, background=background)
-    # Modules, routes and models live as long as the process: out of the collector's sight, a full collection
-    # walks a tenth of the objects, and its pauses (which stall every request in flight) shrink to match.
-    gc.freeze()
+    settle_heap()  # full collections otherwise stall every request in flight for 60-180 ms
     return app
 
 
