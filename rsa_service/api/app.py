@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
-import httpx
+import httpx2
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +29,7 @@ from rsa_service.jobs.store import JobStore
 log = logging.getLogger(__name__)
 
 Background = Callable[[JobStore], AbstractAsyncContextManager[object]]
-PROXY_TIMEOUT = httpx.Timeout(connect=10.0, read=1800.0, write=10.0, pool=10.0)
+PROXY_TIMEOUT = httpx2.Timeout(connect=10.0, read=1800.0, write=10.0, pool=10.0)
 
 
 class BodyLimit:
@@ -97,7 +97,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             state = app.state
             state.store = store or await stack.enter_async_context(open_store(shared))
-            state.http = await stack.enter_async_context(httpx.AsyncClient(timeout=PROXY_TIMEOUT))
+            state.http = await stack.enter_async_context(httpx2.AsyncClient(timeout=PROXY_TIMEOUT))
             stack.push_async_callback(state.backends.aclose)
             if background is not None:
                 await stack.enter_async_context(background(state.store))

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx
+import httpx2
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -200,7 +200,7 @@ async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
 
 async def _proxy(request: Request, base_url: str) -> Response:
     """Forward the request as it came to an OpenAI-compatible backend and relay its answer, streaming or not."""
-    client: httpx.AsyncClient = request.app.state.http
+    client: httpx2.AsyncClient = request.app.state.http
     key = backend_api_key(request.app.state.shared)
     headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {key}"} if key else {})
     upstream = client.build_request(
@@ -208,7 +208,7 @@ async def _proxy(request: Request, base_url: str) -> Response:
     )
     try:
         answer = await client.send(upstream, stream=True)
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise ApiError(502, f"the backend did not answer: {type(exc).__name__}", kind="backend-unavailable") from None
     if answer.status_code >= 500:
         detail = (await answer.aread())[:300].decode(errors="replace")

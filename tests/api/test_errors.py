@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 import redis
 
@@ -18,7 +18,7 @@ B = {"Authorization": f"Bearer {KEY_B}"}
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
 
 
-def _problem(response: httpx.Response, status: int) -> dict[str, object]:
+def _problem(response: httpx2.Response, status: int) -> dict[str, object]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
@@ -33,7 +33,7 @@ def idle(make_api: ApiFactory) -> LiveAPI:
 
 
 def test_auth_and_tenant_isolation(idle: LiveAPI) -> None:
-    with httpx.Client(base_url=idle.url, timeout=10) as http:
+    with httpx2.Client(base_url=idle.url, timeout=10) as http:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY_A}"}):
             body = _problem(http.get("/v1/jobs", headers=headers), 401)
             assert "API key" in str(body["detail"])
@@ -66,7 +66,7 @@ def test_validation_errors_name_the_field(idle: LiveAPI) -> None:
         ({"problem": "   ", "backend": "toy"}, "problem"),
         ({"backend": "toy"}, "problem"),
     ]
-    with httpx.Client(base_url=idle.url, headers=A, timeout=10) as http:
+    with httpx2.Client(base_url=idle.url, headers=A, timeout=10) as http:
         for body, field in cases:
             problem = _problem(http.post("/v1/jobs", json=body), 422)
             assert field in [e["field"] for e in problem["errors"]], (body, problem)  # type: ignore[union-attr]
@@ -78,7 +78,7 @@ def test_validation_errors_name_the_field(idle: LiveAPI) -> None:
 
 
 def test_running_job_limit_429_and_delete_conflict(idle: LiveAPI) -> None:
-    with httpx.Client(base_url=idle.url, headers=A, timeout=10) as http:
+    with httpx2.Client(base_url=idle.url, headers=A, timeout=10) as http:
         ids = [http.post("/v1/jobs", json={"problem": f"p{n}", "backend": "toy"}).json()["id"] for n in range(3)]
         limited = http.post("/v1/jobs", json={"problem": "one more", "backend": "toy"})
         _problem(limited, 429)
@@ -103,8 +103,8 @@ def test_idempotent_create_under_concurrent_retries(idle: LiveAPI) -> None:
     body = {"problem": "once only", "backend": "toy", **SMALL}
     headers = A | {"Idempotency-Key": "batch-7"}
 
-    def post(_: int) -> httpx.Response:
-        with httpx.Client(base_url=idle.url, timeout=10) as http:
+    def post(_: int) -> httpx2.Response:
+        with httpx2.Client(base_url=idle.url, timeout=10) as http:
             return http.post("/v1/jobs", json=body, headers=headers)
 
     with ThreadPoolExecutor(12) as pool:
@@ -128,7 +128,7 @@ def test_idempotent_create_under_concurrent_retries(idle: LiveAPI) -> None:
             client.jobs.get("job_nope")
         with pytest.raises(ConflictError):
             client.jobs.delete(again.id)  # not finished; the server says not to retry
-    with httpx.Client(base_url=idle.url, timeout=10) as http:
+    with httpx2.Client(base_url=idle.url, timeout=10) as http:
         replay = http.post("/v1/jobs", json=body, headers=headers)
         assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
         other = http.post("/v1/jobs", json=body, headers=B | {"Idempotency-Key": "batch-7"})
@@ -137,7 +137,7 @@ def test_idempotent_create_under_concurrent_retries(idle: LiveAPI) -> None:
 
 def test_readiness_reports_an_unreachable_backend(make_api: ApiFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     api = make_api(workers=0, readiness_timeout_s=1)
-    with httpx.Client(base_url=api.url, timeout=10) as http:
+    with httpx2.Client(base_url=api.url, timeout=10) as http:
         assert http.get("/readyz").json()["status"] == "ready"
         api.app.state.backends.settings.backends["dead"] = "openai:http://127.0.0.1:9/v1"
         body = _problem(http.get("/readyz"), 503)
@@ -150,9 +150,9 @@ def test_readiness_reports_an_unreachable_backend(make_api: ApiFactory, monkeypa
 def test_a_job_of_a_newer_stored_format_is_503_not_500(
     idle: LiveAPI, redis_server: RedisServer, namespace: str
 ) -> None:
-    created = httpx.post(f"{idle.url}/v1/jobs", json={"problem": "2+2?", **SMALL}, headers=A)
+    created = httpx2.post(f"{idle.url}/v1/jobs", json={"problem": "2+2?", **SMALL}, headers=A)
     job_id = created.json()["id"]
     with redis.Redis.from_url(redis_server.url) as client:  # as a newer release would have written it
         client.hset(Keys(namespace).job(job_id).meta, "v", STORE_FORMAT_VERSION + 1)
-    body = _problem(httpx.get(f"{idle.url}/v1/jobs/{job_id}", headers=A), 503)
+    body = _problem(httpx2.get(f"{idle.url}/v1/jobs/{job_id}", headers=A), 503)
     assert "stored format" in str(body["detail"])

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-import httpx
+import httpx2
 import psutil
 
 from tests.api.conftest import KEY_A
@@ -31,11 +31,11 @@ def test_several_processes_serve_one_port(redis_server: RedisServer, namespace: 
         api_processes = [p for p in psutil.Process(server.pid).children() if "spawn_main" in " ".join(p.cmdline())]
         assert len(api_processes) == 2
         auth = {"Authorization": f"Bearer {KEY_A}"}
-        created = httpx.post(f"{url}/v1/jobs", json={"problem": "P. ANSWER=1", "backend": "toy"}, headers=auth)
+        created = httpx2.post(f"{url}/v1/jobs", json={"problem": "P. ANSWER=1", "backend": "toy"}, headers=auth)
         assert created.status_code == 202
         job_id = created.json()["id"]
         for _ in range(6):  # a fresh connection each time: either process may answer
-            read = httpx.get(f"{url}/v1/jobs/{job_id}", headers=auth)
+            read = httpx2.get(f"{url}/v1/jobs/{job_id}", headers=auth)
             assert read.status_code == 200 and read.json()["status"] == "queued"
     finally:
         server.terminate()
@@ -50,9 +50,9 @@ def _wait_healthy(url: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             pass
         time.sleep(0.1)
     raise AssertionError("rsa serve --processes 2 did not come up")
