@@ -4,7 +4,7 @@ The ideal wall time is (T+1) × latency: every round's N requests in flight at o
 time. The ratio wall / ideal is what the controller (prompt building, tails, Redis commits, events) adds.
 Target: ≤ 1.10 for N=16, K=4, T=2 at 200 ms.
 
-    .venv/bin/python benchmarks/orchestration.py [--latency-ms 200] [--population 16] [--repeats 3]
+    .venv/bin/python benchmarks/orchestration.py [--latency-ms 200] [--repeats 5] [--tails server|local]
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.runner import check_fits
 from rsa_service.jobs.store import JobStore
-from tests.modelserver import ModelServerConfig, serve_in_subprocess
+from tests.modelserver import ModelServerConfig, serve_in_subprocess, write_tokenizer_json
 
 
-async def one_job(store: JobStore, base_url: str, params: RSAParams) -> float:
+async def one_job(store: JobStore, base_url: str, params: RSAParams, tokenizer: str | None) -> float:
     spec = JobSpec(
         problem="Benchmark problem. ANSWER=42",
         params=params,
         backend=f"openai:{base_url}",
         templates=PromptTemplates.load(),
     )
-    backend = open_backend(spec.backend, BackendOptions(max_concurrency=256))
+    backend = open_backend(spec.backend, BackendOptions(max_concurrency=256, tokenizer_path=tokenizer))
     try:
         await check_fits(backend, spec)
         job_id = await store.create(spec, queue=False)
@@ -66,13 +66,15 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as url, serve_in_subprocess(config) as server:
         client = Redis.from_url(url, decode_responses=True)
         store = JobStore(client, namespace="bench")
-        await one_job(store, server.base_url, params)  # warm-up: connections, imports, math-verify
-        walls = [await one_job(store, server.base_url, params) for _ in range(args.repeats)]
+        tokenizer = str(write_tokenizer_json(Path(data) / "tokenizer.json")) if args.tails == "local" else None
+        await one_job(store, server.base_url, params, tokenizer)  # warm-up: connections, imports, math-verify
+        walls = [await one_job(store, server.base_url, params, tokenizer) for _ in range(args.repeats)]
         await client.aclose()
     median = statistics.median(walls)
     print(
         f"job: N={params.population} K={params.subset} T={params.rounds}, {args.latency_ms:.0f} ms per request, "
-        f"{(params.rounds + 1) * params.population} generations"
+        f"{(params.rounds + 1) * params.population} generations; {args.reasoning_words} words of reasoning; "
+        f"tails cut by {'a local tokenizer.json' if args.tails == 'local' else 'the server /tokenize'}"
     )
     print(f"wall times (s): {', '.join(f'{w:.3f}' for w in walls)}")
     print(
@@ -88,4 +90,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reasoning-words", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tails", choices=["server", "local"], default="server", help="What cuts tails longer than τ.")
     asyncio.run(main(parser.parse_args()))

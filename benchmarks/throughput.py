@@ -6,7 +6,7 @@ to the last finish. Round trips are counted from `INFO commandstats` deltas: eve
 command a client sent (commands run inside scripts excluded; pipelined commands counted one each, so the figure
 is an upper bound on network round trips).
 
-    .venv/bin/python benchmarks/throughput.py [--workers 4] [--jobs 48] [--concurrency 64]
+    .venv/bin/python benchmarks/throughput.py [--workers 4] [--jobs 48] [--concurrency 64] [--tails local|server|approx]
 """
 
 from __future__ import annotations
@@ -31,11 +31,30 @@ from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobStore
 from tests.jobs.helpers import WorkerProcess, wait_until
-from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_subprocess
+from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_subprocess, write_tokenizer_json
 
 NAMESPACE = "bench"
 # Commands the Lua transitions run; the clients never send these themselves on the hot path.
-SCRIPT_INTERNAL = {"hget", "hset", "hsetnx", "hincrby", "xadd", "expire", "time", "get", "set", "zrangebyscore"}
+SCRIPT_INTERNAL = {
+    "hget",
+    "hset",
+    "hsetnx",
+    "hincrby",
+    "hexists",
+    "hlen",
+    "xadd",
+    "expire",
+    "time",
+    "get",
+    "set",
+    "zrangebyscore",
+}
+# Traces are longer than τ, so every tail that feeds a round is cut.
+TAILS = {
+    "local": "the server tokenizer's tokenizer.json (RSA_TOKENIZER), offsets in-process",
+    "server": "the server's count-only /tokenize (an interpolating search, 2-3 calls a tail)",
+    "approx": "the documented approximation (the server hides /tokenize)",
+}
 PARAMS = RSAParams(population=16, subset=4, rounds=2, trace_tokens=256, tail_tokens=64, final_tokens=256)
 
 
@@ -55,6 +74,8 @@ async def wait_all_done(store: JobStore, job_ids: list[str]) -> None:
             for job_id in pending:
                 pipe.hget(store.keys.job(job_id).meta, "status")
             statuses = await pipe.execute()
+        if failed := [status for status in statuses if status in ("failed", "cancelled")]:
+            raise RuntimeError(f"{len(failed)} jobs ended {failed[0]}: see the worker logs")
         pending = {job_id for job_id, status in zip(pending, statuses, strict=True) if status != "completed"}
         await asyncio.sleep(0.2)
 
@@ -86,25 +107,42 @@ async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, log
         "RSA_NAMESPACE": NAMESPACE,
         "RSA_WORKER_CONCURRENCY": str(args.concurrency),
     }
+    if args.tails == "local":
+        env["RSA_TOKENIZER"] = str(write_tokenizer_json(logs / "tokenizer.json"))
     workers = [WorkerProcess(env, logs / f"worker{i}.log") for i in range(args.workers)]
     await wait_until(lambda: asyncio.sleep(0, all("started" in w.log() for w in workers)), 60, "workers to start")
+    assert server.process is not None
     spec = JobSpec(problem="Throughput. ANSWER=7", params=PARAMS, backend=base_url, templates=PromptTemplates.load())
+
+    async def submit(seeds: range) -> list[str]:
+        return [
+            await store.create(spec.model_copy(update={"params": PARAMS.model_copy(update={"seed": seed})}))
+            for seed in seeds
+        ]
+
+    # A warm-up job per worker (connections, first-use caches), then counters from here on: start-up is not a
+    # per-generation cost.
+    await wait_all_done(store, await submit(range(args.jobs, args.jobs + args.workers)))
+    tokenize_before = server.log()["tokenize_calls"]
+    worker_cpu_before, server_cpu_before = sum(cpu_s(w.pid) for w in workers), cpu_s(server.process.pid)
+    redis_cpu_before = await redis_cpu_s(client)
     before = await commandstats(client)
-    job_ids = [
-        await store.create(spec.model_copy(update={"params": PARAMS.model_copy(update={"seed": i})}))
-        for i in range(args.jobs)
-    ]
+    job_ids = await submit(range(args.jobs))
     await wait_all_done(store, job_ids)
     finished_ms = await store.now_ms()
     delta = await commandstats(client) - before
     started_ms = await first_claim_ms(store, job_ids)
-    assert server.process is not None
-    worker_cpu, server_cpu = sum(cpu_s(w.pid) for w in workers), cpu_s(server.process.pid)
+    worker_cpu = sum(cpu_s(w.pid) for w in workers) - worker_cpu_before
+    server_cpu = cpu_s(server.process.pid) - server_cpu_before
+    redis_cpu = await redis_cpu_s(client) - redis_cpu_before
     for worker in workers:
         worker.stop()
     generations = sum([await store.step_count(job_id) for job_id in job_ids])
     elapsed_s = (finished_ms - started_ms) / 1000
-    print(f"{args.workers} workers × concurrency {args.concurrency}; {args.jobs} jobs of N=16 K=4 T=2")
+    print(
+        f"{args.workers} workers × concurrency {args.concurrency}; {args.jobs} jobs of N=16 K=4 T=2; "
+        f"tails cut by {TAILS[args.tails]}"
+    )
     print(f"committed generations: {generations} in {elapsed_s:.2f} s → {generations / elapsed_s:.0f} per second")
     print(
         f"Redis round trips per generation: {round_trips(delta) / generations:.2f} (upper bound); "
@@ -112,8 +150,8 @@ async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, log
     )
     print(
         f"CPU seconds: workers {worker_cpu:.1f} ({worker_cpu / generations * 1000:.2f} ms per generation), "
-        f"model server {server_cpu:.1f}, Redis {await redis_cpu_s(client):.1f}; "
-        f"tokenize calls per generation {server.log()['tokenize_calls'] / generations:.1f}"
+        f"model server {server_cpu:.1f}, Redis {redis_cpu:.1f}; "
+        f"tokenize calls per generation {(server.log()['tokenize_calls'] - tokenize_before) / generations:.1f}"
     )
     print("top client commands:", ", ".join(f"{n}={c}" for n, c in delta.most_common(8) if n not in SCRIPT_INTERNAL))
     await client.aclose()
@@ -124,13 +162,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--approx-tails", action="store_true", help="No server tokenizer (see main).")
+    parser.add_argument("--tails", choices=list(TAILS), default="local", help="What cuts the tails (see TAILS).")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     started = time.monotonic()
-    # --approx-tails: the server hides /tokenize, so tails are cut by the backend's local approximate counter
-    # instead of ~4 tokenize round trips each: isolates what the worker itself costs from tail counting.
-    faults = [{"status": 404, "always": True, "path": "/tokenize"}] if args.approx_tails else []
+    faults = [{"status": 404, "always": True, "path": "/tokenize"}] if args.tails == "approx" else []
     config = ModelServerConfig(reasoning_words=40, faults=faults)
     with (
         tempfile.TemporaryDirectory() as data,
