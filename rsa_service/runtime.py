@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from collections.abc import Callable
 
 
 def settle_heap() -> None:
@@ -15,3 +17,16 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (not on Windows), else asyncio's default.
+
+    A worker spends about a tenth of its CPU in the event loop itself; on uvloop its CPU per generation is ~5%
+    lower (side by side, one worker against a zero-latency server).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -1,6 +1,10 @@
+import asyncio
 import gc
 
-from rsa_service.runtime import settle_heap
+import pytest
+
+from rsa_service.cli.common import run_async
+from rsa_service.runtime import event_loop_factory, settle_heap
 
 
 def test_settle_heap_freezes_what_is_alive_and_still_collects_new_garbage() -> None:
@@ -15,3 +19,13 @@ def test_settle_heap_freezes_what_is_alive_and_still_collects_new_garbage() -> N
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_the_cli_runs_on_uvloop_where_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert event_loop_factory() is uvloop.new_event_loop
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert run_async(loop_type) is uvloop.Loop

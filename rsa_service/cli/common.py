@@ -20,6 +20,7 @@ from rsa_service.core.params import check_problem
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobNotFound
+from rsa_service.runtime import event_loop_factory
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -48,7 +49,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def run_async(main: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning every expected failure into one clear line and an exit code."""
     try:
-        return asyncio.run(main())  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(main())  # type: ignore[arg-type]
     except CLIError as exc:
         fail(str(exc), exc.code)
     except ValidationError as exc:
