@@ -3,7 +3,8 @@
 A job's keys share the hash tag `{job:ID}`, so every transition touches one cluster slot and runs as one Lua
 script. The global hints (queue, lease index, pending set) share the hash tag `{NAMESPACE}`, so the janitor moves
 ids between them in one script on Redis Cluster too. Hints may hold duplicates or stale ids: the job's own hash
-always decides.
+always decides. A tenant's unfinished-job count is such a hint too (see `JobStore.create`), under the hash tag
+`{tenant:NAME}`.
 """
 
 from __future__ import annotations
@@ -71,3 +72,16 @@ class Keys:
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.namespace}:idem:{tenant}:{key}"
+
+    def active(self, tenant: str) -> str:
+        """Sorted set: the ids of the tenant's unfinished jobs, scored by when each was admitted."""
+        return f"{self.namespace}:{{tenant:{tenant}}}:active"
+
+    def active_state(self, tenant: str) -> str:
+        """Hash beside `active`: when it was built from the tenant's listing (`built_ms`, absent for a tenant whose
+        jobs predate it), and when a build or a prune of stale members last began (`building_ms`, `pruned_ms`)."""
+        return f"{self.namespace}:{{tenant:{tenant}}}:active-state"
+
+    def legacy_active(self, tenant: str) -> str:
+        """The plain set of unfinished job ids that earlier releases kept; deleted once `active` is built."""
+        return f"{self.namespace}:active:{tenant}"

@@ -5,7 +5,8 @@ Exceptions, translated here from redis-py so callers never see transport details
     StoreError
     ├── JobNotFound        no such job (or it expired after finishing)
     ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
-    └── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+    ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+    └── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
 
 (`models.NewerFormat`, a ValueError, says a job was written by a newer release than this one.)
 Transitions are counted in `rsa_service.metrics` as they return: no extra round trip.
@@ -19,19 +20,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from rsa_service.core.steps import StepResult
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
-from rsa_service.jobs.models import Event, JobRecord, JobResult, JobSpec, Problem
+from rsa_service.jobs.models import TERMINAL_STATUSES, Event, JobRecord, JobResult, JobSpec, Problem
 from rsa_service.metrics import CLAIMS, JOBS_FINISHED, RECLAIMS
 
 EVENTS_MAXLEN = 10_000
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_ATTEMPTS = 5
+PRUNE_EVERY_MS = 1000  # a tenant at its limit has its active set checked against the job hashes at most this often
+ADMITTED_GRACE_MS = 60_000  # an admitted id with no job hash yet is a create in flight for this long, then stale
+BUILD_TIMEOUT_MS = 30_000  # a build of a tenant's active set not finished by then is taken over by the next create
+STATUS_BATCH = 1000  # job statuses read per round trip while building or pruning an active set
 
 ClaimOutcome = Literal["claimed", "busy", "terminal", "poisoned", "newer", "missing"]
 
@@ -63,6 +68,13 @@ class NotDeadLettered(StoreError):
         self.status = status
 
 
+class TooManyActive(StoreError):
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(f"tenant {tenant} already has {limit} unfinished jobs (the limit)")
+        self.tenant = tenant
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
@@ -83,6 +95,7 @@ def _load_scripts() -> dict[str, str]:
     folder = files("rsa_service.jobs") / "lua"
     prelude = (folder / "_prelude.lua").read_text(encoding="utf-8")
     names = (
+        "admit",
         "create",
         "claim",
         "renew",
@@ -137,9 +150,23 @@ class JobStore:
         fingerprint: str = "",
         job_id: str | None = None,
         queue: bool = True,
+        max_active: int = 0,
     ) -> str:
-        """Write the job durably, then the hints that let a worker find it (`queue=False`: the caller runs it)."""
+        """Count the job against its tenant (TooManyActive at `max_active` unfinished jobs; 0: no limit), write it
+        durably, then the hints that let a worker find it (`queue=False`: the caller runs it).
+
+        The count is the sorted set `Keys.active(tenant)`, and admission is one script over it (`admit.lua`):
+        concurrent creates cannot both take the last place, and the check is O(1) whatever the tenant has running.
+        It cannot be one script with the job's own transitions: those keys hash to the job's cluster slot, the set
+        to the tenant's, and Redis Cluster refuses a script over two slots. So the set is a hint like the queue:
+        an id is added before the job is written and removed (`_forget`) after the script that made it terminal,
+        and the job hash decides. A set of ids, not a counter, so that a removal repeated is harmless, and one
+        lost (a crash between the two steps) leaves a stale id that `_prune_active` drops when it would refuse a
+        create; a job that was never counted (written by an earlier release) stops mattering when it ends, and a
+        tenant whose set was never built has it built from its listing on its first limited create.
+        """
         job_id = job_id or new_job_id()
+        await self._admit(tenant, job_id, max_active)
         created = await self._run(
             "create",
             job_id,
@@ -153,6 +180,60 @@ class JobStore:
             raise StoreError(f"job {job_id} already exists")
         await self.enqueue(job_id, created_ms=int(created), tenant=tenant, queue=queue)
         return job_id
+
+    async def _admit(self, tenant: str, job_id: str, limit: int) -> None:
+        keys = (self.keys.active(tenant), self.keys.active_state(tenant))
+        for _ in range(3):  # at most: build the set, prune it, decide
+            outcome = int(await self._run_on("admit", keys, job_id, limit, PRUNE_EVERY_MS, BUILD_TIMEOUT_MS))
+            if outcome == 1:
+                return
+            if outcome == 0:
+                break
+            await (self._build_active(tenant) if outcome == -2 else self._prune_active(tenant))
+        raise TooManyActive(tenant, limit)
+
+    async def _statuses(self, job_ids: Sequence[str]) -> list[str | None]:
+        statuses: list[str | None] = []
+        for start in range(0, len(job_ids), STATUS_BATCH):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids[start : start + STATUS_BATCH]:
+                    pipe.hget(self.keys.job(job_id).meta, "status")
+                statuses.extend(await pipe.execute())
+        return statuses
+
+    async def _build_active(self, tenant: str) -> None:
+        """Count the tenant's unfinished jobs from its listing: once, for jobs written before the active set."""
+        listed = await self.redis.zrange(self.keys.listing(tenant), 0, -1, withscores=True)
+        entries = cast(list[tuple[str, float]], listed)
+        statuses = await self._statuses([job_id for job_id, _ in entries])
+        unfinished = {
+            job_id: score
+            for (job_id, score), status in zip(entries, statuses, strict=True)
+            if status is not None and status not in TERMINAL_STATUSES
+        }
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if unfinished:
+                pipe.zadd(self.keys.active(tenant), unfinished)
+            pipe.hset(self.keys.active_state(tenant), "built_ms", int(time.time() * 1000))
+            pipe.hdel(self.keys.active_state(tenant), "building_ms")
+            pipe.delete(self.keys.legacy_active(tenant))
+            await pipe.execute()
+
+    async def _prune_active(self, tenant: str) -> None:
+        """Drop the ids of jobs that ended without being forgotten, and of creates that never wrote their job."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.active(tenant), 0, -1, withscores=True)
+            pipe.time()
+            entries, (seconds, micros) = await pipe.execute()
+        stale_before = int(seconds) * 1000 + int(micros) // 1000 - ADMITTED_GRACE_MS
+        statuses = await self._statuses([job_id for job_id, _ in entries])
+        stale = [
+            job_id
+            for (job_id, score), status in zip(entries, statuses, strict=True)
+            if status in TERMINAL_STATUSES or (status is None and score < stale_before)
+        ]
+        if stale:
+            await self.redis.zrem(self.keys.active(tenant), *stale)
 
     async def enqueue(
         self, job_id: str, *, created_ms: int | None = None, tenant: str | None = None, queue: bool = True
@@ -247,10 +328,10 @@ class JobStore:
             return Claim("newer", version=int(reply[1]))
         if outcome == "poisoned":
             JOBS_FINISHED.labels("failed").inc()
-            await self._forget(job_id, dead=True)
+            await self._forget(job_id, reply[2], dead=True)
             return Claim("poisoned", attempts=int(reply[1]))
         if outcome == "terminal":
-            await self._forget(job_id)
+            await self._forget(job_id, reply[2])
             return Claim("terminal", status=reply[1])
         await self._forget(job_id)
         return Claim("missing")
@@ -302,46 +383,45 @@ class JobStore:
     ) -> None:
         """Terminal transition: `completed` with a result, or `failed` with an error (and any partial result)."""
         status = "failed" if error is not None else "completed"
-        outcome = int(
-            await self._run(
-                "finish",
-                job_id,
-                fence,
-                status,
-                result.model_copy(update={"status": status}).model_dump_json() if result else "",
-                error.model_dump_json() if error else "",
-                self.events_maxlen,
-                self.retention_s,
-            )
+        tenant = await self._run(
+            "finish",
+            job_id,
+            fence,
+            status,
+            result.model_copy(update={"status": status}).model_dump_json() if result else "",
+            error.model_dump_json() if error else "",
+            self.events_maxlen,
+            self.retention_s,
         )
-        if outcome < 0:
+        if tenant == -1:
             raise LeaseLost(job_id, fence)
         JOBS_FINISHED.labels(status).inc()
-        await self._forget(job_id)
+        await self._forget(job_id, str(tenant))
 
     async def cancel(self, job_id: str) -> str:
         """Request cancellation; returns the status now. Idempotent; a finished job is left as it is."""
-        status, changed = await self._run("cancel", job_id, self.events_maxlen, self.retention_s)
+        status, changed, tenant = await self._run("cancel", job_id, self.events_maxlen, self.retention_s)
         if status == "missing":
             raise JobNotFound(job_id)
-        if status == "cancelled":
-            await self._forget(job_id)
-            if int(changed):
+        if status in TERMINAL_STATUSES:
+            await self._forget(job_id, tenant)
+            if status == "cancelled" and int(changed):
                 JOBS_FINISHED.labels("cancelled").inc()
         return str(status)
 
     async def settle_cancelled(self, job_id: str, result: JobResult | None) -> str:
         """Move `cancelling` to `cancelled`, keeping the partial result. Anyone may; the first one wins."""
         payload = result.model_copy(update={"status": "cancelled"}).model_dump_json() if result else ""
-        status, changed = await self._run("settle", job_id, payload, self.events_maxlen, self.retention_s)
+        status, changed, tenant = await self._run("settle", job_id, payload, self.events_maxlen, self.retention_s)
         if int(changed):
             JOBS_FINISHED.labels("cancelled").inc()
-        await self._forget(job_id)
+        await self._forget(job_id, tenant if status in TERMINAL_STATUSES else None)
         return str(status)
 
     async def requeue(self, job_id: str) -> str:
-        """Run a dead-lettered job again from its committed steps; returns its tenant. JobNotFound, or
-        NotDeadLettered for any job that is not a poison failure (other failures would fail the same way again)."""
+        """Run a dead-lettered job again from its committed steps, counted again against its tenant (whatever its
+        limit: an operator's decision); returns the tenant. JobNotFound, or NotDeadLettered for any job that is not
+        a poison failure (other failures would fail the same way again)."""
         outcome, *rest = [str(part) for part in await self._run("requeue", job_id, self.events_maxlen)]
         if outcome == "missing":
             await self.redis.srem(self.keys.dead, job_id)  # a stale hint: the job expired after failing
@@ -349,6 +429,7 @@ class JobStore:
         if outcome == "refused":
             raise NotDeadLettered(job_id, status=rest[0], title=rest[1])
         await self.redis.srem(self.keys.dead, job_id)
+        await self._admit(rest[0], job_id, 0)
         await self.enqueue(job_id)
         return rest[0]
 
@@ -359,15 +440,18 @@ class JobStore:
     async def delete(self, job_id: str) -> None:
         record = await self.get(job_id)
         await self.redis.delete(*self.keys.job(job_id).all)
-        await self._forget(job_id)
+        await self._forget(job_id, record.tenant)
         await self.redis.zrem(self.keys.listing(record.tenant), job_id)
 
-    async def _forget(self, job_id: str, *, dead: bool = False) -> None:
+    async def _forget(self, job_id: str, tenant: str | None = None, *, dead: bool = False) -> None:
+        """Drop a job from the worker hints and, given its `tenant`, from the tenant's unfinished-job count."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.leases, job_id)
             pipe.zrem(self.keys.pending, job_id)
             if dead:
                 pipe.sadd(self.keys.dead, job_id)
+            if tenant is not None:
+                pipe.zrem(self.keys.active(tenant), job_id)
             await pipe.execute()
 
     # ---- hints for workers --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Lua transitions, against a real redis-server."""
+"""The Lua transitions, and the per-tenant count of unfinished jobs they keep, against a real redis-server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import StepResult
 from rsa_service.jobs.models import JobResult, JobSpec, Problem
-from rsa_service.jobs.store import JobNotFound, JobStore, LeaseLost
+from rsa_service.jobs.store import ADMITTED_GRACE_MS, JobNotFound, JobStore, LeaseLost, TooManyActive
 
 
 def spec() -> JobSpec:
@@ -155,3 +155,73 @@ async def test_steal_from_a_named_dead_owner(store: JobStore) -> None:
     await store.claim(job_id, "host/1/1", lease_ms=60_000)
     assert (await store.claim(job_id, "host/2/2", lease_ms=1000)).outcome == "busy"
     assert (await store.claim(job_id, "host/2/2", lease_ms=1000, steal_from="host/1/1")).outcome == "claimed"
+
+
+# ---- the per-tenant limit of unfinished jobs ----------------------------------------------------------------
+
+TENANT = "acme"
+
+
+async def active(store: JobStore, tenant: str = TENANT) -> set[str]:
+    return set(await store.redis.zrange(store.keys.active(tenant), 0, -1))
+
+
+async def create(store: JobStore, limit: int = 0) -> str:
+    return await store.create(spec(), tenant=TENANT, max_active=limit)
+
+
+async def test_concurrent_creates_cannot_pass_the_limit(store: JobStore) -> None:
+    outcomes = await asyncio.gather(*(create(store, limit=3) for _ in range(20)), return_exceptions=True)
+    admitted = [o for o in outcomes if isinstance(o, str)]
+    assert len(admitted) == 3
+    assert all(isinstance(o, TooManyActive) and o.limit == 3 for o in outcomes if not isinstance(o, str))
+    assert await active(store) == set(admitted)
+    assert await store.redis.zcard(store.keys.listing(TENANT)) == 3  # a refused create wrote nothing
+
+
+async def test_every_way_to_end_drops_the_job_from_the_count(store: JobStore) -> None:
+    completed, failed, cancelled, settled, deleted, poisoned = [await create(store) for _ in range(6)]
+    assert len(await active(store)) == 6
+    claim = await store.claim(completed, "w", lease_ms=10_000)
+    await store.finish(completed, claim.fence, result=result(completed))
+    await store.finish(completed, claim.fence, result=result(completed))  # a retried finish changes nothing
+    claim = await store.claim(failed, "w", lease_ms=10_000)
+    await store.finish(failed, claim.fence, error=Problem(title="Generation failed", status=502))
+    await store.cancel(cancelled)  # queued: cancelled at once
+    await store.claim(settled, "w", lease_ms=10_000)
+    assert await store.cancel(settled) == "cancelling"
+    assert await active(store) == {settled, deleted, poisoned}  # cancelling still runs: it counts
+    await store.settle_cancelled(settled, None)
+    await store.claim(deleted, "w", lease_ms=10_000)
+    await store.delete(deleted)  # not finished: a store-level delete still uncounts it
+    await store.claim(poisoned, "w", lease_ms=1, max_attempts=1)
+    await asyncio.sleep(0.01)
+    assert (await store.claim(poisoned, "w2", lease_ms=1, max_attempts=1)).outcome == "poisoned"
+    assert await active(store) == set()
+    assert await store.requeue(poisoned) == TENANT  # running again: counted again
+    assert await active(store) == {poisoned}
+
+
+async def test_a_job_written_before_the_count_is_counted(store: JobStore) -> None:
+    legacy, finished = await create(store), await create(store)
+    await store.cancel(finished)
+    await store.redis.delete(store.keys.active(TENANT), store.keys.active_state(TENANT))  # as before the count
+    await store.redis.sadd(store.keys.legacy_active(TENANT), legacy)  # the set earlier releases kept
+    new = await create(store, limit=2)
+    assert await active(store) == {legacy, new}
+    with pytest.raises(TooManyActive):
+        await create(store, limit=2)
+    assert not await store.redis.exists(store.keys.legacy_active(TENANT))
+
+
+async def test_stale_entries_are_dropped_when_they_would_refuse(store: JobStore) -> None:
+    done = await create(store)
+    claim = await store.claim(done, "w", lease_ms=10_000)
+    await store.finish(done, claim.fence, result=result(done))
+    now_ms = await store.now_ms()
+    stale = {done: now_ms, "job_never_written": now_ms - ADMITTED_GRACE_MS - 1, "job_being_written": now_ms}
+    await store.redis.zadd(store.keys.active(TENANT), stale)  # as if removals and creates were lost mid-way
+    kept = await create(store, limit=2)
+    assert await active(store) == {"job_being_written", kept}  # a create in flight keeps its place
+    with pytest.raises(TooManyActive):
+        await create(store, limit=2)
