@@ -14,9 +14,9 @@ from rsa_service.client.models import Job, JobCreate, JobPage, StepList
 from rsa_service.config import Settings, params_defaults
 from rsa_service.core.params import RSAParams, check_problem
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
-from rsa_service.jobs.listing import BadCursor, count_active, list_jobs, track_active
+from rsa_service.jobs.listing import BadCursor, list_jobs
 from rsa_service.jobs.models import TERMINAL_STATUSES, JobSpec, JobStatus
-from rsa_service.jobs.store import JobStore, new_job_id
+from rsa_service.jobs.store import JobStore, TooManyActive, new_job_id
 
 MAX_PAGE = 100
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -77,17 +77,17 @@ def build_spec(settings: ApiSettings, request: Request, body: JobCreate) -> JobS
 
 
 async def create_job(request: Request, store: JobStore, owner: str, spec: JobSpec, job_id: str, fp: str) -> None:
-    """Write the job durably (refusing a tenant at its limit of unfinished jobs), then count it."""
+    """Write the job durably, refusing (429) a tenant at its limit of unfinished jobs."""
     settings: ApiSettings = request.app.state.settings
-    if await count_active(store, owner) >= settings.max_active_jobs:
+    try:
+        await store.create(spec, tenant=owner, fingerprint=fp, job_id=job_id, max_active=settings.max_active_jobs)
+    except TooManyActive:
         raise ApiError(
             429,
             f"this tenant already has {settings.max_active_jobs} unfinished jobs (the limit); retry later",
             kind="too-many-jobs",
             headers={"Retry-After": str(settings.busy_retry_after_s)},
-        )
-    await store.create(spec, tenant=owner, fingerprint=fp, job_id=job_id)
-    await track_active(store, owner, job_id)
+        ) from None
     request.app.state.metrics.jobs_created.labels(request.url.path).inc()
 
 

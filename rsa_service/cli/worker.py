@@ -184,11 +184,10 @@ async def _requeue(job_ids: list[str], all_dead: bool) -> list[dict[str, Any]]:
         outcomes: list[dict[str, Any]] = []
         for job_id in job_ids:
             try:
-                tenant = await store.requeue(job_id)
+                await store.requeue(job_id)
             except (JobNotFound, NotDeadLettered) as exc:
                 outcomes.append({"job_id": job_id, "requeued": False, "error": str(exc)})
                 continue
-            await listing.track_active(store, tenant, job_id)  # unfinished again: it counts against the tenant
             outcomes.append({"job_id": job_id, "requeued": True, "status": "queued"})
     return outcomes
 

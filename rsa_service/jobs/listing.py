@@ -1,4 +1,4 @@
-"""A tenant's jobs, newest first, in cursor-paginated pages; and the count of its unfinished jobs.
+"""A tenant's jobs, newest first, in cursor-paginated pages.
 
 The listing sorted set (`Keys.listing`, scored by creation time) is a hint: it may name jobs that have since
 expired, and those are dropped from it as they are met. A cursor is (score, id) of the last job shown, so pages
@@ -11,7 +11,7 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rsa_service.jobs.models import TERMINAL_STATUSES, JobRecord, JobStatus
+from rsa_service.jobs.models import JobRecord, JobStatus
 from rsa_service.jobs.store import JobStore
 
 SCAN_BATCH = 200  # listing entries read per round trip while filtering by status
@@ -88,28 +88,3 @@ async def list_jobs(
     more = len(found) > limit
     cursor = encode_cursor(page[-1][1], page[-1][0].id) if more and page else None
     return Page(jobs=[record for record, _ in page], next_cursor=cursor)
-
-
-def _active_key(store: JobStore, tenant: str) -> str:
-    return f"{store.keys.namespace}:active:{tenant}"
-
-
-async def track_active(store: JobStore, tenant: str, job_id: str) -> None:
-    """Remember a new unfinished job of `tenant` (see `count_active`)."""
-    await store.redis.sadd(_active_key(store, tenant), job_id)
-
-
-async def count_active(store: JobStore, tenant: str) -> int:
-    """How many of `tenant`'s jobs are not terminal; finished or expired ones are dropped from the set."""
-    key = _active_key(store, tenant)
-    members = sorted(await store.redis.smembers(key))
-    if not members:
-        return 0
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for job_id in members:
-            pipe.hget(store.keys.job(job_id).meta, "status")
-        statuses = await pipe.execute()
-    done = [job_id for job_id, s in zip(members, statuses, strict=True) if s is None or s in TERMINAL_STATUSES]
-    if done:
-        await store.redis.srem(key, *done)
-    return len(members) - len(done)
