@@ -94,7 +94,8 @@ class StateCache:
         """Place `lengths[b]` new tokens of the sequence in `rows[b]` after its first `starts[b]` tokens.
 
         Shorter sequences are right-padded to the longest; causality keeps padding from touching real tokens,
-        and padding writes land in the scratch column.
+        and padding writes land in the scratch column. When every piece starts a sequence, the columns read are
+        exactly the new tokens and the mask is plain causal, left to the attention kernel (`mask` None).
         """
         dev = self._device
         start = torch.tensor(list(starts), dtype=torch.long, device=dev)
@@ -103,12 +104,13 @@ class StateCache:
         positions = start[:, None] + steps  # [B, T]
         valid = steps < length[:, None]  # [B, T]
         width = max(s + n for s, n in zip(starts, lengths, strict=True))
-        mask = torch.arange(width, device=dev) <= positions[..., None]  # [B, T, K]
+        mask = None if not any(starts) else (torch.arange(width, device=dev) <= positions[..., None])[:, None]
         return StepContext(
             rows=torch.tensor(list(rows), dtype=torch.long, device=dev),
             write_cols=torch.where(valid, positions, self.max_len),
             last=length - 1,
             valid=valid,
             positions=positions,
-            mask=mask[:, None],
+            width=width,
+            mask=mask,  # [B, 1, T, K]
         )
