@@ -156,14 +156,15 @@ class JobStore:
         durably, then the hints that let a worker find it (`queue=False`: the caller runs it).
 
         The count is the sorted set `Keys.active(tenant)`, and admission is one script over it (`admit.lua`):
-        concurrent creates cannot both take the last place, and the check is O(1) whatever the tenant has running.
-        It cannot be one script with the job's own transitions: those keys hash to the job's cluster slot, the set
-        to the tenant's, and Redis Cluster refuses a script over two slots. So the set is a hint like the queue:
-        an id is added before the job is written and removed (`_forget`) after the script that made it terminal,
-        and the job hash decides. A set of ids, not a counter, so that a removal repeated is harmless, and one
-        lost (a crash between the two steps) leaves a stale id that `_prune_active` drops when it would refuse a
-        create; a job that was never counted (written by an earlier release) stops mattering when it ends, and a
-        tenant whose set was never built has it built from its listing on its first limited create.
+        concurrent creates cannot both take the last place, and it costs the same (ZCARD, ZADD) however many jobs
+        the tenant has running. It cannot be one script with the job's own transitions: those keys hash to the
+        job's cluster slot, the set to the tenant's, and Redis Cluster refuses a script over two slots. So the set
+        is a hint like the queue: an id is added before the job is written and removed (`_forget`) after the
+        script that made it terminal, and the job hash decides. A set of ids, not a counter, so that a removal
+        repeated is harmless, and one lost (a crash between the two steps, an older worker) leaves a stale id that
+        `_prune_active` drops when it would refuse a create; a job that was never counted (written by an earlier
+        release) stops mattering when it ends, and a tenant whose set was never built has it built from its
+        listing on its first limited create.
         """
         job_id = job_id or new_job_id()
         await self._admit(tenant, job_id, max_active)
