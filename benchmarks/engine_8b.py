@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -111,7 +112,7 @@ def main() -> None:
             f"batch {batch}: decode {result.decode_tokens_per_s:.2f} tok/s ({result.decode_tokens_per_s / bound:.0%} "
             f"of the bound {bound:.2f}), prefill {result.prefill_tokens_per_s:.1f} tok/s, peak RSS "
             f"{result.peak_rss_bytes / 1e9:.1f} GB ({result.peak_rss_bytes / size:.2f}x checkpoint), "
-            f"KV {result.state_bytes_per_token} B/token",
+            f"KV {result.state_bytes_per_token} B/token, load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
 

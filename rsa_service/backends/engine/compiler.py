@@ -1,14 +1,15 @@
-"""torch.compile of the decode pieces, with a switch and an automatic fallback to eager.
+"""torch.compile of the decode step, with a switch and an automatic fallback to eager.
 
-Inductor fuses each piece's small ops (norms, convs, RoPE, residual merges, the router MLP) into a few generated
-kernels: C++/OpenMP on a CPU, Triton on a GPU. On CUDA the pieces are compiled in "reduce-overhead" mode, which
-replays them as CUDA graphs (written for CUDA machines, untested here: this machine has no GPU).
+Inductor turns the step's weight reads into fused multiply-reduce loops and its small ops (norms, convs, RoPE,
+attention at one query, residual merges, the router MLP) into a few generated kernels: C++/OpenMP on a CPU, Triton
+on a GPU. On CUDA it is compiled in "reduce-overhead" mode, which replays it as CUDA graphs (written for CUDA
+machines, untested here: this machine has no GPU).
 
 By default compilation is on where it pays: on a GPU, or for models of hidden size 1024 and up. For a tiny model
 on a CPU the generated kernels save little and the first compile costs tens of seconds, so it runs eagerly.
 RSA_ENGINE_COMPILE=1 or 0 (or `enabled=`) decides instead. If compiling a function fails, a warning is
-logged and that function runs eagerly from then on; warm-up calls every piece before the engine reports ready, so
-a failure shows at start-up, not mid-request.
+logged and that function runs eagerly from then on; warm-up calls every compiled function before the engine
+reports ready, so a failure shows at start-up, not mid-request.
 """
 
 from __future__ import annotations

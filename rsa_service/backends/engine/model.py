@@ -169,7 +169,7 @@ class CCAProjection(nn.Module):
     def _conv_last(self, history: Tensor) -> Tensor:
         """The convs' one output for the newest column, as two small reductions: history [B, C, W + 1] → [B, C].
 
-        A oneDNN convolution call costs ~100 µs here whatever its size; these fuse into the compiled decode piece.
+        A oneDNN convolution call costs ~100 µs here whatever its size; these fuse into the compiled decode step.
         """
         depthwise, grouped = self.conv_qk_depthwise, self.conv_qk_grouped
         t1 = grouped.kernel_size[0]
