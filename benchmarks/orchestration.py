@@ -29,6 +29,7 @@ from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.runner import check_fits
 from rsa_service.jobs.store import JobStore
+from rsa_service.runtime import event_loop_factory, settle_heap
 from tests.modelserver import ModelServerConfig, serve_in_subprocess, write_tokenizer_json
 
 
@@ -68,6 +69,7 @@ async def main(args: argparse.Namespace) -> None:
         store = JobStore(client, namespace="bench")
         tokenizer = str(write_tokenizer_json(Path(data) / "tokenizer.json")) if args.tails == "local" else None
         await one_job(store, server.base_url, params, tokenizer)  # warm-up: connections, imports, math-verify
+        settle_heap()  # as `rsa reason` does once its job is running
         walls = [await one_job(store, server.base_url, params, tokenizer) for _ in range(args.repeats)]
         await client.aclose()
     median = statistics.median(walls)
@@ -91,4 +93,5 @@ if __name__ == "__main__":
     parser.add_argument("--reasoning-words", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tails", choices=["server", "local"], default="server", help="What cuts tails longer than τ.")
-    asyncio.run(main(parser.parse_args()))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # the CLI's event loop (uvloop)
+        runner.run(main(parser.parse_args()))

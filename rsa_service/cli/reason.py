@@ -31,6 +31,7 @@ from rsa_service.jobs.events import follow
 from rsa_service.jobs.models import JobResult, JobSpec
 from rsa_service.jobs.runner import check_fits
 from rsa_service.jobs.store import JobStore
+from rsa_service.runtime import settle_heap
 from rsa_service.tinymodel import HELDOUT_PATH
 
 CLAIM_RETRY_S = 1.0
@@ -45,6 +46,7 @@ async def _claim_and_run(
     """Run the job here; wait out a live foreign lease, take a dead local process's lease at once."""
     owner = process_owner_id()
     announced = False
+    settle_heap()
     while True:
         record = await store.get(job_id)
         outcome = await run_attempt(
