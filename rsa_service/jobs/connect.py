@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -24,16 +24,27 @@ REDIS_BACKOFF_BASE_S = 0.05
 REDIS_BACKOFF_CAP_S = 1.0
 REDIS_SOCKET_TIMEOUT_S = 10.0  # longer than any blocking read the workers issue
 HEALTH_CHECK_INTERVAL_S = 30
+# Connections per process; past this, a command waits (up to the socket timeout) for one to come free.
+REDIS_MAX_CONNECTIONS = 128
 
 
-def redis_client(url: str) -> Redis:
-    return Redis.from_url(
+def redis_client(url: str, max_connections: int = REDIS_MAX_CONNECTIONS) -> Redis:
+    """A client whose pool makes a command wait for a free connection rather than fail.
+
+    redis-py's default pool raises "Too many connections" past 100 connections in use, which a worker running
+    more than ~90 generations at once reached on its commits: the error looked like a Redis outage, so the attempt
+    stopped and its job waited out the lease. A full pool is back-pressure, not an outage.
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=REDIS_SOCKET_TIMEOUT_S,
         decode_responses=True,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         retry=Retry(ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S), REDIS_RETRIES),
     )
+    return Redis.from_pool(pool)
 
 
 @asynccontextmanager

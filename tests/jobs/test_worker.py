@@ -10,8 +10,10 @@ import pytest
 
 from rsa_service.config import Settings
 from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.connect import redis_client
 from rsa_service.jobs.gate import SharedRate
 from rsa_service.jobs.store import JobStore
+from tests.conftest import RedisServer
 from tests.jobs.helpers import finished, job_spec, running, status_of, step_events, wait_until
 from tests.modelserver import ModelServerConfig, serve_in_thread
 
@@ -145,3 +147,19 @@ async def test_tails_are_counted_only_when_a_trace_may_exceed_tau(store: JobStor
     else:
         assert all(step.source_tokens > tau and len(step.tail) < len(step.reasoning) for step in steps)
         assert tokenize_calls >= 2 * len(steps)
+
+
+async def test_a_full_redis_pool_is_back_pressure_not_an_outage(redis_server: RedisServer, namespace: str) -> None:
+    """Far more generations in flight than pooled Redis connections: commands wait for one, no attempt is lost."""
+    client = redis_client(redis_server.url, max_connections=3)
+    store = JobStore(client, namespace=namespace)
+    try:
+        with serve_in_thread(ModelServerConfig()) as server:
+            jobs = [await store.create(job_spec(server.base_url, seed=seed)) for seed in range(4)]
+            async with running(store, concurrency=64) as worker:
+                for job_id in jobs:
+                    assert await finished(store, job_id) == "completed"
+        assert worker.outcomes == {"completed": 4}
+        assert [(await store.get(job_id)).attempts for job_id in jobs] == [1, 1, 1, 1]
+    finally:
+        await client.aclose()
