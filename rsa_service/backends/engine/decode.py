@@ -21,7 +21,7 @@ from torch import Tensor
 
 from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
 from rsa_service.backends.engine.compiler import Compiled
-from rsa_service.backends.engine.model import ZayaForCausalLM, expert_mlp
+from rsa_service.backends.engine.model import LayerState, ZayaForCausalLM, expert_mlp
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class DecodeStep:
         self._step = Compiled(ZayaForCausalLM.decode_step, enabled=compile_step, device=device, dynamic=False)
         # Prefill and large batches: recompiles once with a dynamic token count.
         self.expert_mlp = Compiled(expert_mlp, enabled=compile_step, device=device, dynamic=None)
-        self._marked: list[object] = []
+        self._marked: list[LayerState] | None = None  # the cache buffers last marked dynamic
 
     @torch.inference_mode()
     def __call__(self, tokens: Tensor, positions: Tensor, active: Tensor, width: int) -> tuple[Tensor, Tensor]:
