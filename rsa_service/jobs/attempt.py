@@ -19,6 +19,7 @@ import psutil
 import redis
 
 from rsa_service.backends.base import Backend
+from rsa_service.jobs.connect import raise_if_cancelled
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobResult
@@ -76,6 +77,7 @@ async def keep_lease(store: JobStore, lease: Lease) -> None:
     interval = min(lease.lease_s / 3, FENCE_CHECK_INTERVAL_S)
     while True:
         await asyncio.sleep(interval)
+        raise_if_cancelled()
         asked_at = lease.clock()
         try:
             await store.renew(lease.job_id, lease.fence, lease_ms=int(lease.lease_s * 1000))

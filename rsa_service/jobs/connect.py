@@ -47,6 +47,18 @@ def redis_client(url: str, max_connections: int = REDIS_MAX_CONNECTIONS) -> Redi
     return Redis.from_pool(pool)
 
 
+def raise_if_cancelled() -> None:
+    """Raise the cancellation a library swallowed. Loops that retry Redis errors call it on every pass.
+
+    redis-py can absorb a `Task.cancel()` that lands mid-command: it retries, or reports a connection error that such
+    a loop retries. The task then runs on with `cancelling()` set. That happened to a lease keeper. It outlived its
+    attempt, the attempt's TaskGroup never exited, and the keeper kept renewing the job's lease for good.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir, appendfsync=settings.appendfsync)

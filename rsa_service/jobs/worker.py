@@ -26,6 +26,7 @@ from rsa_service.config import Settings
 from rsa_service.core import answers
 from rsa_service.jobs.attempt import DEFAULT_LEASE_S, process_owner_id, run_attempt
 from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.connect import raise_if_cancelled
 from rsa_service.jobs.gate import Gate, SharedRate
 from rsa_service.jobs.models import JobRecord, NewerFormat, Problem
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobNotFound, JobStore
@@ -114,6 +115,7 @@ class Worker:
     async def _claim_until(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
+            raise_if_cancelled()
             if sum(self._attempts.values()) >= self.gate.concurrency:
                 self._room.clear()
                 await self._wait_for_room()
@@ -195,6 +197,7 @@ class Worker:
     async def _janitor(self) -> None:
         interval_s = min(self.lease_s / 4, JANITOR_INTERVAL_MAX_S)
         while True:
+            raise_if_cancelled()
             try:
                 found = await self.store.requeue_stale(
                     lease_ms=int(self.lease_s * 1000), stale_pending_ms=int(self.requeue_pending_after_s * 1000)
