@@ -169,6 +169,9 @@ def configure_logging(settings: _LoggingSettings | None = None, *, level: str | 
     root.addHandler(handler)
     wanted = (level or settings.log_level).upper()
     root.setLevel(int(wanted) if wanted.isdigit() else wanted)
+    # httpx2 logs every request at INFO: one line per generation, said again by our metrics and spans. It is
+    # still shown at DEBUG.
+    logging.getLogger("httpx2").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
     return handler
 
 

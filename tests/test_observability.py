@@ -185,6 +185,19 @@ def test_level_and_a_single_handler(stream: Stderr) -> None:
     assert logging.getLogger().level == logging.DEBUG, "an explicit --log-level wins over the setting"
 
 
+def test_per_request_http_logs_only_at_debug(stream: Stderr) -> None:
+    http = logging.getLogger("httpx2")
+    try:
+        json_logging("INFO")
+        http.info("HTTP Request: POST http://llm/v1/chat/completions")
+        http.warning("kept")
+        json_logging("DEBUG")
+        http.info("HTTP Request: shown when debugging")
+        assert [line["message"] for line in records(stream)] == ["kept", "HTTP Request: shown when debugging"]
+    finally:
+        http.setLevel(logging.NOTSET)
+
+
 # ---- spans --------------------------------------------------------------------------------------------------
 
 
