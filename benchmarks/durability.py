@@ -10,7 +10,7 @@ whole run. Before each kill, every job's committed steps are snapshotted. At the
   repeat), and how many of those were requested again *after* their step was committed (must be 0);
 - orchestration overhead: the median job's wall time over its ideal, (T+1) × the model server's latency.
 
-    .venv/bin/python benchmarks/durability.py [--jobs 200] [--workers 4] [--kill-every-s 5] [--lease-s 2]
+    .venv/bin/python benchmarks/durability.py [--jobs 200] [--workers 4] [--kill-every-s 2] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tests.jobs.helpers import WorkerProcess
 from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_subprocess
 
 NAMESPACE = "soak"
-LATENCY_MS = 100
+LATENCY_MS = 250
 CHAOS_MAX_ATTEMPTS = 100
 PARAMS = RSAParams(population=4, subset=2, rounds=1, trace_tokens=200, tail_tokens=40, final_tokens=200)
 _JOB = re.compile(r"Soak job (\d+)\.")
@@ -127,6 +127,8 @@ async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, log
         "RSA_LEASE_S": str(args.lease_s),
         # The kills here are random, not caused by a job: keep the poison-job cap out of the way.
         "RSA_MAX_ATTEMPTS": str(CHAOS_MAX_ATTEMPTS),
+        # A few jobs per worker at a time, so the run lasts long enough for a kill every few seconds.
+        "RSA_WORKER_CONCURRENCY": str(args.concurrency),
     }
     fleet = Fleet(env, logs, args.workers)
     templates = PromptTemplates.load()
@@ -171,7 +173,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--kill-every-s", type=float, default=5.0)
+    parser.add_argument("--kill-every-s", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=8, help="Generations in flight per worker.")
     parser.add_argument("--lease-s", type=float, default=2.0)
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f}")
