@@ -1,4 +1,4 @@
-"""The SDK at its seam: an injected httpx transport. Retries, idempotency keys, timeouts, the public surface."""
+"""The SDK at its seam: an injected httpx2 transport. Retries, idempotency keys, timeouts, the public surface."""
 
 from __future__ import annotations
 
