@@ -22,22 +22,21 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import job_statuses, services
 from redis.asyncio import Redis
 
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
-from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobStore
-from tests.jobs.helpers import WorkerProcess
-from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_subprocess
+from tests.jobs.helpers import WorkerProcess, worker_env
+from tests.modelserver import ModelServerConfig, ModelServerHandle
 
 NAMESPACE = "soak"
 LATENCY_MS = 250
@@ -75,15 +74,8 @@ async def snapshot(store: JobStore, job_ids: list[str], seen: dict[tuple[str, st
             seen.update({(job_id, key): value for key, value in steps.items()})
 
 
-async def statuses(store: JobStore, job_ids: list[str]) -> Counter[str]:
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hget(store.keys.job(job_id).meta, "status")
-        return Counter(await pipe.execute())
-
-
 async def all_ended(store: JobStore, job_ids: list[str]) -> bool:
-    counts = await statuses(store, job_ids)
+    counts = Counter(await job_statuses(store, job_ids))
     return counts["completed"] + counts["failed"] == len(job_ids)
 
 
@@ -121,15 +113,16 @@ async def duplicates(store: JobStore, job_ids: list[str], server: ModelServerHan
 async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, logs: Path) -> None:
     client = Redis.from_url(url, decode_responses=True)
     store = JobStore(client, namespace=NAMESPACE)
-    env = os.environ | {
-        "RSA_REDIS_URL": url,
-        "RSA_NAMESPACE": NAMESPACE,
-        "RSA_LEASE_S": str(args.lease_s),
+    env = worker_env(
+        dict(os.environ),
+        redis_url=url,
+        namespace=NAMESPACE,
+        lease_s=args.lease_s,
         # The kills here are random, not caused by a job: keep the poison-job cap out of the way.
-        "RSA_MAX_ATTEMPTS": str(CHAOS_MAX_ATTEMPTS),
+        max_attempts=CHAOS_MAX_ATTEMPTS,
         # A few jobs per worker at a time, so the run lasts long enough for a kill every few seconds.
-        "RSA_WORKER_CONCURRENCY": str(args.concurrency),
-    }
+        worker_concurrency=args.concurrency,
+    )
     fleet = Fleet(env, logs, args.workers)
     templates = PromptTemplates.load()
     started = time.monotonic()
@@ -182,12 +175,8 @@ def main() -> None:
     # durability, and ~4 tokenize round trips per generation would only slow it down (see throughput.py).
     no_tokenize = [{"status": 404, "always": True, "path": "/tokenize"}]
     config = ModelServerConfig(latency_ms=LATENCY_MS, reasoning_words=40, faults=no_tokenize)
-    with (
-        tempfile.TemporaryDirectory() as data,
-        EmbeddedRedis(Path(data) / "redis") as url,
-        serve_in_subprocess(config) as server,
-    ):
-        asyncio.run(run(args, url, server, Path(data)))
+    with services(config) as (url, server, data):
+        asyncio.run(run(args, url, server, data))
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

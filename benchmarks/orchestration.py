@@ -13,24 +13,23 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import services
 from redis.asyncio import Redis
 
 from rsa_service.backends import BackendOptions, open_backend
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.attempt import run_attempt
-from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.runner import check_fits
 from rsa_service.jobs.store import JobStore
 from rsa_service.runtime import event_loop_factory, settle_heap
-from tests.modelserver import ModelServerConfig, serve_in_subprocess, write_tokenizer_json
+from tests.modelserver import ModelServerConfig, write_tokenizer_json
 
 
 async def one_job(store: JobStore, base_url: str, params: RSAParams, tokenizer: str | None) -> float:
@@ -64,10 +63,10 @@ async def main(args: argparse.Namespace) -> None:
     )
     ideal = (params.rounds + 1) * args.latency_ms / 1000
     config = ModelServerConfig(latency_ms=args.latency_ms, reasoning_words=args.reasoning_words)
-    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as url, serve_in_subprocess(config) as server:
+    with services(config) as (url, server, data):
         client = Redis.from_url(url, decode_responses=True)
         store = JobStore(client, namespace="bench")
-        tokenizer = str(write_tokenizer_json(Path(data) / "tokenizer.json")) if args.tails == "local" else None
+        tokenizer = str(write_tokenizer_json(data / "tokenizer.json")) if args.tails == "local" else None
         await one_job(store, server.base_url, params, tokenizer)  # warm-up: connections, imports, math-verify
         settle_heap()  # as `rsa reason` does once its job is running
         walls = [await one_job(store, server.base_url, params, tokenizer) for _ in range(args.repeats)]

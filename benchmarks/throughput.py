@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,15 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
+from harness import job_statuses, services
 from redis.asyncio import Redis
 
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
-from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobStore
-from tests.jobs.helpers import WorkerProcess, wait_until
-from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_subprocess, write_tokenizer_json
+from tests.jobs.helpers import WorkerProcess, wait_until, worker_env
+from tests.modelserver import ModelServerConfig, ModelServerHandle, write_tokenizer_json
 
 NAMESPACE = "bench"
 # Commands the Lua transitions run; the clients never send these themselves on the hot path.
@@ -68,15 +67,12 @@ def round_trips(delta: Counter[str]) -> int:
 
 
 async def wait_all_done(store: JobStore, job_ids: list[str]) -> None:
-    pending = set(job_ids)
+    pending = list(job_ids)
     while pending:
-        async with store.redis.pipeline(transaction=False) as pipe:
-            for job_id in pending:
-                pipe.hget(store.keys.job(job_id).meta, "status")
-            statuses = await pipe.execute()
+        statuses = await job_statuses(store, pending)
         if failed := [status for status in statuses if status in ("failed", "cancelled")]:
             raise RuntimeError(f"{len(failed)} jobs ended {failed[0]}: see the worker logs")
-        pending = {job_id for job_id, status in zip(pending, statuses, strict=True) if status != "completed"}
+        pending = [job_id for job_id, status in zip(pending, statuses, strict=True) if status != "completed"]
         await asyncio.sleep(0.2)
 
 
@@ -102,13 +98,10 @@ async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, log
     base_url = server.base_url
     client = Redis.from_url(url, decode_responses=True)
     store = JobStore(client, namespace=NAMESPACE)
-    env = os.environ | {
-        "RSA_REDIS_URL": url,
-        "RSA_NAMESPACE": NAMESPACE,
-        "RSA_WORKER_CONCURRENCY": str(args.concurrency),
-    }
-    if args.tails == "local":
-        env["RSA_TOKENIZER"] = str(write_tokenizer_json(logs / "tokenizer.json"))
+    tokenizer = {"tokenizer": write_tokenizer_json(logs / "tokenizer.json")} if args.tails == "local" else {}
+    env = worker_env(
+        dict(os.environ), redis_url=url, namespace=NAMESPACE, worker_concurrency=args.concurrency, **tokenizer
+    )
     workers = [WorkerProcess(env, logs / f"worker{i}.log") for i in range(args.workers)]
     await wait_until(lambda: asyncio.sleep(0, all("started" in w.log() for w in workers)), 60, "workers to start")
     assert server.process is not None
@@ -168,12 +161,8 @@ def main() -> None:
     started = time.monotonic()
     faults = [{"status": 404, "always": True, "path": "/tokenize"}] if args.tails == "approx" else []
     config = ModelServerConfig(reasoning_words=40, faults=faults)
-    with (
-        tempfile.TemporaryDirectory() as data,
-        EmbeddedRedis(Path(data) / "redis") as url,
-        serve_in_subprocess(config) as server,
-    ):
-        asyncio.run(run(args, url, server, Path(data)))
+    with services(config) as (url, server, data):
+        asyncio.run(run(args, url, server, data))
     print(f"benchmark wall: {time.monotonic() - started:.1f} s; load average after: {os.getloadavg()[0]:.1f}")
 
 
