@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,17 +14,11 @@ import pytest
 from rsa_service.batch import BatchFileError, ResultLine, finished_lines, read_problems, summarise
 from rsa_service.core.steps import AnswerCount
 from tests.api.conftest import KEY_A, ApiFactory, make_api, model_server  # noqa: F401 (fixtures)
+from tests.jobs.helpers import RSA_CLI, rsa
 from tests.modelserver import ModelServerConfig, serve_in_thread
 
-RSA = [sys.executable, "-m", "rsa_service.cli"]
 TINY = ["-n", "2", "-k", "2", "-t", "1", "--trace-tokens", "120", "--tail-tokens", "30", "--final-tokens", "160"]
 AIME = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aime25.jsonl"
-
-
-def _rsa(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        RSA + args, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
 
 
 def test_formats_jsonl_csv_and_openai_batch(tmp_path: Path) -> None:
@@ -69,7 +62,7 @@ def test_malformed_file_stops_before_anything_runs(cli_env: dict[str, str], tmp_
     bad.write_text('{"prompt": "fine"}\nnot json\n')
     out = tmp_path / "out.jsonl"
     with serve_in_thread(ModelServerConfig()) as server:
-        done = _rsa(["batch", str(bad), "-o", str(out), "--backend", server.base_url], cli_env)
+        done = rsa(["batch", str(bad), "-o", str(out), "--backend", server.base_url], cli_env, timeout=120)
         assert server.requests() == []
     assert done.returncode == 2 and "line 2: not valid JSON" in done.stderr and not out.exists()
 
@@ -103,7 +96,9 @@ def test_summary_accuracies(tmp_path: Path) -> None:
 def test_aime25_runs_as_is_in_process(cli_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "aime.jsonl"
     with serve_in_thread(ModelServerConfig(reasoning_words=20, max_model_len=100_000)) as server:
-        done = _rsa(["batch", str(AIME), "-o", str(out), "--backend", server.base_url, *TINY, "--json"], cli_env)
+        done = rsa(
+            ["batch", str(AIME), "-o", str(out), "--backend", server.base_url, *TINY, "--json"], cli_env, timeout=120
+        )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["problems"] == summary["completed"] == 30 and summary["failed"] == 0
@@ -124,7 +119,7 @@ def test_kill_halfway_then_rerun_submits_nothing_twice(make_api: ApiFactory, tmp
     out = tmp_path / "out.jsonl"
     env = dict(os.environ, RSA_API_KEY=KEY_A)
     argv = [
-        *RSA,
+        *RSA_CLI,
         "batch",
         str(problems),
         "-o",

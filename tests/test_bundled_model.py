@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from rsa_service.config import BUNDLED_SETTINGS_FILE
 from rsa_service.tinymodel import CHECKPOINT_DIR, HELDOUT_PATH
+from tests.jobs.helpers import rsa
 
 pytestmark = pytest.mark.skipif(not (CHECKPOINT_DIR / "config.json").is_file(), reason="no bundled checkpoint")
 torch = pytest.importorskip("torch")
@@ -23,20 +22,9 @@ EVAL_PROBLEMS = 50
 REQUIRED_LIFT = 0.07
 
 
-def _rsa(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rsa_service.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_the_bundled_model_is_the_default_backend(cli_env: dict[str, str]) -> None:
     env = {k: v for k, v in cli_env.items() if k not in {"RSA_BACKEND", "RSA_BACKENDS"}}
-    done = _rsa("reason", "--example", "--json", env=env)
+    done = rsa(["reason", "--example", "--json"], env, timeout=600)
     assert done.returncode in (0, 1), done.stderr
     result = json.loads(done.stdout)
     settings = json.loads((CHECKPOINT_DIR / BUNDLED_SETTINGS_FILE).read_text())
@@ -55,20 +43,23 @@ def test_our_engine_and_the_reference_agree_on_greedy_tokens(cli_env: dict[str, 
     backend = EngineBackend.from_spec(str(CHECKPOINT_DIR), BackendOptions(dtype="float32", max_concurrency=1))
     request = GenerationRequest(messages=(ChatMessage(role="user", content=problem),), max_tokens=64)
     ids, _ = backend.render(request)
-    done = _rsa(
-        "engine",
-        "generate",
-        "--checkpoint",
-        str(CHECKPOINT_DIR),
-        "--prompt-ids",
-        ",".join(map(str, ids)),
-        "--max-tokens",
-        "64",
-        "--greedy",
-        "--dtype",
-        "float32",
-        "--json",
-        env=cli_env,
+    done = rsa(
+        [
+            "engine",
+            "generate",
+            "--checkpoint",
+            str(CHECKPOINT_DIR),
+            "--prompt-ids",
+            ",".join(map(str, ids)),
+            "--max-tokens",
+            "64",
+            "--greedy",
+            "--dtype",
+            "float32",
+            "--json",
+        ],
+        cli_env,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     ours = json.loads(done.stdout)["token_ids"]
@@ -83,7 +74,7 @@ def test_our_engine_and_the_reference_agree_on_greedy_tokens(cli_env: dict[str, 
 @pytest.mark.timeout(900)
 def test_rsa_lifts_accuracy_on_held_out_problems(cli_env: dict[str, str]) -> None:
     env = {k: v for k, v in cli_env.items() if k not in {"RSA_BACKEND", "RSA_BACKENDS"}}
-    done = _rsa("eval", "--limit", str(EVAL_PROBLEMS), "--seed", "0", "--json", env=env)
+    done = rsa(["eval", "--limit", str(EVAL_PROBLEMS), "--seed", "0", "--json"], env, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["problems"] == EVAL_PROBLEMS and report["failed"] == 0

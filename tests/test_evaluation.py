@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from rsa_service.batch import ResultLine, RoundAnswers
 from rsa_service.core.steps import AnswerCount, Usage
 from rsa_service.evaluation import evaluate
+from tests.jobs.helpers import rsa
 from tests.modelserver import ModelServerConfig, serve_in_thread
 
 
@@ -61,11 +60,8 @@ def test_eval_command_end_to_end(tmp_path: Path, cli_env: dict[str, str]) -> Non
         )
     )
     with serve_in_thread(ModelServerConfig(p_correct=0.5)) as server:
-        done = subprocess.run(
+        done = rsa(
             [
-                sys.executable,
-                "-m",
-                "rsa_service.cli",
                 "eval",
                 str(problems),
                 "--limit",
@@ -86,11 +82,8 @@ def test_eval_command_end_to_end(tmp_path: Path, cli_env: dict[str, str]) -> Non
                 "300",
                 "--json",
             ],
-            env=cli_env,
-            capture_output=True,
-            text=True,
+            cli_env,
             timeout=120,
-            stdin=subprocess.DEVNULL,
         )
         requests = server.requests()
     assert done.returncode == 0, done.stderr

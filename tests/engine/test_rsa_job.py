@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.jobs.helpers import rsa
 
 pytestmark = pytest.mark.engine
 
 
 def test_rsa_job_runs_fully_in_process(tiny_checkpoint: Path, cli_env: dict[str, str]) -> None:
     args = [
-        sys.executable,
-        "-m",
-        "rsa_service.cli",
         "reason",
         "What is 3 * 7 + 21?",
         "--backend",
@@ -37,14 +34,7 @@ def test_rsa_job_runs_fully_in_process(tiny_checkpoint: Path, cli_env: dict[str,
         "3",
         "--json",
     ]
-    done = subprocess.run(
-        args,
-        env=cli_env | {"OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    done = rsa(args, cli_env | {"OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "completed"

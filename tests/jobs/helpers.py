@@ -1,5 +1,5 @@
-"""Shared by the worker tests: small job specs, polling, an in-process worker, and `rsa worker` subprocesses whose
-logs are kept."""
+"""Shared by the worker and CLI tests: small job specs, polling, an in-process worker, `rsa` commands run as
+subprocesses, and `rsa worker` subprocesses whose logs are kept."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ from rsa_service.jobs.worker import Worker
 PROBLEM = "Compute the thing. ANSWER=70"
 LEASE_S = 2.0
 SMALL = {"population": 4, "subset": 2, "rounds": 2, "trace_tokens": 200, "tail_tokens": 40, "final_tokens": 300}
+SMALL_FLAGS = ["-n", "4", "-k", "2", "-t", "2", "--trace-tokens", "200", "--tail-tokens", "40", "--final-tokens", "300"]
+RSA_CLI = [sys.executable, "-m", "rsa_service.cli"]
+
+
+def rsa(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`rsa ARGS` in a subprocess: its exit code and what it printed."""
+    return subprocess.run(
+        RSA_CLI + args, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def job_spec(backend: str, **params: Any) -> JobSpec:

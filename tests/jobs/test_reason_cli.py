@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -18,23 +17,16 @@ from rsa_service.cli.options import JobOptions
 from rsa_service.config import Settings
 from rsa_service.jobs.keys import Keys
 from tests.conftest import RedisServer
+from tests.jobs.helpers import RSA_CLI, SMALL_FLAGS, rsa
 from tests.modelserver import ModelServerConfig, serve_in_subprocess, serve_in_thread
 
-RSA = [sys.executable, "-m", "rsa_service.cli"]
-SMALL = ["-n", "4", "-k", "2", "-t", "2", "--trace-tokens", "200", "--tail-tokens", "40", "--final-tokens", "300"]
 PROBLEM = "Compute the thing. ANSWER=70"
 TINY_BUDGETS = ["--trace-tokens", "100", "--tail-tokens", "20", "--final-tokens", "150"]
 
 
-def rsa(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        RSA + args, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
 def test_whole_job_json_contract(cli_env: dict[str, str]) -> None:
     with serve_in_thread(ModelServerConfig(reasoning_words=80)) as server:
-        done = rsa(["reason", PROBLEM, "--backend", f"openai:{server.base_url}", *SMALL, "--json"], cli_env)
+        done = rsa(["reason", PROBLEM, "--backend", f"openai:{server.base_url}", *SMALL_FLAGS, "--json"], cli_env)
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         requests = server.requests()
@@ -110,9 +102,14 @@ def test_sigkill_mid_round_then_resume_repeats_no_committed_step(
 ) -> None:
     config = ModelServerConfig(latency_ms=400, latency_per_token_ms=2, reasoning_words=60)
     with serve_in_subprocess(config) as server:
-        args = ["reason", PROBLEM, "--backend", server.base_url, *SMALL, "--json"]
+        args = ["reason", PROBLEM, "--backend", server.base_url, *SMALL_FLAGS, "--json"]
         with subprocess.Popen(
-            RSA + args, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+            RSA_CLI + args,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
         ) as process:
             assert process.stderr is not None
             job_id = process.stderr.readline().split()[1]
@@ -170,7 +167,7 @@ def test_no_backend_and_no_bundled_model_names_the_ways_to_get_one(monkeypatch: 
 
 
 def test_unreachable_and_non_openai_backends(cli_env: dict[str, str]) -> None:
-    unreachable = rsa(["reason", PROBLEM, "--backend", "openai:http://127.0.0.1:9/v1", *SMALL], cli_env)
+    unreachable = rsa(["reason", PROBLEM, "--backend", "openai:http://127.0.0.1:9/v1", *SMALL_FLAGS], cli_env)
     assert unreachable.returncode != 0 and "127.0.0.1:9" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr and len(unreachable.stderr.strip().splitlines()) == 1
     html = ModelServerConfig(
@@ -185,7 +182,7 @@ def test_unreachable_and_non_openai_backends(cli_env: dict[str, str]) -> None:
         ]
     )
     with serve_in_thread(html) as server:
-        wrong = rsa(["reason", PROBLEM, "--backend", server.base_url, *SMALL], cli_env)
+        wrong = rsa(["reason", PROBLEM, "--backend", server.base_url, *SMALL_FLAGS], cli_env)
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
 
@@ -196,7 +193,7 @@ def test_permanently_failing_step_fails_the_job_and_keeps_finished_steps(
     # round 0 succeeds; every aggregation request is rejected with 400
     config = ModelServerConfig(faults=[{"status": 400, "always": True, "match": "Candidate 1"}])
     with serve_in_thread(config) as server:
-        done = rsa(["reason", PROBLEM, "--backend", server.base_url, *SMALL, "--json"], cli_env)
+        done = rsa(["reason", PROBLEM, "--backend", server.base_url, *SMALL_FLAGS, "--json"], cli_env)
         attempts = Counter(r["status"] for r in server.requests())
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
@@ -209,7 +206,7 @@ def test_permanently_failing_step_fails_the_job_and_keeps_finished_steps(
 
 def test_resume_of_a_finished_job_prints_its_result(cli_env: dict[str, str]) -> None:
     with serve_in_thread(ModelServerConfig()) as server:
-        first = rsa(["reason", PROBLEM, "--backend", server.base_url, *SMALL, "--json"], cli_env)
+        first = rsa(["reason", PROBLEM, "--backend", server.base_url, *SMALL_FLAGS, "--json"], cli_env)
         job_id = json.loads(first.stdout)["job_id"]
         again = rsa(["reason", "--resume", job_id, "--json"], cli_env)
         assert len(server.requests()) == 12

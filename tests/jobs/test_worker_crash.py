@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,10 +19,12 @@ import pytest
 from rsa_service.jobs.store import JobStore
 from tests.conftest import RedisServer
 from tests.jobs.helpers import (
+    SMALL_FLAGS,
     WorkerProcess,
     claims,
     finished,
     job_spec,
+    rsa,
     status_of,
     step_events,
     wait_until,
@@ -164,11 +164,6 @@ async def test_three_workers_race_for_thirty_jobs_one_owner_each(
     assert len(owners) == 3 and min(owners.values()) >= 3, owners
 
 
-def rsa(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "rsa_service.cli", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-
-
 async def test_cancel_mid_round_aborts_requests_and_keeps_partial_steps(
     store: JobStore, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -176,22 +171,8 @@ async def test_cancel_mid_round_aborts_requests_and_keeps_partial_steps(
     with serve_in_subprocess(hang_aggregation) as server:
         (worker,) = start_workers(1, cli_env, tmp_path, lease_s=30)
         try:
-            small = [
-                "-n",
-                "4",
-                "-k",
-                "2",
-                "-t",
-                "2",
-                "--trace-tokens",
-                "200",
-                "--tail-tokens",
-                "40",
-                "--final-tokens",
-                "300",
-            ]
             submitted = rsa(
-                ["submit", "Compute it. ANSWER=70", "--backend", server.base_url, *small, "--json"], cli_env
+                ["submit", "Compute it. ANSWER=70", "--backend", server.base_url, *SMALL_FLAGS, "--json"], cli_env
             )
             assert submitted.returncode == 0, submitted.stderr
             job_id = json.loads(submitted.stdout)["job_id"]
