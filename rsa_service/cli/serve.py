@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rsa_service.config import Settings
+from rsa_service.core import answers
 from rsa_service.observability import ObservabilitySettings, configure_observability
 from rsa_service.runtime import settle_heap
 
@@ -29,6 +30,8 @@ def build_app(workers: int) -> FastAPI:
     shared = named_backends(Settings())
     background = in_process_workers(workers, shared) if workers else None
     app = create_app(ApiSettings(), shared, background=background)
+    if workers:
+        answers.warm_up()  # the workers' answer checker, loaded before the heap is frozen
     settle_heap()  # full collections otherwise stall every request in flight for 60-180 ms
     return app
 

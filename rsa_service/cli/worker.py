@@ -14,6 +14,7 @@ from rsa_service.cli.common import EXIT_FAILED, CLIError, build_spec, fail, read
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.cli.progress import format_round
 from rsa_service.config import Settings
+from rsa_service.core import answers
 from rsa_service.core.steps import RoundStats
 from rsa_service.jobs import listing
 from rsa_service.jobs.backends import BackendPool
@@ -25,6 +26,7 @@ from rsa_service.jobs.store import JobNotFound, JobStore, NotDeadLettered
 from rsa_service.jobs.worker import Worker
 from rsa_service.metrics import serve_metrics
 from rsa_service.observability import ObservabilitySettings, configure_observability
+from rsa_service.runtime import settle_heap
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 JobId = Annotated[str, typer.Argument(help="The job id (job_...).")]
@@ -74,6 +76,8 @@ async def _work(settings: Settings, concurrency: int | None, metrics_port: int) 
                 raise CLIError(f"--metrics-port {metrics_port}: {exc.strerror or exc}", EXIT_FAILED) from exc
         backends = BackendPool(settings)
         overrides = {"concurrency": concurrency} if concurrency else {}
+        answers.warm_up()  # before the heap is frozen, so math-verify's sympy is frozen with the rest
+        settle_heap()
         try:
             await Worker.from_settings(store, backends, settings, **overrides).run(stop)
         finally:

@@ -23,7 +23,6 @@ import redis
 
 from rsa_service.backends import Backend
 from rsa_service.config import Settings
-from rsa_service.core import answers
 from rsa_service.jobs.attempt import DEFAULT_LEASE_S, process_owner_id, run_attempt
 from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.connect import raise_if_cancelled
@@ -31,7 +30,6 @@ from rsa_service.jobs.gate import Gate, SharedRate
 from rsa_service.jobs.models import JobRecord, NewerFormat, Problem
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobNotFound, JobStore
 from rsa_service.observability import log_context
-from rsa_service.runtime import settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +95,6 @@ class Worker:
         return cls(store, backends, **(options | overrides))  # type: ignore[arg-type]
 
     async def run(self, stop: asyncio.Event) -> None:
-        answers.warm_up()
-        settle_heap()
         log.info("worker %s: started (concurrency %d, lease %gs)", self.owner, self.gate.concurrency, self.lease_s)
         janitor = asyncio.create_task(self._janitor(), name="janitor")
         try:
