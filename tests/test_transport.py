@@ -1,10 +1,12 @@
-"""The remote backend's pooled transport: keep-alive reuse, and a server-closed idle connection never reused."""
+"""The remote backend's pooled transport: keep-alive reuse, a server-closed idle connection never reused, and the
+connection cap, keep-alive cap and pool timeout of httpcore2's pool."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,9 +19,10 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\
 
 
 @contextmanager
-def closing_server(idle_close_s: float | None) -> Iterator[tuple[str, list[int]]]:
-    """An HTTP/1.1 server answering every request on a connection, and closing it once idle for `idle_close_s`
-    (never, when None). Yields its URL and a list that gets one entry per accepted connection."""
+def closing_server(idle_close_s: float | None, delay_s: float = 0) -> Iterator[tuple[str, list[int]]]:
+    """An HTTP/1.1 server answering every request on a connection after `delay_s`, and closing it once idle for
+    `idle_close_s` (never, when None). Yields its URL and a list that gets one entry per accepted connection and
+    -1 per connection the client closed."""
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[int] = []
 
@@ -32,7 +35,9 @@ def closing_server(idle_close_s: float | None) -> Iterator[tuple[str, list[int]]
                 except TimeoutError:
                     return  # idle too long: close, as servers with a keep-alive timeout do
                 if not request:
+                    accepted.append(-1)
                     return
+                time.sleep(delay_s)
                 conn.sendall(RESPONSE)
 
     def accept() -> None:
@@ -51,11 +56,19 @@ def closing_server(idle_close_s: float | None) -> Iterator[tuple[str, list[int]]
         listener.close()
 
 
-def client(url: str) -> httpx2.AsyncClient:
-    limits = httpx2.Limits(max_connections=4, max_keepalive_connections=4)
+def client(url: str, connections: int = 4, keepalive: int = 4, pool_timeout_s: float = 5) -> httpx2.AsyncClient:
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=keepalive)
     transport = pooled_transport(url, httpx2.create_ssl_context(), limits)
     assert transport is not None
-    return httpx2.AsyncClient(base_url=url, transport=transport)
+    return httpx2.AsyncClient(base_url=url, transport=transport, timeout=httpx2.Timeout(5, pool=pool_timeout_s))
+
+
+def opened(accepted: list[int]) -> int:
+    return accepted.count(1)
+
+
+def closed(accepted: list[int]) -> int:
+    return accepted.count(-1)
 
 
 async def test_keep_alive_connections_are_reused() -> None:
@@ -63,7 +76,7 @@ async def test_keep_alive_connections_are_reused() -> None:
         async with client(url) as http:
             for _ in range(5):
                 assert (await http.get("/")).text == "ok"
-    assert len(accepted) == 1
+    assert opened(accepted) == 1
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
@@ -72,7 +85,49 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
             assert (await http.get("/")).text == "ok"
             await asyncio.sleep(0.4)  # the server closes the idle connection meanwhile
             assert (await http.get("/")).text == "ok"  # a stale connection would fail here instead
-    assert len(accepted) == 2
+    assert opened(accepted) == 2
+
+
+async def test_connections_are_capped_and_surplus_idle_ones_closed() -> None:
+    with closing_server(None, delay_s=0.05) as (url, accepted):
+        async with client(url, connections=3, keepalive=1) as http:
+            answers = await asyncio.gather(*(http.get("/") for _ in range(9)))
+            assert [a.text for a in answers] == ["ok"] * 9
+            assert opened(accepted) == 3  # six requests waited for a connection instead of opening one
+            for _ in range(3):
+                assert (await http.get("/")).text == "ok"  # on the one connection kept alive
+            assert opened(accepted) == 3
+            await asyncio.sleep(0.1)
+            assert closed(accepted) == 2
+
+
+async def test_waiting_for_a_connection_past_the_pool_timeout_fails() -> None:
+    with closing_server(None) as (url, _):
+        async with client(url, connections=1, pool_timeout_s=0.1) as http:
+            async with http.stream("GET", "/"):  # holds the only connection until closed
+                with pytest.raises(httpx2.PoolTimeout):
+                    await http.get("/")
+            assert (await http.get("/")).text == "ok"  # closing the response freed it
+
+
+async def test_a_response_closed_before_its_end_does_not_return_its_connection() -> None:
+    with closing_server(None) as (url, accepted):
+        async with client(url, connections=1) as http:
+            async with http.stream("GET", "/"):
+                pass  # body never read: the connection is mid-response, unusable for another request
+            assert (await http.get("/")).text == "ok"
+            await asyncio.sleep(0.1)
+            assert (opened(accepted), closed(accepted)) == (2, 1)
+
+
+async def test_a_cancelled_request_frees_its_connection() -> None:
+    with closing_server(None, delay_s=0.3) as (url, accepted):
+        async with client(url, connections=1, pool_timeout_s=0.1) as http:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await http.get("/")
+            assert (await http.get("/")).text == "ok"  # within the pool timeout: the slot came back at once
+        assert opened(accepted) == 2  # the cancelled request's connection was mid-request: not reused
 
 
 def test_readability_probe() -> None:
