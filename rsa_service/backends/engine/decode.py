@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
-from rsa_service.backends.engine.compiler import Compiled
+from rsa_service.backends.engine.compiler import Compiled, input_guards_only
 from rsa_service.backends.engine.model import LayerState, ZayaForCausalLM, expert_mlp
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,13 @@ class DecodeStep:
     def __init__(self, model: ZayaForCausalLM, cache: StateCache, *, compile_step: bool) -> None:
         self.model, self.cache = model, cache
         device = model.model.norm.weight.device
-        self._step = Compiled(ZayaForCausalLM.decode_step, enabled=compile_step, device=device, dynamic=False)
+        self._step = Compiled(
+            ZayaForCausalLM.decode_step,
+            enabled=compile_step,
+            device=device,
+            dynamic=False,
+            guard_filter=input_guards_only,
+        )
         # Prefill and large batches: recompiles once with a dynamic token count.
         self.expert_mlp = Compiled(expert_mlp, enabled=compile_step, device=device, dynamic=None)
         self._marked: list[LayerState] | None = None  # the cache buffers last marked dynamic
