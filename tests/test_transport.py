@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -12,27 +13,39 @@ from contextlib import contextmanager
 
 import httpx2
 import pytest
+import trustme
 
-from rsa_service.backends.transport import is_readable, pooled_transport
+from rsa_service.backends.transport import pooled_transport
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
 
 
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 @contextmanager
-def closing_server(idle_close_s: float | None, delay_s: float = 0) -> Iterator[tuple[str, list[int]]]:
+def closing_server(
+    idle_close_s: float | None, delay_s: float = 0, tls: ssl.SSLContext | None = None, say_408: bool = False
+) -> Iterator[tuple[str, list[int]]]:
     """An HTTP/1.1 server answering every request on a connection after `delay_s`, and closing it once idle for
-    `idle_close_s` (never, when None). Yields its URL and a list that gets one entry per accepted connection and
-    -1 per connection the client closed."""
+    `idle_close_s` (never, when None); with `say_408` it first sends an unasked 408 and waits a second before
+    closing, as some servers do. Yields its URL and a list that gets one entry per accepted connection and -1 per
+    connection the client closed."""
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[int] = []
 
     def serve(conn: socket.socket) -> None:
+        if tls is not None:
+            conn = tls.wrap_socket(conn, server_side=True)
         conn.settimeout(idle_close_s)
         with conn:
             while True:
                 try:
                     request = conn.recv(65536)
                 except TimeoutError:
+                    if say_408:
+                        conn.sendall(REQUEST_TIMEOUT)
+                        time.sleep(1)
                     return  # idle too long: close, as servers with a keep-alive timeout do
                 if not request:
                     accepted.append(-1)
@@ -51,14 +64,21 @@ def closing_server(idle_close_s: float | None, delay_s: float = 0) -> Iterator[t
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+        scheme = "http" if tls is None else "https"
+        yield f"{scheme}://127.0.0.1:{listener.getsockname()[1]}", accepted
     finally:
         listener.close()
 
 
-def client(url: str, connections: int = 4, keepalive: int = 4, pool_timeout_s: float = 5) -> httpx2.AsyncClient:
+def client(
+    url: str,
+    connections: int = 4,
+    keepalive: int = 4,
+    pool_timeout_s: float = 5,
+    ssl_context: ssl.SSLContext | None = None,
+) -> httpx2.AsyncClient:
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=keepalive)
-    transport = pooled_transport(url, httpx2.create_ssl_context(), limits)
+    transport = pooled_transport(url, ssl_context or httpx2.create_ssl_context(), limits)
     assert transport is not None
     return httpx2.AsyncClient(base_url=url, transport=transport, timeout=httpx2.Timeout(5, pool=pool_timeout_s))
 
@@ -130,14 +150,34 @@ async def test_a_cancelled_request_frees_its_connection() -> None:
         assert opened(accepted) == 2  # the cancelled request's connection was mid-request: not reused
 
 
-def test_readability_probe() -> None:
-    left, right = socket.socketpair()
-    with left, right:
-        assert not is_readable(left)
-        right.close()
-        assert is_readable(left)  # the peer closed: the next read returns b""
-    assert is_readable(left)  # closed here: nothing to reuse
-    assert is_readable(None)
+async def test_an_idle_connection_that_received_an_unasked_answer_is_not_reused() -> None:
+    with closing_server(0.1, say_408=True) as (url, accepted):
+        async with client(url) as http:
+            assert (await http.get("/")).text == "ok"
+            await asyncio.sleep(0.3)  # the 408 has arrived; the server closes only later
+            assert (await http.get("/")).text == "ok"
+    assert opened(accepted) == 2
+
+
+async def test_https_through_the_pool() -> None:
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    with closing_server(None, tls=server_context) as (url, accepted):
+        async with client(url, ssl_context=client_context) as http:
+            for _ in range(3):
+                assert (await http.get("/")).text == "ok"
+    assert opened(accepted) == 1
+
+
+async def test_connection_failures_are_httpx2_errors() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    async with client(url) as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.get("/")
 
 
 def test_an_environment_proxy_leaves_transports_to_httpx2(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,96 +1,25 @@
 """The remote backend's HTTP transport: httpx2's own, over a pool made for many requests in flight to one server.
 
 httpcore2's pool rescans every connection it holds on each request and on each response close, and probes each
-idle one for a server-side close; its anyio streams answer that probe by rebuilding their socket attributes (a
-dict of lambdas and a getpeername call). With 64 generations in flight against a fast server, that pool was a
-quarter of a worker's CPU. The pool here takes the most recently used idle connection and probes only that one,
-and its streams keep their socket and poll it directly. `AsyncHTTPTransport` takes no pool, so the one it builds
-is replaced; with a proxy in the environment httpx2 is left to its own transports.
+idle one for a server-side close. With 64 generations in flight against a fast server, that was a quarter of a
+worker's CPU. The pool here takes the most recently used idle connection and probes only that one, over asyncio's
+own transports (`streams.py`). `AsyncHTTPTransport` takes no pool, so the one it builds is replaced; with a proxy
+in the environment httpx2 is left to its own transports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import select
-import socket
 import ssl
 import sys
 import urllib.request
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import Any, Self
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Self
 
 import httpcore2
 import httpx2
 
-
-def is_readable(sock: socket.socket | None) -> bool:
-    """True when reading would not block. On an idle keep-alive connection that means the server closed it (or
-    sent something unasked), so the pool must not reuse it; a socket that is gone counts as readable too."""
-    if sock is None or sock.fileno() < 0:
-        return True
-    if not hasattr(select, "poll"):  # Windows
-        return bool(select.select([sock], [], [], 0)[0])
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class _Stream(httpcore2.AsyncNetworkStream):
-    """Delegates everything to anyio's stream except the readability probe."""
-
-    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 (httpcore's API)
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore2.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return is_readable(self._socket)
-        return self._inner.get_extra_info(info)
-
-
-class _Backend(httpcore2.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self._inner = httpcore2.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _Stream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
+from rsa_service.backends.streams import AsyncioBackend
 
 _Origin = tuple[bytes, bytes, int]  # scheme, host, port: httpcore2's Origin is not hashable
 
@@ -135,7 +64,7 @@ class _Pool:
         self._waiting = 0  # requests waiting for a slot: a connection coming free is kept for them
         self._idle: dict[_Origin, list[httpcore2.AsyncHTTPConnection]] = {}
         self._busy: set[httpcore2.AsyncHTTPConnection] = set()
-        self._backend = _Backend()
+        self._backend = AsyncioBackend()
 
     async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
         url = request.url
