@@ -229,14 +229,14 @@ def reasoning_text(answer: str, words: int, rng: random.Random) -> str:
     sentences = []
     for start in range(0, words, WORDS_PER_SENTENCE):
         count = min(WORDS_PER_SENTENCE, words - start)
-        sentence = " ".join(rng.choice(_WORDS) for _ in range(count))
+        sentence = " ".join(rng.choices(_WORDS, k=count))
         sentences.append(sentence[0].upper() + sentence[1:] + ".")
     lines = [" ".join(sentences[i : i + SENTENCES_PER_LINE]) for i in range(0, len(sentences), SENTENCES_PER_LINE)]
     return "\n".join([*lines, f"So the answer is \\boxed{{{answer}}}."])
 
 
-def complete(body: dict[str, Any], config: ModelServerConfig) -> tuple[str, str]:
-    """The raw completion (think tags inline) for a request, and its finish reason."""
+def complete(body: dict[str, Any], config: ModelServerConfig) -> tuple[str, str, int]:
+    """The raw completion (think tags inline) for a request, its finish reason and its tokens."""
     seed = int(body.get("seed") or 0)
     problem = problem_of(body)
     answer = choose_answer(problem, seed, config.p_correct)
@@ -250,8 +250,8 @@ def complete(body: dict[str, Any], config: ModelServerConfig) -> tuple[str, str]
     pieces = tokenize(raw)
     max_tokens = int(body.get("max_tokens") or 16)
     if len(pieces) > max_tokens:
-        return "".join(pieces[:max_tokens]), "length"
-    return raw, "stop"
+        return "".join(pieces[:max_tokens]), "length", max_tokens
+    return raw, "stop", len(pieces)
 
 
 def split_raw(raw: str) -> tuple[str, str]:
@@ -440,8 +440,7 @@ def completion_response(body: dict[str, Any], config: ModelServerConfig, *, chat
             "completion). Please reduce the length of the messages or completion."
         )
         return 400, _error_body(400, message)
-    raw, finish = complete(body, config)
-    completion_tokens = len(tokenize(raw))
+    raw, finish, completion_tokens = complete(body, config)
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
     if chat:
         choice["message"] = _message(raw, config.reasoning_style)
