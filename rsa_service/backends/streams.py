@@ -22,13 +22,14 @@ T = TypeVar("T")
 
 
 class _Protocol(asyncio.Protocol):
-    """Buffers incoming bytes for one reader, and tells one writer when the transport's buffer is full."""
+    """Buffers incoming bytes for one reader; sends what one writer wrote once per loop iteration."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.received = bytearray()
         self.closed = False
-        self._error: Exception | None = None
+        self.error: Exception | None = None
+        self._unsent: list[bytes] = []
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
 
@@ -45,7 +46,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._error = exc
+        self.error = exc
         _wake(self._readable)
         _wake(self._writable)
 
@@ -56,29 +57,46 @@ class _Protocol(asyncio.Protocol):
         _wake(self._writable)
         self._writable = None
 
-    async def read(self, max_bytes: int) -> bytes:
-        while not self.received and not self.closed:
-            self._readable = asyncio.get_running_loop().create_future()
-            try:
-                await self._readable
-            finally:
-                self._readable = None
+    def take(self, max_bytes: int) -> bytes | None:
+        """Up to `max_bytes` received, b"" once the server has closed, None while there is nothing yet."""
         if self.received:
             data = bytes(self.received[:max_bytes])
             del self.received[:max_bytes]
             return data
-        if self._error is not None:
-            raise self._error
-        return b""  # the server closed: httpcore2 reads that as a disconnect
+        if self.error is not None:
+            raise self.error
+        return b"" if self.closed else None
 
-    async def write(self, data: bytes) -> None:
+    async def readable(self) -> None:
+        self._readable = asyncio.get_running_loop().create_future()
+        try:
+            await self._readable
+        finally:
+            self._readable = None
+
+    def write(self, data: bytes) -> None:
+        """Queued until the loop's next iteration, so a request's head and body leave in one segment (one
+        wake-up of the server instead of two); whatever does not yield between writes is coalesced."""
         if self.closed or self.transport is None or self.transport.is_closing():
-            raise self._error or ConnectionResetError("the connection is closed")
-        self.transport.write(data)
+            raise self.error or ConnectionResetError("the connection is closed")
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._unsent.append(data)
+
+    def flush(self) -> None:
+        if self._unsent and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._unsent))
+        self._unsent.clear()
+
+    @property
+    def write_paused(self) -> bool:
+        return self._writable is not None
+
+    async def drained(self) -> None:
         if self._writable is not None:
             await self._writable
-            if self._error is not None:
-                raise self._error
+        if self.error is not None:
+            raise self.error
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -107,11 +125,25 @@ class _Stream(httpcore2.AsyncNetworkStream):
         self._protocol = protocol
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 (httpcore's API)
-        return await _mapped(self._protocol.read(max_bytes), timeout, httpcore2.ReadTimeout, httpcore2.ReadError)
+        protocol = self._protocol
+        try:
+            data = protocol.take(max_bytes)
+            while data is None:
+                await _mapped(protocol.readable(), timeout, httpcore2.ReadTimeout, httpcore2.ReadError)
+                data = protocol.take(max_bytes)
+        except OSError as exc:
+            raise httpcore2.ReadError(str(exc) or type(exc).__name__) from exc
+        return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        if buffer:
-            await _mapped(self._protocol.write(buffer), timeout, httpcore2.WriteTimeout, httpcore2.WriteError)
+        if not buffer:
+            return
+        try:
+            self._protocol.write(buffer)
+        except OSError as exc:
+            raise httpcore2.WriteError(str(exc) or type(exc).__name__) from exc
+        if self._protocol.write_paused:  # the transport's buffer is full: wait for the server to read
+            await _mapped(self._protocol.drained(), timeout, httpcore2.WriteTimeout, httpcore2.WriteError)
 
     async def aclose(self) -> None:
         if (transport := self._protocol.transport) is not None:
@@ -125,6 +157,7 @@ class _Stream(httpcore2.AsyncNetworkStream):
     ) -> httpcore2.AsyncNetworkStream:
         protocol = self._protocol
         assert protocol.transport is not None
+        protocol.flush()
         loop = asyncio.get_running_loop()
         upgrade = loop.start_tls(protocol.transport, protocol, ssl_context, server_hostname=server_hostname)
         protocol.transport = await _mapped(upgrade, timeout, httpcore2.ConnectTimeout, httpcore2.ConnectError)
