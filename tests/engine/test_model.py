@@ -159,3 +159,33 @@ def test_bfloat16_tracks_the_bfloat16_reference(tiny_checkpoint: Path, open_engi
     ours = runner.score(0, tokens)
     assert ours.dtype == torch.float32
     assert _relative_error(ours, expected) < 0.05
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 300), (2, 128), (2, 37)])
+def test_blocked_prefill_attention_matches_sdpa(batch: int, length: int) -> None:
+    """fp32 prefill attention in query blocks (several blocks, a partial last one, GQA) against SDPA's causal kernel;
+    the tiny checkpoints' prompts never fill more than one block."""
+    import torch.nn.functional as F
+
+    from rsa_service.backends.engine.model import causal_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, length, heads, 16, generator=gen) for heads in (8, 2, 2))
+    expected = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=0.25, enable_gqa=True
+    )
+    assert torch.allclose(causal_attention(q, k, v, 0.25), expected.transpose(1, 2).flatten(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_linear_matches_f_linear(dtype: torch.dtype) -> None:
+    """The oneDNN GEMM path on 3-d inputs, with a bias, and with a strided weight view (oneDNN itself would read
+    such a view as dense rows)."""
+    import torch.nn.functional as F
+
+    from rsa_service.backends.engine.model import dense_linear
+
+    gen = torch.Generator().manual_seed(0)
+    x, bias = torch.randn(3, 5, 24, generator=gen, dtype=dtype), torch.randn(16, generator=gen, dtype=dtype)
+    weight = torch.randn(16, 48, generator=gen, dtype=dtype)[:, ::2]
+    assert torch.allclose(dense_linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-5, rtol=1e-2)

@@ -240,6 +240,39 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
 
 
+ATTENTION_BLOCK = 128
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Causal grouped-query attention over T fresh tokens in fp32: q [B, T, nh, hd], k, v [B, T, nkv, hd] →
+    [B, T, nh·hd].
+
+    SDPA's CPU flash kernel runs its many small block GEMMs through MKL here, at ~70 GFLOP/s. Instead each block of
+    ATTENTION_BLOCK queries (its scores stay in the L2 cache) reads only the keys up to its own end, in two
+    `dense_linear` GEMMs per KV head with that head's query heads stacked as rows. Not used in bf16: there SDPA's
+    own rounding (bf16 GEMM inputs, online softmax) is what the reference computes, and a bf16 model routes
+    differently after a one-ulp change (the bf16 reference-tracking test fails with any other kernel).
+    """
+    b, t, nh, hd = q.shape
+    nkv = k.shape[2]
+    group = nh // nkv  # query head j reads KV head j // group
+    queries = (q.view(b, t, nkv, group, hd).transpose(1, 2) * scale).contiguous()  # [B, nkv, T, group, hd]
+    keys = k.transpose(1, 2).contiguous()  # [B, nkv, T, hd]
+    values = v.permute(0, 2, 3, 1)  # [B, nkv, hd, T]
+    above = torch.ones(ATTENTION_BLOCK, ATTENTION_BLOCK, dtype=torch.bool, device=q.device).triu(1)
+    out = q.new_empty(b, t, nkv, group, hd)
+    for row in range(b):
+        for head in range(nkv):
+            for start in range(0, t, ATTENTION_BLOCK):
+                end = min(start + ATTENTION_BLOCK, t)
+                n = end - start
+                scores = dense_linear(queries[row, head, start:end], keys[row, head, :end])  # [n, group, end]
+                scores[:, :, start:].masked_fill_(above[:n, None, :n], float("-inf"))
+                probs = torch.softmax(scores, dim=-1)
+                out[row, start:end, head] = dense_linear(probs, values[row, head, :, :end])  # [n, group, hd]
+    return out.view(b, t, nh * hd)
+
+
 class CCAttention(nn.Module):
     def __init__(self, dims: ZayaDims, dtype: torch.dtype) -> None:
         super().__init__()
@@ -254,6 +287,8 @@ class CCAttention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         state.keys[ctx.rows[:, None], :, ctx.write_cols] = k  # indexed as [B, T, nkv, hd]
         state.values[ctx.rows[:, None], :, ctx.write_cols] = v
+        if ctx.mask is None and q.dtype == torch.float32 and q.device.type == "cpu":  # fresh sequences only
+            return linear(self.o_proj, causal_attention(q, k, v, self.scale))
         width = ctx.width
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
