@@ -21,7 +21,7 @@ def services(config: ModelServerConfig) -> Iterator[tuple[str, ModelServerHandle
     directory for logs and files), all removed afterwards."""
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch)
-        with EmbeddedRedis(data / "redis") as url, serve_in_subprocess(config) as server:
+        with EmbeddedRedis(data / "redis", shared=False) as url, serve_in_subprocess(config) as server:
             yield url, server, data
 
 

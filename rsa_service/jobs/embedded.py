@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +75,16 @@ def redis_config(data_dir: Path, socket_path: Path, appendfsync: str) -> str:
 
 
 class EmbeddedRedis:
-    """Start or adopt the data directory's redis-server. Use as a context manager."""
+    """Start or adopt the data directory's redis-server. Use as a context manager.
 
-    def __init__(self, data_dir: Path, *, appendfsync: str = "everysec") -> None:
+    `shared`: the server may serve other processes too (the CLI's `rsa reason` beside a worker), so it is left
+    running while they are connected. A scratch server (benchmarks) is shut down regardless, since its directory
+    goes with it."""
+
+    def __init__(self, data_dir: Path, *, appendfsync: str = "everysec", shared: bool = True) -> None:
         self.data_dir = data_dir
         self.appendfsync = appendfsync
+        self.shared = shared
         self.socket_path = _socket_path(data_dir)
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -85,11 +92,18 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket_path}"
 
+    def _client(self, timeout_s: float) -> redis.Redis:
+        """No retries: redis-py's default backoff turned each probe of a server that is gone, and so every
+        shutdown (the server closes the connection as it exits), into seconds of reconnecting."""
+        return redis.Redis(
+            unix_socket_path=str(self.socket_path), socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+        )
+
     def _ping(self) -> bool:
         if not self.socket_path.exists():
             return False
         try:
-            with redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=2) as client:
+            with self._client(timeout_s=2) as client:
                 return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
@@ -119,12 +133,12 @@ class EmbeddedRedis:
         return self.url
 
     def stop(self) -> None:
-        """Shut down a server this process started, unless others still use it."""
+        """Shut down a server this process started, unless it is shared and others still use it."""
         if self._process is None:
             return
         try:
-            with redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=5) as client:
-                if len(client.client_list()) > 1:
+            with self._client(timeout_s=5) as client:
+                if self.shared and len(client.client_list()) > 1:
                     log.info("leaving the embedded Redis running: other clients are connected")
                     return
                 client.shutdown()
