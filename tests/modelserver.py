@@ -82,6 +82,7 @@ ReasoningStyle = Literal["reasoning_content", "reasoning", "inline", "hidden"]
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 AGGREGATION_MARKERS = ("Candidate 1", "Earlier attempt")
+ARRIVED = "modelserver.arrived"  # the scope key for when a request reached the app (time.monotonic())
 READY_PREFIX = "modelserver ready "
 STARTUP_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -150,8 +151,12 @@ class ModelServerConfig(BaseModel):
     reasoning_words: int = Field(default=64, ge=0, description="Words of reasoning before the answer.")
     reasoning_style: ReasoningStyle = "reasoning_content"
     p_correct: float = Field(default=0.6, ge=0, le=1, description="Chance a fresh request answers correctly.")
-    latency_ms: float = Field(default=0.0, ge=0, description="Fixed delay per generation request.")
-    latency_per_token_ms: float = Field(default=0.0, ge=0, description="Extra delay per completion token.")
+    latency_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Time from a generation request's arrival to its answer (the toy model's own work included).",
+    )
+    latency_per_token_ms: float = Field(default=0.0, ge=0, description="Extra latency per completion token.")
     usage: bool = Field(default=True, description="Report `usage`; off mimics servers that omit it.")
     api_key: str | None = Field(default=None, description="Require `Authorization: Bearer KEY`.")
     faults: list[FaultRule] = Field(default_factory=list)
@@ -350,6 +355,7 @@ class FaultsAndLog:
         if scope["type"] != "http" or path.startswith("/_"):
             await self.app(scope, receive, send)
             return
+        scope[ARRIVED] = time.monotonic()
         state = self.state
         key = state.config.api_key
         if key is not None and Headers(scope=scope).get("authorization") != f"Bearer {key}":
@@ -479,7 +485,9 @@ def build_app(config: ModelServerConfig | None = None) -> FaultsAndLog:
         status, answer = completion_response(body, cfg, chat=request.url.path.endswith("/chat/completions"))
         if status == 200:
             tokens = answer.get("usage", {}).get("completion_tokens", 0)
-            await asyncio.sleep((cfg.latency_ms + cfg.latency_per_token_ms * tokens) / 1000)
+            latency_s = (cfg.latency_ms + cfg.latency_per_token_ms * tokens) / 1000
+            arrived = request.scope.get(ARRIVED, time.monotonic())
+            await asyncio.sleep(max(0.0, arrived + latency_s - time.monotonic()))
         return JSONResponse(answer, status_code=status)
 
     async def tokenize_route(request: Request) -> Response:
