@@ -9,6 +9,7 @@ The last two share one implementation, `OffsetCounter`, which differs only in wh
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -19,6 +20,7 @@ from rsa_service.core.tails import (
     clean_boundary,
     suffix_search,
     tail_from_offsets,
+    token_starts,
 )
 
 # Without the server's chat template we estimate it: ChatML-style templates spend about four tokens a message
@@ -66,11 +68,7 @@ class OffsetCounter:
         from tokenizers import Tokenizer
 
         tokenizer = await asyncio.to_thread(Tokenizer.from_file, path)
-
-        def starts(text: str) -> list[int]:
-            return [start for start, _ in tokenizer.encode(text, add_special_tokens=False).offsets]
-
-        return cls(starts, exact=True)
+        return cls(functools.partial(token_starts, tokenizer), exact=True)
 
     @classmethod
     def approximate(cls) -> OffsetCounter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Sequence
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -109,6 +110,27 @@ def suffix_search(length: int, total_tokens: int, max_tokens: int) -> Generator[
             stalled = stalled + 1 if low_count == count else 0
             low, low_count = guess, count
     return high
+
+
+class _Encoding(Protocol):
+    offsets: list[tuple[int, int]]
+
+
+class OffsetTokenizer(Protocol):
+    """What `token_starts` needs of a `tokenizers.Tokenizer` (core imports no tokenizer library)."""
+
+    def encode_batch(self, inputs: list[str], add_special_tokens: bool = ...) -> list[_Encoding]: ...
+
+
+def token_starts(tokenizer: OffsetTokenizer, text: str) -> list[int]:
+    """Each token's start offset in `text`.
+
+    Through `encode_batch` of one text, not `encode`: the same work (measured: as fast, faster on long texts), but
+    it releases the GIL, so tokenizing a long trace on a worker thread no longer stalls the event loop for the
+    whole encode (16 ms for 68K characters here).
+    """
+    (encoding,) = tokenizer.encode_batch([text], add_special_tokens=False)
+    return [start for start, _ in encoding.offsets]
 
 
 _APPROX_TOKEN = re.compile(r"\s*(?:[A-Za-z]{1,4}|\d|[^\sA-Za-z\d])", re.UNICODE)

@@ -17,7 +17,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.reasoning import THINK_CLOSE, THINK_OPEN, split_reasoning
-from rsa_service.core.tails import tail_from_offsets
+from rsa_service.core.tails import tail_from_offsets, token_starts
 
 PAD, BOS, IM_START, IM_END = "<|pad|>", "<|bos|>", "<|im_start|>", "<|im_end|>"
 # Control tokens are "special" (dropped when decoding); the think tags are ordinary added tokens so decoded text
@@ -97,10 +97,6 @@ def render_chat(user_message: str, *, enable_thinking: bool = True) -> str:
 def completion(reasoning: str, answer: str) -> str:
     """What the model generates after the prompt's opened <think>, up to and including end of turn."""
     return f"{reasoning}\n{THINK_CLOSE}\n\n{answer}{IM_END}"
-
-
-def token_starts(tokenizer: Tokenizer, text: str) -> list[int]:
-    return [start for start, _ in tokenizer.encode(text, add_special_tokens=False).offsets]
 
 
 def tail(tokenizer: Tokenizer, generated: str, tail_tokens: int) -> str:

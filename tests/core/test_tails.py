@@ -6,6 +6,7 @@ from rsa_service.core.tails import (
     clean_boundary,
     suffix_search,
     tail_from_offsets,
+    token_starts,
 )
 
 
@@ -32,11 +33,22 @@ def test_cut_prefers_sentence_end_then_space() -> None:
     assert clean_boundary("ab" + "x" * 50 + " end", 2) == 2  # no boundary inside the window: exact cut
 
 
-def test_multibyte_text_is_never_split() -> None:
-    text = "第一步：计算 ∑ 😀😀 结果是 42。\n最后答案 😀 是 42"
+def _char_tokenizer() -> Tokenizer:
     tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    starts = [offset[0] for offset in tokenizer.encode(text).offsets]
+    return tokenizer
+
+
+def test_token_starts_are_the_tokenizers_string_offsets() -> None:
+    text = "第一步：计算 ∑ 😀😀 结果是 42。"
+    tokenizer = _char_tokenizer()
+    assert token_starts(tokenizer, text) == [start for start, _ in tokenizer.encode(text).offsets]
+    assert token_starts(tokenizer, text) == list(range(len(text)))  # Python string indices, not bytes
+
+
+def test_multibyte_text_is_never_split() -> None:
+    text = "第一步：计算 ∑ 😀😀 结果是 42。\n最后答案 😀 是 42"
+    starts = token_starts(_char_tokenizer(), text)
     for budget in range(1, len(starts) + 2):
         tail = tail_from_offsets(text, starts, budget)
         assert text.endswith(tail.text)
