@@ -76,8 +76,11 @@ def client(
     keepalive: int = 4,
     pool_timeout_s: float = 5,
     ssl_context: ssl.SSLContext | None = None,
+    keepalive_expiry_s: float = 5,
 ) -> httpx2.AsyncClient:
-    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=keepalive)
+    limits = httpx2.Limits(
+        max_connections=connections, max_keepalive_connections=keepalive, keepalive_expiry=keepalive_expiry_s
+    )
     transport = pooled_transport(url, ssl_context or httpx2.create_ssl_context(), limits)
     assert transport is not None
     return httpx2.AsyncClient(base_url=url, transport=transport, timeout=httpx2.Timeout(5, pool=pool_timeout_s))
@@ -119,6 +122,17 @@ async def test_connections_are_capped_and_surplus_idle_ones_closed() -> None:
             assert opened(accepted) == 3
             await asyncio.sleep(0.1)
             assert closed(accepted) == 2
+
+
+async def test_connections_left_idle_after_the_load_falls_are_closed_once_expired() -> None:
+    with closing_server(None, delay_s=0.05) as (url, accepted):
+        async with client(url, keepalive_expiry_s=0.2) as http:
+            await asyncio.gather(*(http.get("/") for _ in range(3)))  # three connections
+            for _ in range(8):  # then one request at a time, on the newest connection
+                assert (await http.get("/")).text == "ok"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            assert (opened(accepted), closed(accepted)) == (3, 2)
 
 
 async def test_waiting_for_a_connection_past_the_pool_timeout_fails() -> None:

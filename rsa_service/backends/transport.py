@@ -13,6 +13,7 @@ import asyncio
 import ssl
 import sys
 import urllib.request
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Self
 
@@ -52,9 +53,10 @@ class _Returning:
 class _Pool:
     """HTTP/1.1 keep-alive connections for asyncio, the most recently used idle one first.
 
-    A request costs O(1) whatever the number of connections: connections past their keep-alive expiry or closed
-    by the server are dropped when they come up. The connection cap, the keep-alive cap and the pool timeout
-    behave as httpcore2's."""
+    A request costs O(1) whatever the number of connections: a connection past its keep-alive expiry or closed by
+    the server is dropped when it comes up, and each check-in also drops the oldest idle one if it has expired,
+    so a pool whose load fell does not keep dead sockets. The connection cap, the keep-alive cap and the pool
+    timeout behave as httpcore2's."""
 
     def __init__(self, ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> None:
         self._ssl_context = ssl_context
@@ -62,7 +64,7 @@ class _Pool:
         self._max_idle = sys.maxsize if limits.max_keepalive_connections is None else limits.max_keepalive_connections
         self._slots = asyncio.Semaphore(sys.maxsize if limits.max_connections is None else limits.max_connections)
         self._waiting = 0  # requests waiting for a slot: a connection coming free is kept for them
-        self._idle: dict[_Origin, list[httpcore2.AsyncHTTPConnection]] = {}
+        self._idle: dict[_Origin, deque[httpcore2.AsyncHTTPConnection]] = {}  # oldest first
         self._busy: set[httpcore2.AsyncHTTPConnection] = set()
         self._backend = AsyncioBackend()
 
@@ -107,7 +109,7 @@ class _Pool:
         self._slots.release()
 
     async def _check_out(self, key: _Origin, origin: httpcore2.Origin) -> httpcore2.AsyncHTTPConnection:
-        idle = self._idle.setdefault(key, [])
+        idle = self._idle.setdefault(key, deque())
         while idle:
             connection = idle.pop()
             if not connection.has_expired():
@@ -126,7 +128,9 @@ class _Pool:
     async def put_back(self, connection: httpcore2.AsyncHTTPConnection, origin: _Origin) -> None:
         """To the idle list if it can carry another request and is wanted, else closed."""
         self._busy.discard(connection)
-        idle = self._idle.setdefault(origin, [])
+        idle = self._idle.setdefault(origin, deque())
+        if idle and idle[0].has_expired():
+            await idle.popleft().aclose()
         if connection.is_available() and len(idle) < self._max_idle + self._waiting:
             idle.append(connection)
         elif not connection.is_closed():
