@@ -84,11 +84,11 @@ class DecodeStep:
             tokens, positions = (torch.zeros(b, dtype=torch.long, device=device) for _ in range(2))
             self(tokens, positions, torch.zeros(b, dtype=torch.bool, device=device), COLUMN_BLOCK)
         # Dispatches whose slices cover the sizes, offsets and strides the expert MLP meets (dynamo re-specialises
-        # on 0/1 values of each, then generalises).
+        # on 0/1 values of each, then generalises; a small model's MLP also branches at 2 and 16 rows).
         experts = self.model.model.layers[0].mlp.experts
         hidden, count = experts.gate_up_proj.shape[-1], experts.gate_up_proj.shape[0]
         with torch.inference_mode():
-            for route in ([0], [count - 1], [0, count - 1, count - 1], [count - 1, 0, 0, 0, count]):
+            for route in ([0], [count - 1], [0, count - 1, count - 1], [count - 1, 0, 0, 0, count], [0] * 17):
                 routes = torch.tensor(route, device=device)
                 x = torch.zeros(len(route), hidden, dtype=self.model.dtype, device=device)
                 experts(x, routes, torch.ones(len(route), device=device), False, self.expert_mlp)
