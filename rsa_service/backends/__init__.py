@@ -6,6 +6,7 @@ packaging a factory `factory(location: str, options: BackendOptions) -> Backend`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
@@ -56,6 +57,7 @@ def split_spec(spec: str) -> tuple[str, str]:
     return scheme, location
 
 
+@functools.cache  # scanning the installed distributions' entry points takes milliseconds
 def _factory(scheme: str) -> Callable[[str, BackendOptions], Backend]:
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if scheme not in found:
