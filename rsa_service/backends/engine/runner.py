@@ -75,17 +75,23 @@ class ModelRunner:
         The step runs over the leading rows at a fixed batch size; other rows ride along inactive.
         """
         batch = batch_bucket(max(rows) + 1)
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        # Every row of the bucket decoding, in order (the steady state): nothing to spread or pick, ~5 ops fewer.
+        index = None if list(rows) == list(range(batch)) else torch.tensor(list(rows), device=self.device)
 
         def spread(values: Sequence[int]) -> Tensor:
-            full = torch.zeros(batch, dtype=torch.long, device=self.device)
-            return full.index_copy_(0, index, torch.tensor(list(values), dtype=torch.long, device=self.device))
+            given = torch.tensor(list(values), dtype=torch.long, device=self.device)
+            if index is None:
+                return given
+            return torch.zeros(batch, dtype=torch.long, device=self.device).index_copy_(0, index, given)
 
-        active = torch.zeros(batch, dtype=torch.bool, device=self.device).index_fill_(0, index, True)
+        if index is None:
+            active = torch.ones(batch, dtype=torch.bool, device=self.device)
+        else:
+            active = torch.zeros(batch, dtype=torch.bool, device=self.device).index_fill_(0, index, True)
         width = min(-(-(max(positions) + 1) // COLUMN_BLOCK) * COLUMN_BLOCK, self.cache.max_len)
         logits, skips = self.decoder(spread(tokens), spread(positions), active, width)
         self._count(skips)
-        return logits[index]
+        return logits if index is None else logits[index]
 
     @torch.inference_mode()
     def score(self, row: int, tokens: Sequence[int]) -> Tensor:
