@@ -89,16 +89,21 @@ class OffsetCounter:
         return templated_estimate([await self.count_text(m.content) for m in messages])
 
     async def tail(self, text: str, max_tokens: int) -> Tail:
-        """The tail, counted on its own as the next prompt will see it.
+        if len(text) > THREAD_THRESHOLD_CHARS:
+            return await asyncio.to_thread(self._tail, text, max_tokens)
+        return self._tail(text, max_tokens)
+
+    def _tail(self, text: str, max_tokens: int) -> Tail:
+        """The tail, counted on its own as the next prompt will see it (one thread hop for both counts).
 
         A cut inside a multi-token character (byte-level tokenizers give all its tokens one start) or across a
         merge the suffix no longer has can add a token or two; the budget shrinks until the tail fits.
         """
-        starts = await self.starts(text)
+        starts = self._starts(text)
         budget = max_tokens
         while True:
             tail = tail_from_offsets(text, starts, budget)
-            tokens = len(await self.starts(tail.text)) if tail.trimmed else tail.tokens
+            tokens = len(self._starts(tail.text)) if tail.trimmed else tail.tokens
             if tokens <= max_tokens or budget <= 1:
                 return Tail(text=tail.text, tokens=tokens, source_tokens=len(starts))
             budget -= tokens - max_tokens
