@@ -3,6 +3,8 @@
 Load → execute → record. Loading reads the committed steps, so a resumed job skips them and, because every
 random choice derives from (seed, round, slot), rebuilds exactly the prompts the first attempt built. The runner
 never sees HTTP or torch (only the Backend protocol) and never touches Redis except through the store.
+A slot starts as soon as the candidates its prompt shows are committed, not when their whole round has ended
+(unless a round's end can stop the job early): one slow trace delays only the prompts that show it.
 Rounds and generations carry their position in the log context and in tracing spans, and feed the metrics of
 `rsa_service.metrics` from what they already measured.
 """
@@ -152,6 +154,9 @@ class JobRunner:
         self.gate = gate or Gate(concurrency or self.params.population)
         self._steps: dict[str, StepResult] = {}
         self._ran_before_s = 0.0  # wall time of earlier attempts (since the first claim)
+        # Slots started before their round (see `_start_ready`), by (round, slot).
+        self._early: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._choices: dict[int, list[list[int]]] = {}
 
     # ---- load → execute → record ----------------------------------------------------------------------------
 
@@ -211,9 +216,15 @@ class JobRunner:
             raise _Stop(f"wall time budget of {self.params.max_wall_s:g}s reached") from None
 
     async def _execute(self) -> None:
-        for round_index in range(self.params.stages):
-            await self._run_round(round_index)
-            await self._after_round(round_index)
+        try:
+            for round_index in range(self.params.stages):
+                await self._run_round(round_index)
+                await self._after_round(round_index)
+        finally:
+            early, self._early = self._early, {}
+            for task in early.values():
+                task.cancel()
+            await asyncio.gather(*early.values(), return_exceptions=True)
         if self.params.select == "aggregate" and FINAL_STEP not in self._steps:
             survivors = self._survivors(self.params.rounds)
             await self._generate_and_commit(self.params.rounds + 1, FINAL_SLOT, survivors)
@@ -244,24 +255,66 @@ class JobRunner:
         members = round_steps(self._steps, round_index, self.params.population)
         return [step.slot for step in members if step.status == "ok" and step.tail]
 
+    def _pipelined(self, round_index: int) -> bool:
+        """Whether `round_index`'s slots may start before the previous round ends: not when a round's end can stop
+        the job early (agreement), since the next round's steps would then have been generated for nothing."""
+        return 0 < round_index <= self.params.rounds and self.params.stop_agreement is None
+
+    def _start_ready(self, round_index: int) -> None:
+        """Start each slot of `round_index` whose candidates are already committed, before its round begins.
+
+        A slot's candidates are the K of the previous round with the smallest hash keys among its survivors
+        (`core.plan`). When the K smallest among all N are committed with a usable tail, they are those among the
+        survivors whatever the rest of the round does, so the slot's prompt is the one the round's end would
+        build: the run's output is unchanged, and a round no longer waits on its slowest member for the slots that
+        do not need it. A slot with a failed candidate waits for the round's end, as before.
+        """
+        if not self._pipelined(round_index):
+            return
+        everyone = list(range(self.params.population))
+        for slot, chosen in enumerate(self._first_choices(round_index)):
+            if (round_index, slot) in self._early or step_key(round_index, slot) in self._steps:
+                continue
+            parents = [self._steps.get(step_key(round_index - 1, candidate)) for candidate in chosen]
+            if all(parent is not None and parent.status == "ok" and parent.tail for parent in parents):
+                with log_context(round=round_index):
+                    self._early[round_index, slot] = asyncio.create_task(
+                        self._generate_and_commit(round_index, slot, everyone), name=f"slot-{slot}"
+                    )
+
+    def _first_choices(self, round_index: int) -> list[list[int]]:
+        """Each slot's candidates when the whole previous round survives (hashed once per round)."""
+        if round_index not in self._choices:
+            everyone = range(self.params.population)
+            self._choices[round_index] = [
+                choose_subset(self.params.seed, round_index, slot, everyone, self.params.subset) for slot in everyone
+            ]
+        return self._choices[round_index]
+
     async def _run_round(self, round_index: int) -> None:
         self._check_token_budget()
         survivors = self._survivors(round_index - 1) if round_index else []
-        missing = [slot for slot in range(self.params.population) if step_key(round_index, slot) not in self._steps]
-        if not missing:
+        started_early = {slot: self._early.pop((r, slot)) for r, slot in list(self._early) if r == round_index}
+        missing = [
+            slot
+            for slot in range(self.params.population)
+            if step_key(round_index, slot) not in self._steps and slot not in started_early
+        ]
+        if not missing and not started_early:
             return
         started = self.clock()
         finished_at: list[float] = []
         with log_context(round=round_index), span("round", round=round_index):  # the slot tasks inherit both
-            tasks = {
+            tasks = started_early | {
                 slot: asyncio.create_task(self._generate_and_commit(round_index, slot, survivors), name=f"slot-{slot}")
                 for slot in missing
             }
+            self._start_ready(round_index + 1)  # a resumed round's next slots may be ready already
             for task in tasks.values():
                 task.add_done_callback(lambda _: finished_at.append(self.clock()))
             try:
                 await self._await_round(round_index, tasks)
-                self._observe_round(started, finished_at, len(missing))
+                self._observe_round(started, finished_at, len(tasks))
             finally:
                 for task in tasks.values():
                     task.cancel()
@@ -434,6 +487,8 @@ class JobRunner:
         else:  # committed first by a task of this attempt (a straggler that finished as it was cut): keep that
             self._steps[step.key] = await self.store.step(self.job.id, step.key) or step
         self._check_token_budget()
+        if step.slot != FINAL_SLOT:
+            self._start_ready(step.round + 1)
 
     def _check_token_budget(self) -> None:
         budget = self.params.max_total_tokens
