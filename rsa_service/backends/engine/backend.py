@@ -122,7 +122,7 @@ class EngineBackend:
         return self.tokenizer.encode_plain(request.prompt), thinking_opened(request.prompt)
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        prompt_ids, opened = self.render(request)
+        prompt_ids, opened = await asyncio.to_thread(self.render, request)  # a long prompt: off the event loop
         limit = self.config.max_position_embeddings
         if len(prompt_ids) + request.max_tokens > limit:
             raise ContextLengthError(
@@ -148,7 +148,7 @@ class EngineBackend:
         )
 
     async def count_tokens(self, request: GenerationRequest) -> int:
-        return len(self.render(request)[0])
+        return len((await asyncio.to_thread(self.render, request))[0])
 
     async def tail(self, text: str, max_tokens: int) -> Tail:
         starts = await asyncio.to_thread(self.tokenizer.token_starts, text)

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.errors import CheckpointFileError, EngineError
 from rsa_service.core.reasoning import THINK_CLOSE, THINK_OPEN
+from rsa_service.core.tails import token_starts
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -83,7 +84,10 @@ class ChatTokenizer:
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
 
     def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        """The text's ids. Through `encode_batch`, which releases the GIL (`encode` holds it for the whole call):
+        prompts are tokenized on a worker thread, and the event loop must keep running meanwhile."""
+        (encoding,) = self._tokenizer.encode_batch([text], add_special_tokens=False)
+        return encoding.ids
 
     def encode_plain(self, text: str) -> list[int]:
         """A plain-text prompt: BOS (unless the text already starts with it) then the text, never EOS."""
@@ -94,7 +98,7 @@ class ChatTokenizer:
 
     def token_starts(self, text: str) -> list[int]:
         """Each token's start offset in `text` (string indices), for token-exact tails."""
-        return [start for start, _ in self._tokenizer.encode(text, add_special_tokens=False).offsets]
+        return token_starts(self._tokenizer, text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
