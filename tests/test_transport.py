@@ -186,6 +186,29 @@ async def test_https_through_the_pool() -> None:
     assert opened(accepted) == 1
 
 
+async def test_a_large_answer_read_slowly_arrives_whole() -> None:
+    """More than the read buffer's high-water mark: the transport stops reading, then resumes as it drains."""
+    body = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(head + body)
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        async with client(url) as http, http.stream("GET", "/") as response:
+            await asyncio.sleep(0.3)  # the server has sent what the buffers hold; reading is paused
+            received = b"".join([chunk async for chunk in response.aiter_raw()])
+        assert received == body
+    finally:
+        listener.close()
+
+
 async def test_connection_failures_are_httpx2_errors() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"

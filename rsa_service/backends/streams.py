@@ -19,6 +19,9 @@ from typing import Any, TypeVar, cast
 import httpcore2
 
 T = TypeVar("T")
+# Received bytes buffered before the transport stops reading (a consumer slower than the server): a bound on
+# memory, and the server sees the pressure as a full TCP window, as with asyncio's own streams.
+READ_HIGH_WATER = 1 << 20
 
 
 class _Protocol(asyncio.Protocol):
@@ -30,6 +33,7 @@ class _Protocol(asyncio.Protocol):
         self.closed = False
         self.error: Exception | None = None
         self._unsent: list[bytes] = []
+        self._reading_paused = False
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
 
@@ -38,6 +42,9 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += data
+        if len(self.received) > READ_HIGH_WATER and self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
         _wake(self._readable)
 
     def eof_received(self) -> None:
@@ -62,6 +69,9 @@ class _Protocol(asyncio.Protocol):
         if self.received:
             data = bytes(self.received[:max_bytes])
             del self.received[:max_bytes]
+            if self._reading_paused and len(self.received) <= READ_HIGH_WATER // 2 and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
             return data
         if self.error is not None:
             raise self.error
