@@ -55,8 +55,9 @@ class _Pool:
 
     A request costs O(1) whatever the number of connections: a connection past its keep-alive expiry or closed by
     the server is dropped when it comes up, and each check-in also drops the oldest idle one if it has expired,
-    so a pool whose load fell does not keep dead sockets. The connection cap, the keep-alive cap and the pool
-    timeout behave as httpcore2's."""
+    so a pool whose load fell does not keep dead sockets. `max_connections` caps the requests in flight (a request
+    past it waits, up to the pool timeout), `max_keepalive_connections` the idle connections kept; httpcore2 caps
+    open connections instead, idle ones included, which for one origin comes to the same."""
 
     def __init__(self, ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> None:
         self._ssl_context = ssl_context
