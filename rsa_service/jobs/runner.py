@@ -156,7 +156,7 @@ class JobRunner:
         self._ran_before_s = 0.0  # wall time of earlier attempts (since the first claim)
         # Slots started before their round (see `_start_ready`), by (round, slot).
         self._early: dict[tuple[int, int], asyncio.Task[None]] = {}
-        self._choices: dict[int, list[list[int]]] = {}
+        self._plans: dict[int, tuple[list[list[int]], list[list[int]]]] = {}  # see `_plan`
 
     # ---- load → execute → record ----------------------------------------------------------------------------
 
@@ -260,8 +260,9 @@ class JobRunner:
         the job early (agreement), since the next round's steps would then have been generated for nothing."""
         return 0 < round_index <= self.params.rounds and self.params.stop_agreement is None
 
-    def _start_ready(self, round_index: int) -> None:
-        """Start each slot of `round_index` whose candidates are already committed, before its round begins.
+    def _start_ready(self, round_index: int, committed: int | None = None) -> None:
+        """Start each slot of `round_index` whose candidates are already committed, before its round begins
+        (only the slots that show `committed`, when one slot of the previous round was just committed).
 
         A slot's candidates are the K of the previous round with the smallest hash keys among its survivors
         (`core.plan`). When the K smallest among all N are committed with a usable tail, they are those among the
@@ -271,25 +272,33 @@ class JobRunner:
         """
         if not self._pipelined(round_index):
             return
-        everyone = list(range(self.params.population))
-        for slot, chosen in enumerate(self._first_choices(round_index)):
+        choices, showing = self._plan(round_index)
+        for slot in range(self.params.population) if committed is None else showing[committed]:
             if (round_index, slot) in self._early or step_key(round_index, slot) in self._steps:
                 continue
-            parents = [self._steps.get(step_key(round_index - 1, candidate)) for candidate in chosen]
+            parents = [self._steps.get(step_key(round_index - 1, candidate)) for candidate in choices[slot]]
             if all(parent is not None and parent.status == "ok" and parent.tail for parent in parents):
                 with log_context(round=round_index):
                     self._early[round_index, slot] = asyncio.create_task(
-                        self._generate_and_commit(round_index, slot, everyone), name=f"slot-{slot}"
+                        self._generate_and_commit(round_index, slot, list(range(self.params.population))),
+                        name=f"slot-{slot}",
                     )
 
-    def _first_choices(self, round_index: int) -> list[list[int]]:
-        """Each slot's candidates when the whole previous round survives (hashed once per round)."""
-        if round_index not in self._choices:
-            everyone = range(self.params.population)
-            self._choices[round_index] = [
-                choose_subset(self.params.seed, round_index, slot, everyone, self.params.subset) for slot in everyone
+    def _plan(self, round_index: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Each slot's candidates when the whole previous round survives, and for each member of the previous
+        round the slots that show it; hashed once per round."""
+        if round_index not in self._plans:
+            population = range(self.params.population)
+            choices = [
+                choose_subset(self.params.seed, round_index, slot, population, self.params.subset)
+                for slot in population
             ]
-        return self._choices[round_index]
+            showing: list[list[int]] = [[] for _ in population]
+            for slot, chosen in enumerate(choices):
+                for candidate in chosen:
+                    showing[candidate].append(slot)
+            self._plans[round_index] = (choices, showing)
+        return self._plans[round_index]
 
     async def _run_round(self, round_index: int) -> None:
         self._check_token_budget()
@@ -363,7 +372,10 @@ class JobRunner:
         if round_index == 0:
             return self.spec.problem, []
         previous = round_index - 1 if slot != FINAL_SLOT else self.params.rounds
-        chosen = choose_subset(self.params.seed, round_index, slot, survivors, self.params.subset)
+        if slot != FINAL_SLOT and len(survivors) == self.params.population:
+            chosen = self._plan(round_index)[0][slot]  # the whole previous round survived: hashed already
+        else:
+            chosen = choose_subset(self.params.seed, round_index, slot, survivors, self.params.subset)
         tails = [self._steps[step_key(previous, candidate)].tail for candidate in chosen]
         return self.spec.templates.render(self.spec.problem, tails), chosen
 
@@ -488,7 +500,7 @@ class JobRunner:
             self._steps[step.key] = await self.store.step(self.job.id, step.key) or step
         self._check_token_budget()
         if step.slot != FINAL_SLOT:
-            self._start_ready(step.round + 1)
+            self._start_ready(step.round + 1, committed=step.slot)
 
     def _check_token_budget(self) -> None:
         budget = self.params.max_total_tokens
