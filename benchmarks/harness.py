@@ -25,9 +25,13 @@ def services(config: ModelServerConfig) -> Iterator[tuple[str, ModelServerHandle
             yield url, server, data
 
 
-async def job_statuses(store: JobStore, job_ids: Sequence[str]) -> list[str | None]:
-    """Each job's status, in one pipelined round trip."""
+async def job_fields(store: JobStore, job_ids: Sequence[str], field: str) -> list[str | None]:
+    """One field of each job's hash (`status`, `finished_ms`, ...), in one pipelined round trip."""
     async with store.redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hget(store.keys.job(job_id).meta, "status")
+            pipe.hget(store.keys.job(job_id).meta, field)
         return await pipe.execute()
+
+
+async def job_statuses(store: JobStore, job_ids: Sequence[str]) -> list[str | None]:
+    return await job_fields(store, job_ids, "status")
