@@ -4,7 +4,7 @@ Starts a redis-server (AOF on, appendfsync everysec) and `rsa serve --workers 0`
 API and Redis are measured) as subprocesses on loopback, with auth on (one API key). This process is the load
 generator: 500 HTTP/1.1 keep-alive connections, opened before the first phase, each carrying one request at a
 time. Phases: all creations at once (a burst), all polls at once (bursts), then 500 pollers each polling once a
-second for 10 s (what clients honouring Retry-After do), then list pages. Per phase: requests/s, client-side
+second for 10 s (twice the pace of the API's Retry-After hint), then list pages. Per phase: requests/s, client-side
 latency percentiles, the CPU time each process spent per request (API, Redis, this client) read from /proc, and
 (with one API process: `--processes N` gives each its own registry) the API's own time-to-first-byte histogram over
 the phase, as bucket bounds. Target: p99 < 50 ms for GET /v1/jobs/{id}.
