@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import job_statuses, services
+from harness import services
 from redis.asyncio import Redis
 
 from rsa_service.core.params import RSAParams
@@ -75,7 +75,7 @@ async def snapshot(store: JobStore, job_ids: list[str], seen: dict[tuple[str, st
 
 
 async def all_ended(store: JobStore, job_ids: list[str]) -> bool:
-    counts = Counter(await job_statuses(store, job_ids))
+    counts = Counter(fields.get("status") for fields, _ in await store.fields(job_ids, ["status"]))
     return counts["completed"] + counts["failed"] == len(job_ids)
 
 

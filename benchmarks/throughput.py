@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
-from harness import job_fields, job_statuses, services
+from harness import services
 from redis.asyncio import Redis
 
 from rsa_service.core.params import RSAParams
@@ -48,6 +48,9 @@ SCRIPT_INTERNAL = {
     "set",
     "zrangebyscore",
 }
+# What this benchmark's own status polls send (`JobStore.fields`: HMGET and HLEN per job).
+POLL_COMMANDS = {"hmget", "hlen"}
+NOT_CLIENT_ROUND_TRIPS = SCRIPT_INTERNAL | POLL_COMMANDS
 # Traces are longer than τ, so every tail that feeds a round is cut.
 TAILS = {
     "local": "the server tokenizer's tokenizer.json (RSA_TOKENIZER), offsets in-process",
@@ -63,13 +66,15 @@ async def commandstats(client: Redis) -> Counter[str]:
 
 
 def round_trips(delta: Counter[str]) -> int:
-    return sum(calls for name, calls in delta.items() if name not in SCRIPT_INTERNAL and not name.startswith("info"))
+    return sum(
+        calls for name, calls in delta.items() if name not in NOT_CLIENT_ROUND_TRIPS and not name.startswith("info")
+    )
 
 
 async def wait_all_done(store: JobStore, job_ids: list[str]) -> None:
     pending = list(job_ids)
     while pending:
-        statuses = await job_statuses(store, pending)
+        statuses = [fields.get("status") for fields, _ in await store.fields(pending, ["status"])]
         if failed := [status for status in statuses if status in ("failed", "cancelled")]:
             raise RuntimeError(f"{len(failed)} jobs ended {failed[0]}: see the worker logs")
         pending = [job_id for job_id, status in zip(pending, statuses, strict=True) if status != "completed"]
@@ -122,15 +127,16 @@ async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, log
     before = await commandstats(client)
     job_ids = await submit(range(args.jobs))
     await wait_all_done(store, job_ids)
-    finished_ms = max(int(ms or 0) for ms in await job_fields(store, job_ids, "finished_ms"))  # not the poll's time
     delta = await commandstats(client) - before
+    finished = await store.fields(job_ids, ["finished_ms"])
+    finished_ms = max(int(fields["finished_ms"]) for fields, _ in finished)  # as recorded, not the poll's time
     started_ms = await first_claim_ms(store, job_ids)
     worker_cpu = sum(cpu_s(w.pid) for w in workers) - worker_cpu_before
     server_cpu = cpu_s(server.process.pid) - server_cpu_before
     redis_cpu = await redis_cpu_s(client) - redis_cpu_before
     for worker in workers:
         worker.stop()
-    generations = sum([await store.step_count(job_id) for job_id in job_ids])
+    generations = sum(steps for _, steps in finished)
     elapsed_s = (finished_ms - started_ms) / 1000
     print(
         f"{args.workers} workers × concurrency {args.concurrency}; {args.jobs} jobs of N=16 K=4 T=2; "
@@ -146,7 +152,8 @@ async def run(args: argparse.Namespace, url: str, server: ModelServerHandle, log
         f"model server {server_cpu:.1f}, Redis {redis_cpu:.1f}; "
         f"tokenize calls per generation {(server.log()['tokenize_calls'] - tokenize_before) / generations:.1f}"
     )
-    print("top client commands:", ", ".join(f"{n}={c}" for n, c in delta.most_common(8) if n not in SCRIPT_INTERNAL))
+    sent = [f"{name}={calls}" for name, calls in delta.most_common(8) if name not in NOT_CLIENT_ROUND_TRIPS]
+    print("top client commands:", ", ".join(sent))
     await client.aclose()
 
 
