@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from rsa_service.backends.base import ChatMessage
 from rsa_service.core.tails import (
@@ -29,6 +29,8 @@ MESSAGE_OVERHEAD_TOKENS = 4
 GENERATION_PROMPT_TOKENS = 3
 # Tokenizing this much text takes long enough to stall the event loop, so it goes to a worker thread.
 THREAD_THRESHOLD_CHARS = 8192
+
+T = TypeVar("T")
 
 
 def templated_estimate(content_tokens: Sequence[int]) -> int:
@@ -56,6 +58,13 @@ class TokenCounter(Protocol):
     async def tail(self, text: str, max_tokens: int) -> Tail: ...
 
 
+async def _off_loop_if_long(work: Callable[..., T], text: str, *args: object) -> T:
+    """`work(text, *args)`, on a worker thread when `text` is long enough that tokenizing it would stall the loop."""
+    if len(text) > THREAD_THRESHOLD_CHARS:
+        return await asyncio.to_thread(work, text, *args)
+    return work(text, *args)
+
+
 class OffsetCounter:
     """A tokenizer that gives each token's start offset: a local tokenizer.json, or the approximation."""
 
@@ -74,13 +83,8 @@ class OffsetCounter:
     def approximate(cls) -> OffsetCounter:
         return cls(approximate_token_starts, exact=False)
 
-    async def starts(self, text: str) -> list[int]:
-        if len(text) > THREAD_THRESHOLD_CHARS:
-            return await asyncio.to_thread(self._starts, text)
-        return self._starts(text)
-
     async def count_text(self, text: str) -> int:
-        return len(await self.starts(text))
+        return len(await _off_loop_if_long(self._starts, text))
 
     async def count_prompt(self, prompt: str) -> int:
         return await self.count_text(prompt)
@@ -89,9 +93,7 @@ class OffsetCounter:
         return templated_estimate([await self.count_text(m.content) for m in messages])
 
     async def tail(self, text: str, max_tokens: int) -> Tail:
-        if len(text) > THREAD_THRESHOLD_CHARS:
-            return await asyncio.to_thread(self._tail, text, max_tokens)
-        return self._tail(text, max_tokens)
+        return await _off_loop_if_long(self._tail, text, max_tokens)
 
     def _tail(self, text: str, max_tokens: int) -> Tail:
         """The tail, counted on its own as the next prompt will see it (one thread hop for both counts).
