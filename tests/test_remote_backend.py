@@ -324,6 +324,28 @@ async def test_tail_by_server_bisection(backend: RemoteBackend, server: ModelSer
     assert server.log()["tokenize_calls"] <= 4
 
 
+async def test_tail_with_a_usage_hint_counts_once(backend: RemoteBackend, server: ModelServerHandle) -> None:
+    """The runner's estimate from usage replaces the whole-text count: one /tokenize call for the usual tail."""
+    await backend.capabilities()  # the probe
+    text = long_text()
+    total = len(tokenize(text))
+    for hint in (total, total * 21 // 20, total * 19 // 20):  # exact, and 5% either side
+        before = server.log()["tokenize_calls"]
+        tail = await backend.tail(text, 100, tokens_hint=hint)
+        assert server.log()["tokenize_calls"] - before <= 2
+        assert text.endswith(tail.text) and len(tokenize(tail.text)) <= tail.tokens <= 100
+        assert tail.tokens >= 100 - 100 // 32  # in the band, as without the hint
+        assert tail.source_tokens == hint
+
+
+async def test_a_hint_that_overestimates_still_keeps_a_fitting_text_whole(backend: RemoteBackend) -> None:
+    text = long_text(2)
+    assert len(tokenize(text)) <= 100
+    tail = await backend.tail(text, 100, tokens_hint=150)
+    assert (tail.text, tail.trimmed) == (text, False)
+    assert tail.tokens == tail.source_tokens == len(tokenize(text))
+
+
 async def test_short_text_is_kept_whole(backend: RemoteBackend) -> None:
     tail = await backend.tail("short text", 100)
     assert (tail.text, tail.tokens, tail.trimmed) == ("short text", 3, False)

@@ -100,8 +100,12 @@ class Backend(Protocol):
         """Tokens the rendered prompt of `request` occupies (chat template included)."""
         ...
 
-    async def tail(self, text: str, max_tokens: int) -> Tail:
-        """The last `max_tokens` tokens of `text`, cut at a clean boundary (see `core.tails`)."""
+    async def tail(self, text: str, max_tokens: int, *, tokens_hint: int | None = None) -> Tail:
+        """The last `max_tokens` tokens of `text`, cut at a clean boundary (see `core.tails`).
+
+        `tokens_hint` estimates the tokens of `text` (the runner derives it from the generation's usage); a
+        backend that can only count whole texts may start its search from it instead of counting `text` first.
+        """
         ...
 
     async def capabilities(self) -> Capabilities: ...

@@ -257,8 +257,8 @@ class RemoteBackend:
             return await counter.count_messages(request.messages)
         return await counter.count_prompt(request.prompt or "")
 
-    async def tail(self, text: str, max_tokens: int) -> Tail:
-        return await (await self._token_counters()).tails.tail(text, max_tokens)
+    async def tail(self, text: str, max_tokens: int, *, tokens_hint: int | None = None) -> Tail:
+        return await (await self._token_counters()).tails.tail(text, max_tokens, tokens_hint=tokens_hint)
 
     async def capabilities(self) -> Capabilities:
         await self._list_models()

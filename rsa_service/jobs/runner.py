@@ -482,7 +482,9 @@ class JobRunner:
         produced = generation.usage.completion_tokens
         if produced <= self.params.tail_tokens:
             return Tail(text=source, tokens=produced, source_tokens=produced)
-        return await self.backend.tail(source, self.params.tail_tokens)
+        # The source's share of the completion, by characters: close enough to seed a count-only search.
+        hint = produced * len(source) // max(len(generation.reasoning) + len(generation.text), 1)
+        return await self.backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
 
     async def _commit(self, step: StepResult) -> None:
         event = {

@@ -146,7 +146,7 @@ async def test_tails_are_counted_only_when_a_trace_may_exceed_tau(store: JobStor
         assert tokenize_calls == 0
     else:
         assert all(step.source_tokens > tau and len(step.tail) < len(step.reasoning) for step in steps)
-        assert tokenize_calls >= 2 * len(steps)
+        assert tokenize_calls >= len(steps)  # at least one count a tail (the usage hint spares the whole text's)
 
 
 async def test_a_full_redis_pool_is_back_pressure_not_an_outage(redis_server: RedisServer, namespace: str) -> None:

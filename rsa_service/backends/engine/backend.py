@@ -150,7 +150,7 @@ class EngineBackend:
     async def count_tokens(self, request: GenerationRequest) -> int:
         return len((await asyncio.to_thread(self.render, request))[0])
 
-    async def tail(self, text: str, max_tokens: int) -> Tail:
+    async def tail(self, text: str, max_tokens: int, *, tokens_hint: int | None = None) -> Tail:
         starts = await asyncio.to_thread(self.tokenizer.token_starts, text)
         return tail_from_offsets(text, starts, max_tokens)
 
