@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from rsa_service.backends.engine import kernels
 from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
 from rsa_service.backends.engine.compiler import Compiled, input_guards_only
 from rsa_service.backends.engine.model import LayerState, ZayaForCausalLM, expert_mlp
@@ -56,6 +57,7 @@ class DecodeStep:
         # Prefill and large batches: recompiles once with a dynamic token count.
         self.expert_mlp = Compiled(expert_mlp, enabled=compile_step, device=device, dynamic=None)
         self._marked: list[LayerState] | None = None  # the cache buffers last marked dynamic
+        self.kernels = kernels.available(model.dtype, device)
 
     @torch.inference_mode()
     def __call__(self, tokens: Tensor, positions: Tensor, active: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -64,15 +66,15 @@ class DecodeStep:
         `width` (> every position) is how many cache columns the attention reads.
         """
         mask = (torch.arange(width, device=tokens.device) <= positions[:, None])[:, None, None]  # [B, 1, 1, K]
-        gather = self._step.compiled and tokens.shape[0] <= self.model.model.layers[0].mlp.experts.gate_up_proj.shape[0]
-        if gather:
+        rows, experts = tokens.shape[0], self.model.model.layers[0].mlp.experts.gate_up_proj.shape[0]
+        if self._step.compiled and (self.kernels or rows <= experts):
             if self._marked is not self.cache.layers:
                 _mark_dynamic(self.cache)
                 self._marked = self.cache.layers
             torch._dynamo.maybe_mark_dynamic(mask, 3)
-            return self._step(self.model, tokens, positions, active, mask, self.cache.layers, None)
+            return self._step(self.model, tokens, positions, active, mask, self.cache.layers, None, self.kernels)
         return ZayaForCausalLM.decode_step(
-            self.model, tokens, positions, active, mask, self.cache.layers, self.expert_mlp
+            self.model, tokens, positions, active, mask, self.cache.layers, self.expert_mlp, self.kernels
         )
 
     def warm_up(self, batches: Iterable[int]) -> None:

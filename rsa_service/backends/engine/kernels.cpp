@@ -1,0 +1,343 @@
+// Decode-step kernels for x86 CPUs with AVX-512 (see kernels.py for why): `gemv`, a few rows times a weight, or each
+// row times its own expert's weight, each weight row loaded from memory once for all the rows that read it; and
+// `decode_attention`, one query token per row against that row's KV cache.
+//
+// Built just in time by kernels.py (torch.utils.cpp_extension) and registered as `zaya_kernels::*` ops, which the
+// compiled decode step calls as extern kernels. The vector code is compiled for AVX-512 (BF16 for bf16) whatever
+// the build machine; `supports` says whether this CPU runs it, and the ops refuse otherwise.
+//
+// Every output is accumulated in fp32 in the same order whichever other rows share the call, so a row's result does
+// not depend on its batch.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#define ZAYA_AVX512 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+namespace {
+
+// The element types: how many fill one 512-bit register, and one multiply-accumulate into 16 fp32 lanes.
+struct F32 {
+  using T = float;
+  static constexpr int64_t lanes = 16;
+  ZAYA_AVX512 static __m512 load(const float* p, int64_t n) {
+    return n >= lanes ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
+  ZAYA_AVX512 static __m512 madd(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+  ZAYA_AVX512 static __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+};
+
+struct BF16 {
+  using T = c10::BFloat16;
+  static constexpr int64_t lanes = 32;  // pairs: _mm512_dpbf16_ps adds w[2i]·x[2i] + w[2i+1]·x[2i+1] to lane i
+  ZAYA_AVX512 static __m512bh load(const c10::BFloat16* p, int64_t n) {
+    const __m512i v =
+        n >= lanes ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(static_cast<__mmask32>((1ull << n) - 1), p);
+    return reinterpret_cast<const __m512bh&>(v);
+  }
+  ZAYA_AVX512 static __m512 madd(__m512 acc, __m512bh w, __m512bh x) { return _mm512_dpbf16_ps(acc, w, x); }
+  ZAYA_AVX512 static __m512 load16(const c10::BFloat16* p, __mmask16 m) {  // 16 values widened to fp32
+    const __m256i v = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16(static_cast<__mmask32>(m), p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
+};
+
+constexpr int64_t kBlock = 4;  // weight rows per tile
+// Weight rows prefetched ahead of the tile: one tile ahead streams at ~34 GB/s on one core here against ~30 without
+// (a plain sum reads at ~36); further ahead is slower.
+#ifndef ZAYA_PF
+#define ZAYA_PF 4
+#endif
+constexpr int64_t kPrefetchRows = ZAYA_PF;
+
+// out[j][i] = w[i]·x[j] for NW weight rows of length k and NX input rows: NW·NX accumulators, each weight vector
+// loaded once for all NX rows.
+template <typename V, int NW, int NX>
+ZAYA_AVX512 inline void tile_step(const typename V::T* w, int64_t k, const typename V::T* const* x, int64_t p,
+                                  int64_t n, __m512 (&acc)[NW][NX]) {
+  decltype(V::load(w, n)) xv[NX];
+  for (int j = 0; j < NX; ++j) xv[j] = V::load(x[j] + p, n);
+  for (int i = 0; i < NW; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + (i + kPrefetchRows) * k + p), _MM_HINT_T0);
+    const auto wv = V::load(w + i * k + p, n);
+    for (int j = 0; j < NX; ++j) acc[i][j] = V::madd(acc[i][j], wv, xv[j]);
+  }
+}
+
+template <typename V, int NW, int NX>
+ZAYA_AVX512 void tile(const typename V::T* w, int64_t k, const typename V::T* const* x, float* const* out) {
+  __m512 acc[NW][NX];
+  for (int i = 0; i < NW; ++i)
+    for (int j = 0; j < NX; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t full = k - k % V::lanes;
+  for (int64_t p = 0; p < full; p += V::lanes) tile_step<V, NW, NX>(w, k, x, p, V::lanes, acc);
+  if (full < k) tile_step<V, NW, NX>(w, k, x, full, k - full, acc);  // masked loads for the last partial vector
+  for (int i = 0; i < NW; ++i)
+    for (int j = 0; j < NX; ++j) out[j][i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+// NW weight rows against every input row, four input rows at a time (more would spill the 32 vector registers).
+template <typename V, int NW>
+ZAYA_AVX512 void tile_rows(const typename V::T* w, int64_t k, const typename V::T* const* x, int64_t rows,
+                           float* const* out, int64_t column) {
+  float* shifted[4];
+  for (int64_t j = 0; j < rows; j += 4) {
+    const int64_t nx = rows - j < 4 ? rows - j : 4;
+    for (int64_t r = 0; r < nx; ++r) shifted[r] = out[j + r] + column;
+    switch (nx) {
+      case 1: tile<V, NW, 1>(w, k, x + j, shifted); break;
+      case 2: tile<V, NW, 2>(w, k, x + j, shifted); break;
+      case 3: tile<V, NW, 3>(w, k, x + j, shifted); break;
+      default: tile<V, NW, 4>(w, k, x + j, shifted); break;
+    }
+  }
+}
+
+// out[j][:n] = w [n, k] · x[j] for each of `rows` input rows; weight tiles are split across threads.
+template <typename V>
+void rows_times_weight(const typename V::T* w, int64_t n, int64_t k, const typename V::T* const* x, int64_t rows,
+                       float* const* out) {
+  at::parallel_for(0, (n + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t i = b * kBlock;
+      if (i + kBlock <= n) {
+        tile_rows<V, kBlock>(w + i * k, k, x, rows, out, i);
+      } else {
+        for (int64_t r = i; r < n; ++r) tile_rows<V, 1>(w + r * k, k, x, rows, out, r);
+      }
+    }
+  });
+}
+
+// x [B, k] times weight [n, k] (route absent) or times weight[route[b]] [E, n, k] for each row b (rows routed
+// outside [0, E) get zeros) → fp32 [B, n]. Each weight matrix hit is read once, for all the rows that use it.
+template <typename V>
+at::Tensor gemv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& route) {
+  using T = typename V::T;
+  const int64_t k = x.size(1), batch = x.size(0), n = weight.size(-2);
+  const int64_t experts = route ? weight.size(0) : 1;
+  auto out = at::zeros({batch, n}, x.options().dtype(at::kFloat));
+  const T* xp = x.const_data_ptr<T>();
+  const T* wp = weight.const_data_ptr<T>();
+  float* op = out.mutable_data_ptr<float>();
+  at::Tensor routes;
+  if (route) routes = route->to(at::kLong).contiguous();
+  std::vector<const T*> rows;
+  std::vector<float*> outs;
+  for (int64_t e = 0; e < experts; ++e) {
+    rows.clear();
+    outs.clear();
+    for (int64_t b = 0; b < batch; ++b) {
+      if (!route || routes.const_data_ptr<int64_t>()[b] == e) {
+        rows.push_back(xp + b * k);
+        outs.push_back(op + b * n);
+      }
+    }
+    if (!rows.empty())
+      rows_times_weight<V>(wp + e * n * k, n, k, rows.data(), static_cast<int64_t>(rows.size()), outs.data());
+  }
+  return out;
+}
+
+
+bool supports(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return __builtin_cpu_supports("avx512f");
+  if (dtype == at::kBFloat16) return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+  return false;
+}
+
+// e^x for 16 lanes: 2^n · e^r with n = round(x·log2 e), |r| ≤ ln2/2, e^r by its Taylor series to r^6 (relative
+// error < 2e-7, below fp32 softmax noise); 0 below -87 (and for -inf), where fp32 e^x underflows anyway.
+ZAYA_AVX512 inline __m512 exp16(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ), _mm512_scalef_ps(p, n));
+}
+
+// s[:n] ← e^(s - max s), in place; returns the sum. Masked-out entries are -inf on entry and 0 on exit.
+ZAYA_AVX512 float exp_shifted(float* s, int64_t n) {
+  __m512 top = _mm512_set1_ps(-INFINITY);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - c)) - 1);
+    top = _mm512_max_ps(top, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, s + c));
+  }
+  const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - c)) - 1);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + c), shift));
+    _mm512_mask_storeu_ps(s + c, m, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+// out[g][:hd] = Σ_c p[g][c] · v[c][:hd] / total[g] for NG query heads of one KV head, 16 dims at a time, each value
+// vector loaded once for all of them.
+template <typename V, int NG>
+ZAYA_AVX512 void weighted_values(const float* p, int64_t cols, const typename V::T* v, int64_t hd, const float* total,
+                                 float* out) {
+  for (int64_t d = 0; d < hd; d += 16) {
+    const __mmask16 m = hd - d >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (hd - d)) - 1);
+    __m512 acc[NG];
+    for (int g = 0; g < NG; ++g) acc[g] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; ++c) {
+      const __m512 value = V::load16(v + c * hd + d, m);
+      for (int g = 0; g < NG; ++g) acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * cols + c]), value, acc[g]);
+    }
+    for (int g = 0; g < NG; ++g)
+      _mm512_mask_storeu_ps(out + g * hd + d, m, _mm512_mul_ps(acc[g], _mm512_set1_ps(1.0f / total[g])));
+  }
+}
+
+template <typename V>
+ZAYA_AVX512 void weighted_values(const float* p, int64_t cols, const typename V::T* v, int64_t hd, int64_t group,
+                                 const float* total, float* out) {
+  for (int64_t g = 0; g < group; g += 4) {
+    const float *pg = p + g * cols, *tg = total + g;
+    switch (group - g) {
+      case 1: weighted_values<V, 1>(pg, cols, v, hd, tg, out + g * hd); break;
+      case 2: weighted_values<V, 2>(pg, cols, v, hd, tg, out + g * hd); break;
+      case 3: weighted_values<V, 3>(pg, cols, v, hd, tg, out + g * hd); break;
+      default: weighted_values<V, 4>(pg, cols, v, hd, tg, out + g * hd); break;
+    }
+  }
+}
+
+// The 16 horizontal sums of a[0..15] as one vector (lane j = Σ a[j]): 15 adds and 30 shuffles, where 16
+// _mm512_reduce_add_ps would take ~130 dependent instructions.
+ZAYA_AVX512 inline __m512 sum16(const __m512 (&a)[16]) {
+  __m512 s[8], t[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a2i 0+2, a2i+1 0+2, a2i 1+3, a2i+1 1+3]
+    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: that lane's partial sums of a[4i..4i+3]
+    const __m512d x = _mm512_castps_pd(s[2 * i]), y = _mm512_castps_pd(s[2 * i + 1]);
+    t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+  const __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x88), _mm512_shuffle_f32x4(t[2], t[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(u, v, 0x88), _mm512_shuffle_f32x4(u, v, 0xDD));
+}
+
+// s[c] = q·k[c] for c < cols (keys as dense rows of hd), sixteen columns at a time; a last partial block re-reads
+// its final column in the unused slots rather than branching.
+template <typename V>
+ZAYA_AVX512 void scores(const typename V::T* q, const typename V::T* k, int64_t hd, int64_t cols, float* s) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+    const int64_t n = cols - c0 < 16 ? cols - c0 : 16;
+    const typename V::T* row[16];
+    for (int c = 0; c < 16; ++c) row[c] = k + (c0 + (c < n ? c : n - 1)) * hd;
+    __m512 acc[16];
+    for (int c = 0; c < 16; ++c) acc[c] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < hd; p += V::lanes) {
+      const auto qv = V::load(q + p, hd - p);
+      for (int c = 0; c < 16; ++c) acc[c] = V::madd(acc[c], V::load(row[c] + p, hd - p), qv);
+    }
+    _mm512_mask_storeu_ps(s + c0, static_cast<__mmask16>((1u << n) - 1), sum16(acc));
+  }
+}
+
+// One token per row against that row's cache: q [B, nh, hd], keys and values [B, nkv, K, hd] (views into the cache:
+// any row and head strides, columns dense), mask [B, 1, 1, K] → [B, nh·hd]. Query head j reads KV head j / (nh/nkv).
+// Scores as fp32 dot products (the scale applied after), an fp32 softmax over the columns the mask allows, fp32 sums.
+template <typename V>
+at::Tensor attention_impl(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                          const at::Tensor& mask, double scale) {
+  using T = typename V::T;
+  const int64_t batch = q.size(0), heads = q.size(1), hd = q.size(2), kv_heads = keys.size(1), cols = keys.size(2);
+  const int64_t group = heads / kv_heads;
+  auto out = at::empty({batch, heads * hd}, q.options().dtype(at::kFloat));
+  const T* qp = q.const_data_ptr<T>();
+  const T* kp = keys.const_data_ptr<T>();
+  const T* vp = values.const_data_ptr<T>();
+  const bool* mp = mask.const_data_ptr<bool>();
+  float* op = out.mutable_data_ptr<float>();
+  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(group * cols), total(group);
+    std::vector<const T*> queries(group);
+    std::vector<float*> rows(group);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, h = task % kv_heads;
+      const T* k = kp + b * keys.stride(0) + h * keys.stride(1);
+      for (int64_t g = 0; g < group; ++g) {
+        queries[g] = qp + (b * heads + h * group + g) * hd;
+      }
+      // Columns past the last one the mask allows are never read (decode masks are a prefix of the columns).
+      const bool* allowed = mp + b * mask.stride(0);
+      int64_t limit = cols;
+      while (limit > 0 && !allowed[(limit - 1) * mask.stride(3)]) --limit;
+      for (int64_t g = 0; g < group; ++g) {
+        rows[g] = buffer.data() + g * limit;
+        scores<V>(queries[g], k, hd, limit, rows[g]);
+        for (int64_t c = 0; c < limit; ++c)
+          rows[g][c] = allowed[c * mask.stride(3)] ? rows[g][c] * static_cast<float>(scale) : -INFINITY;
+        total[g] = exp_shifted(rows[g], limit);
+      }
+      weighted_values<V>(buffer.data(), limit, vp + b * values.stride(0) + h * values.stride(1), hd, group,
+                         total.data(), op + (b * heads + h * group) * hd);
+    }
+  });
+  return out.to(q.scalar_type());
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                            const at::Tensor& mask, double scale) {
+  TORCH_CHECK(q.device().is_cpu() && keys.device().is_cpu() && values.device().is_cpu(), "decode_attention: CPU only");
+  TORCH_CHECK(q.scalar_type() == keys.scalar_type() && q.scalar_type() == values.scalar_type(),
+              "decode_attention: dtypes differ");
+  TORCH_CHECK(supports(q.scalar_type()), "decode_attention: this CPU lacks AVX-512 for ", q.scalar_type());
+  TORCH_CHECK(q.dim() == 3 && keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) == q.size(0) &&
+                  keys.size(3) == q.size(2) && q.size(1) % keys.size(1) == 0,
+              "decode_attention: shapes ", q.sizes(), ", ", keys.sizes(), ", ", values.sizes());
+  TORCH_CHECK(keys.stride(3) == 1 && keys.stride(2) == keys.size(3) && values.stride(3) == 1 &&
+                  values.stride(2) == values.size(3),
+              "decode_attention: each head's columns must be dense rows");
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 4 && mask.size(0) == q.size(0) &&
+                  mask.size(3) == keys.size(2),
+              "decode_attention: mask [B, 1, 1, K] bool");
+  const auto qc = q.contiguous();
+  return q.scalar_type() == at::kFloat ? attention_impl<F32>(qc, keys, values, mask, scale)
+                                       : attention_impl<BF16>(qc, keys, values, mask, scale);
+}
+
+// See gemv_impl; returns x's dtype (the fp32 sums rounded once).
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& route) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "gemv: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "gemv: x and weight dtypes differ");
+  TORCH_CHECK(supports(x.scalar_type()), "gemv: this CPU lacks the AVX-512 instructions for ", x.scalar_type());
+  TORCH_CHECK(weight.dim() == (route ? 3 : 2) && x.size(-1) == weight.size(-1), "gemv: shapes ", x.sizes(), " and ",
+              weight.sizes(), route ? " with a route" : "");
+  const auto flat = x.reshape({-1, x.size(-1)}).contiguous();
+  TORCH_CHECK(!route || (route->dim() == 1 && route->size(0) == flat.size(0)), "gemv: one route per row");
+  const auto w = weight.contiguous();
+  auto out = flat.scalar_type() == at::kFloat ? gemv_impl<F32>(flat, w, route) : gemv_impl<BF16>(flat, w, route);
+  auto sizes = x.sizes().vec();
+  sizes.back() = weight.size(-2);
+  return out.to(x.scalar_type()).view(sizes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(zaya_kernels, m) {
+  m.def("supports(ScalarType dtype) -> bool", &supports);
+  m.def("gemv(Tensor x, Tensor weight, Tensor? route=None) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor mask, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(zaya_kernels, CPU, m) {
+  m.impl("gemv", &gemv);
+  m.impl("decode_attention", &decode_attention);
+}
