@@ -97,7 +97,7 @@ class DecodeContext:
     rope: tuple[Tensor, Tensor]  # cos, sin [B, 1, rot]
     mlp: ExpertMLP | None
     skip_returns_input: bool
-    kernels: bool  # attention and (from EXPERT_KERNEL_MIN_ROWS rows) experts through `zaya_kernels` ops
+    kernels: bool  # attention and (from KERNEL_MIN_ROWS rows) GEMVs and experts through `zaya_kernels` ops
 
 
 class DecodeOut(NamedTuple):
@@ -167,10 +167,12 @@ class CCAProjection(nn.Module):
         """history [B, C, W + T] → [B, C, T]."""
         return self.conv_qk_grouped(self.conv_qk_depthwise(history))
 
-    def _conv_last(self, history: Tensor) -> Tensor:
+    def _conv_last(self, history: Tensor, kernel: bool) -> Tensor:
         """The convs' one output for the newest column, as two small reductions: history [B, C, W + 1] → [B, C].
 
         A oneDNN convolution call costs ~100 µs here whatever its size; these fuse into the compiled decode step.
+        `kernel`: from KERNEL_MIN_ROWS rows the grouped one is a routed `zaya_kernels::gemv` (row b's group g reads
+        group g's weight), ~10x faster than inductor's compute-bound loop (~0.12 ms a layer at 16 rows).
         """
         depthwise, grouped = self.conv_qk_depthwise, self.conv_qk_grouped
         t1 = grouped.kernel_size[0]
@@ -179,7 +181,10 @@ class CCAProjection(nn.Module):
         groups = self.nh + self.nkv
         weight = grouped.weight.view(groups, self.hd, self.hd * t1)  # [G, out, in·t1]
         mixed = materialize(mixed).view(mixed.shape[0], groups, self.hd * t1)
-        if torch.compiler.is_compiling():  # one vectorised reduction (einsum would lower to a scalar loop here)
+        if kernel and mixed.shape[0] >= KERNEL_MIN_ROWS:
+            route = torch.arange(groups, device=mixed.device).repeat(mixed.shape[0])
+            out = torch.ops.zaya_kernels.gemv(mixed.flatten(0, 1), weight, route).view(mixed.shape[0], groups, -1)
+        elif torch.compiler.is_compiling():  # one vectorised reduction (einsum would lower to a scalar loop here)
             out = multiply_reduce(mixed, weight)
         else:
             out = (mixed[:, :, None] @ weight.transpose(-1, -2))[:, :, 0]
@@ -201,19 +206,22 @@ class CCAProjection(nn.Module):
         state.delayed[ctx.rows] = v_next.gather(1, ctx.last[:, None, None].expand(-1, 1, v_next.shape[-1]))[:, 0]
         return query, key, torch.cat([v_now, v_prev], dim=-1).unflatten(-1, (self.nkv, self.hd))
 
-    def decode(self, x: Tensor, active: Tensor, state: LayerState) -> tuple[Tensor, Tensor, Tensor]:
+    def decode(
+        self, x: Tensor, active: Tensor, state: LayerState, kernel: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One token for each of the leading B rows: x [B, H] → q [B, nh, hd], k and v [B, nkv, hd].
 
-        Rolls the conv and delayed state of active rows only; inactive rows may be mid-prefill.
+        Rolls the conv and delayed state of active rows only; inactive rows may be mid-prefill. `kernel`: see
+        `small_batch_linear`.
         """
-        q_proj, k_proj = linear(self.q_proj, x), linear(self.k_proj, x)  # [B, nh·hd], [B, nkv·hd]
+        q_proj, k_proj = linear(self.q_proj, x, kernel), linear(self.k_proj, x, kernel)  # [B, nh·hd], [B, nkv·hd]
         conv, delayed = state.conv[: x.shape[0]], state.delayed[: x.shape[0]]  # views [B, C, W], [B, Dv]
         history = torch.cat([conv, torch.cat([q_proj, k_proj], dim=-1)[:, :, None]], dim=-1)  # [B, C, W + 1]
-        query, key = self._heads(q_proj, k_proj, self._conv_last(history))
-        value = torch.cat([linear(self.v_proj_current, x), delayed], dim=-1).unflatten(-1, (self.nkv, self.hd))
+        query, key = self._heads(q_proj, k_proj, self._conv_last(history, kernel))
+        value = torch.cat([linear(self.v_proj_current, x, kernel), delayed], dim=-1).unflatten(-1, (self.nkv, self.hd))
         keep = active[:, None]
         conv.copy_(torch.where(keep[:, :, None], history[:, :, 1:], conv))
-        delayed.copy_(torch.where(keep, linear(self.v_proj_delayed, x), delayed))
+        delayed.copy_(torch.where(keep, linear(self.v_proj_delayed, x, kernel), delayed))
         return query, key, value
 
 
@@ -340,9 +348,9 @@ class RouterMLP(nn.Module):
         self.fc2 = nn.Linear(r, r, dtype=dtype)
         self.out_proj = nn.Linear(r, dims.num_experts + 1, bias=False, dtype=dtype)
 
-    def forward(self, state: Tensor) -> Tensor:
-        h = F.gelu(linear(self.fc1, self.norm(state)))  # exact (erf) GELU
-        return linear(self.out_proj, F.gelu(linear(self.fc2, h)))  # [B, T, E + 1]
+    def forward(self, state: Tensor, kernel: bool = False) -> Tensor:
+        h = F.gelu(linear(self.fc1, self.norm(state), kernel))  # exact (erf) GELU
+        return linear(self.out_proj, F.gelu(linear(self.fc2, h, kernel)), kernel)  # [B, T, E + 1]
 
 
 class Router(nn.Module):
@@ -357,22 +365,23 @@ class Router(nn.Module):
         self.router_mlp = RouterMLP(dims, dtype)
         self.register_buffer("balancing_biases", torch.zeros(dims.num_experts + 1, dtype=torch.float32))
 
-    def forward(self, x: Tensor, carried: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, carried: Tensor | None, kernel: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, H] → route [B, T], weight [B, T] (fp32, unbiased probability), state [B, T, R]."""
-        state = linear(self.down_proj, x)
+        state = linear(self.down_proj, x, kernel)
         if self.router_states_scale is not None and carried is not None:
             state = state + carried * self.router_states_scale
         # fp32 softmax so near-ties route the same way across dtypes.
-        probs = torch.softmax(self.router_mlp(state).float(), dim=-1)
+        probs = torch.softmax(self.router_mlp(state, kernel).float(), dim=-1)
         route = (probs + self.balancing_biases).argmax(dim=-1)
         return route, probs.gather(-1, route[..., None])[..., 0], state
 
 
 SMALL_BATCH_ROWS = 2
-# From this many rows a decode step with `kernels` runs its experts through `zaya_kernels::gemv`, which reads each
-# expert hit once for all the rows routed to it (bf16 batch-16 step 12.1 -> 8.9 ms, batch 2 3.1 -> 2.9; fp32 batch 16
-# 14.3 -> 10.7). At one row the gathered multiply-reduce is as fast (2.06 against 2.09 ms) with no extern call.
-EXPERT_KERNEL_MIN_ROWS = 2
+# From this many rows a decode step with `kernels` runs its GEMVs through `zaya_kernels::gemv`, which loads each
+# weight row (or expert hit) once for all the rows that read it: experts alone took the bf16 batch-16 step from
+# 12.1 to 8.9 ms, batch 2 from 3.1 to 2.9, fp32 batch 16 from 14.3 to 10.7. At one row inductor's fused
+# multiply-reduce is as fast (2.06 against 2.09 ms with the experts) and needs no extern call.
+KERNEL_MIN_ROWS = 2
 SMALL_WEIGHT_ELEMENTS, SMALL_WEIGHT_ROWS = 65_536, 16
 
 
@@ -418,13 +427,20 @@ def multiply_reduce(x: Tensor, weight: Tensor) -> Tensor:
     return (x[..., None, :].float() * weight.float()).sum(-1).to(x.dtype)
 
 
-def small_batch_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def small_batch_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, kernel: bool = False) -> Tensor:
     """`dense_linear`, except while compiling for at most SMALL_BATCH_ROWS rows, or for a weight of at most
     SMALL_WEIGHT_ELEMENTS read by at most SMALL_WEIGHT_ROWS rows: there a `multiply_reduce`. Each further row re-reads
     the weight, so larger batches keep the library GEMM, unless the weight stays in the L2 cache (the router's, the
     mid-size model's k/v projections), where a fused loop costs less than a library call (~10-15 µs each at 16 rows;
-    fp32 batch-16 step ~0.4 ms less)."""
+    fp32 batch-16 step ~0.4 ms less).
+
+    `kernel` (a decode step with the `zaya_kernels` ops loaded), from KERNEL_MIN_ROWS rows: `zaya_kernels::gemv`,
+    which loads each weight row once for all rows and beat both at 2-16 rows (bf16 16 × 512 → 512: 32 µs against
+    oneDNN's 44; the router's weights: ~5 µs against ~80 for inductor's compute-bound loop)."""
     rows = x.numel() // x.shape[-1]
+    if kernel and rows >= KERNEL_MIN_ROWS:
+        out = torch.ops.zaya_kernels.gemv(x, weight)
+        return out if bias is None else out + bias
     # The weight test first: it is static, so a large weight adds no guard on a dynamic row count.
     fused = rows <= SMALL_BATCH_ROWS or (weight.numel() <= SMALL_WEIGHT_ELEMENTS and rows <= SMALL_WEIGHT_ROWS)
     if not torch.compiler.is_compiling() or not fused:
@@ -433,8 +449,8 @@ def small_batch_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) ->
     return out if bias is None else out + bias
 
 
-def linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    return small_batch_linear(x, layer.weight, layer.bias)
+def linear(layer: nn.Linear, x: Tensor, kernel: bool = False) -> Tensor:
+    return small_batch_linear(x, layer.weight, layer.bias, kernel)
 
 
 def expert_mlp(x: Tensor, gate_up: Tensor, down: Tensor, scale: Tensor) -> Tensor:
@@ -504,9 +520,11 @@ class MoE(nn.Module):
         self.gate = Router(dims, layer, dtype)
         self.experts = Experts(dims, dtype)
 
-    def route(self, x: Tensor, carried: Tensor | None, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def route(
+        self, x: Tensor, carried: Tensor | None, valid: Tensor, kernel: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """x [..., H] → route [...] (padding → E + 1), weight [...], router state [..., R]."""
-        route, weight, state = self.gate(x, carried)
+        route, weight, state = self.gate(x, carried, kernel)
         return torch.where(valid, route, self.experts.gate_up_proj.shape[0] + 1), weight, state
 
     def forward(
@@ -553,15 +571,16 @@ class DecoderLayer(nn.Module):
     def decode(self, residual: Tensor, carried: Tensor | None, step: DecodeContext, state: LayerState) -> DecodeOut:
         """One token per row: residual [B, H] fp32 → residual, router state [B, R], skip routes taken (0-d)."""
         attn = self.self_attn
-        q, k, v = attn.qkv_proj.decode(materialize(self.input_layernorm(residual.to(self.dtype))), step.active, state)
+        x = materialize(self.input_layernorm(residual.to(self.dtype)))
+        q, k, v = attn.qkv_proj.decode(x, step.active, state, step.kernels)
         q, k = attn.qk_norm(q, k)
         q, k = apply_rope(q, *step.rope)[:, :, None], apply_rope(k, *step.rope)
         attended = attn.decode_attend(q, k, v, step.cols, step.mask, state, step.kernels)
-        residual = self.post_attention_residual_scale(linear(attn.o_proj, attended), residual)
+        residual = self.post_attention_residual_scale(linear(attn.o_proj, attended, step.kernels), residual)
         x = materialize(self.post_attention_layernorm(residual.to(self.dtype)))
-        route, weight, carried = self.mlp.route(x, carried, step.active)
+        route, weight, carried = self.mlp.route(x, carried, step.active, step.kernels)
         experts = self.mlp.experts
-        kernel = step.kernels and x.shape[0] >= EXPERT_KERNEL_MIN_ROWS
+        kernel = step.kernels and x.shape[0] >= KERNEL_MIN_ROWS
         if step.mlp is None or kernel:
             out = experts.gathered(x, route, weight, step.skip_returns_input, kernel)
         else:
@@ -631,7 +650,7 @@ class ZayaForCausalLM(nn.Module):
         cache columns each row reads) → fp32 logits [B, V], skip routes per layer [L].
 
         Inactive rows (mid-prefill or empty) leave their state untouched and write their KV to the scratch column.
-        `kernels` (the `zaya_kernels` ops loaded) runs attention, and from EXPERT_KERNEL_MIN_ROWS rows the experts,
+        `kernels` (the `zaya_kernels` ops loaded) runs attention, and from KERNEL_MIN_ROWS rows the GEMVs and experts,
         through them; else `mlp` None gathers experts per row (`Experts.gathered`), and an `mlp` dispatches them
         grouped, calling it once per expert.
         """
@@ -644,7 +663,7 @@ class ZayaForCausalLM(nn.Module):
             skips.append(taken)
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         hidden = materialize(self.model.norm(residual.to(self.dtype)))
-        return small_batch_linear(hidden, weight).float(), torch.stack(skips)
+        return small_batch_linear(hidden, weight, kernel=kernels).float(), torch.stack(skips)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., H] → fp32 logits [..., V]."""
