@@ -6,6 +6,7 @@ import asyncio
 import socket
 from pathlib import Path
 
+import aiohttp
 import httpx2
 import pytest
 from prometheus_client import REGISTRY
@@ -72,6 +73,9 @@ def test_retry_causes_from_what_the_attempt_ran_into() -> None:
     assert retry_cause(raised_from(httpx2.ReadTimeout("slow", request=request))) == "timeout"
     assert retry_cause(raised_from(httpx2.ConnectTimeout("no route", request=request))) == "connection"
     assert retry_cause(raised_from(httpx2.RemoteProtocolError("hung up", request=request))) == "connection"
+    assert retry_cause(raised_from(aiohttp.SocketTimeoutError("slow"))) == "timeout"
+    assert retry_cause(raised_from(aiohttp.ConnectionTimeoutError("no route"))) == "connection"
+    assert retry_cause(raised_from(aiohttp.ServerDisconnectedError())) == "connection"
 
 
 def retries(cause: str) -> float:

@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 import http.server
 import itertools
-import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from rsa_service.backends import open_backend
@@ -416,28 +417,64 @@ async def test_approximate_tokenizer_is_the_last_resort(
     assert sum("estimates" in r.message for r in caplog.records) == 1
 
 
-# -- client units (an injected transport) -------------------------------------------------------------------
+# -- server dialects (a one-handler server on 127.0.0.1) -------------------------------------------------------
 
-BASE = "http://llm.test/v1"
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def answering(handler: Callable[[httpx2.Request], httpx2.Response], calls: list[str] | None = None) -> RemoteBackend:
-    """A RemoteBackend whose requests go to `handler` in-process; `calls` collects the paths asked for."""
+@asynccontextmanager
+async def answering(handler: Handler, calls: list[str] | None = None) -> AsyncIterator[RemoteBackend]:
+    """A RemoteBackend talking to a server whose every request goes to `handler`; `calls` collects the paths."""
 
-    def record(request: httpx2.Request) -> httpx2.Response:
+    async def record(request: web.BaseRequest) -> web.StreamResponse:
         if calls is not None:
-            calls.append(request.url.path)
-        return handler(request)
+            calls.append(request.path)
+        return await handler(request)
 
-    return RemoteBackend(BASE, BackendOptions(model="m", **FAST), transport=httpx2.MockTransport(record))
+    async with (
+        RawTestServer(record, host="127.0.0.1") as server,
+        RemoteBackend(str(server.make_url("/v1")), BackendOptions(model="m", **FAST)) as remote,
+    ):
+        yield remote
+
+
+def replying(status: int, body: dict[str, Any]) -> Handler:
+    async def reply(_: web.BaseRequest) -> web.StreamResponse:
+        return web.json_response(body, status=status)
+
+    return reply
+
+
+async def test_the_environment_proxy_is_used_unless_no_proxy_exempts_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    targets: list[str] = []
+
+    async def proxy(request: web.BaseRequest) -> web.StreamResponse:
+        targets.append(str(request.url))  # a proxy receives the absolute URL
+        return web.json_response({"object": "list", "data": [{"id": "m"}]})
+
+    async with RawTestServer(proxy, host="127.0.0.1") as server:
+        monkeypatch.setenv("HTTP_PROXY", str(server.make_url("")))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with RemoteBackend("http://llm.test/v1", BackendOptions(**FAST)) as remote:
+            assert (await remote.capabilities()).model == "m"
+        assert targets[0] == "http://llm.test/v1/models"  # then the /tokenize probes
+        asked = len(targets)
+        monkeypatch.setenv("NO_PROXY", "llm.test")
+        async with RemoteBackend("http://llm.test/v1", BackendOptions(**{**FAST, "max_retries": 0})) as remote:
+            with pytest.raises(BackendUnavailableError):
+                await remote.capabilities()  # straight to llm.test, which does not resolve
+        assert len(targets) == asked
 
 
 async def test_llama_cpp_tokenizer_flavour() -> None:
-    def tokenize_route(request: httpx2.Request) -> httpx2.Response:
-        payload = json.loads(request.content)
+    async def tokenize_route(request: web.BaseRequest) -> web.StreamResponse:
+        payload = await request.json()
         if "content" not in payload:
-            return httpx2.Response(400, json={"error": {"message": "'content' is required"}})
-        return httpx2.Response(200, json={"tokens": list(range(len(payload["content"].split())))})
+            return web.json_response({"error": {"message": "'content' is required"}}, status=400)
+        return web.json_response({"tokens": list(range(len(payload["content"].split())))})
 
     async with answering(tokenize_route) as remote:
         # No server-side chat template: the documented per-message estimate applies.
@@ -447,7 +484,7 @@ async def test_llama_cpp_tokenizer_flavour() -> None:
 
 
 async def test_json_without_choices_is_unavailable() -> None:
-    async with answering(lambda _: httpx2.Response(200, json={"status": "ok"})) as remote:
+    async with answering(replying(200, {"status": "ok"})) as remote:
         with pytest.raises(BackendUnavailableError, match="not an OpenAI completion"):
             await remote.generate(chat())
 
@@ -455,7 +492,7 @@ async def test_json_without_choices_is_unavailable() -> None:
 async def test_vllm_legacy_error_shape_maps_to_context_length() -> None:
     error = {"object": "error", "message": "This model's maximum context length is 8192 tokens.", "code": 400}
     calls: list[str] = []
-    async with answering(lambda _: httpx2.Response(400, json=error), calls) as remote:
+    async with answering(replying(400, error), calls) as remote:
         with pytest.raises(ContextLengthError, match="400: This model's maximum context length is 8192"):
             await remote.generate(chat())
     assert calls == ["/v1/chat/completions"]

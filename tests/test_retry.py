@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from email.utils import formatdate
 
+import aiohttp
 import httpx2
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
 from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_after
 
@@ -79,6 +81,13 @@ def test_policy_caps_retry_after_and_backoff() -> None:
         (httpx2.ReadError("reset"), True),
         (httpx2.RemoteProtocolError("peer closed"), True),
         (httpx2.UnsupportedProtocol("ftp://"), False),
+        (aiohttp.SocketTimeoutError("slow"), True),
+        (aiohttp.ConnectionTimeoutError("no route"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ClientOSError(104, "reset"), True),
+        (aiohttp.ClientPayloadError("truncated"), True),
+        (aiohttp.ClientSSLError(ConnectionKey("h", 443, True, True, None, None, None), OSError("bad cert")), False),
+        (aiohttp.InvalidURL("ftp://"), False),
         (ValueError("bug"), False),
     ],
 )

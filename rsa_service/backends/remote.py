@@ -1,22 +1,30 @@
-"""The `openai:` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Zyphra Cloud) over httpx2.
+"""The `openai:` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Zyphra Cloud) over aiohttp.
 
 One request per completion (never `n`: llama.cpp rejects it and vLLM splits it anyway), explicit timeouts per
 phase, retries only where `backends.retry` says a retry can help, a client-side rate limit and a concurrency
-cap. httpx2 errors and error statuses are translated here, at the boundary, into the `backends.base` tree.
+cap. aiohttp errors and error statuses are translated here, at the boundary, into the `backends.base` tree.
+
+aiohttp rather than httpx2 (which the SDK uses): this client sits on the critical path of every round, between
+one round's answers and the next round's requests, and aiohttp's C parser and pool cost about a third of the
+CPU per request (`benchmarks/README.md`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
 import httpx2
 from asyncio_throttle import Throttler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,7 +45,6 @@ from rsa_service.backends.base import (
 )
 from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_cause
 from rsa_service.backends.token_counting import OffsetCounter, ServerCounter, TokenCounter
-from rsa_service.backends.transport import pooled_transport
 from rsa_service.core.reasoning import THINK_OPEN, split_reasoning
 from rsa_service.core.tails import Tail
 from rsa_service.metrics import RETRIES
@@ -109,12 +116,28 @@ class _Counters:
     tails: TokenCounter
 
 
-def _error_text(response: httpx2.Response) -> str:
+@dataclass(frozen=True)
+class _Answer:
+    """A whole HTTP answer, read before its connection went back to the pool."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def is_json(self) -> bool:
+        return "json" in self.headers.get("content-type", "")
+
+    def excerpt(self) -> str:
+        return self.body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:BODY_EXCERPT_CHARS].strip()
+
+
+def _error_text(answer: _Answer) -> str:
     """The server's error message: OpenAI `error.message`, vLLM `message`, FastAPI `detail`, or raw text."""
     try:
-        body = response.json()
+        body = json.loads(answer.body)
     except ValueError:
-        return response.text[:BODY_EXCERPT_CHARS].strip()
+        return answer.excerpt()
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and "message" in error:
@@ -125,18 +148,14 @@ def _error_text(response: httpx2.Response) -> str:
     return str(body)[:BODY_EXCERPT_CHARS]
 
 
-def _is_json(response: httpx2.Response) -> bool:
-    return "json" in response.headers.get("content-type", "")
-
-
-def _http_error(method: str, url: str, response: httpx2.Response) -> BackendError:
+def _http_error(method: str, url: str, answer: _Answer) -> BackendError:
     """Translate an error status into the base.py tree; the message names the status and the server's text."""
-    status = response.status_code
-    text = _error_text(response)
+    status = answer.status
+    text = _error_text(answer)
     message = f"{method} {url} → {status}: {text}"
-    if status in (404, 405, 501) and not _is_json(response):
+    if status in (404, 405, 501) and not answer.is_json:
         return _NotOpenAI(f"{url} is not an OpenAI-compatible endpoint ({status}: {text})")
-    decision = decide(HTTPFailure(status=status, headers=response.headers, message=text))
+    decision = decide(HTTPFailure(status=status, headers=answer.headers, message=text))
     if decision.verdict == "retry":
         return TransientBackendError(message, retry_after_s=decision.retry_after_s)
     if decision.verdict == "context_length":
@@ -144,9 +163,11 @@ def _http_error(method: str, url: str, response: httpx2.Response) -> BackendErro
     return PermanentBackendError(message)
 
 
-def _transport_error(method: str, url: str, exc: httpx2.HTTPError) -> BackendError:
+def _transport_error(method: str, url: str, exc: aiohttp.ClientError | TimeoutError) -> BackendError:
     message = f"{method} {url}: {type(exc).__name__}: {exc or 'no detail'}"
-    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return BackendUnavailableError(message)  # a certificate or TLS mismatch does not heal on retry
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return _Unreachable(message)
     if is_transient_transport_error(exc):
         return TransientBackendError(message)
@@ -160,48 +181,43 @@ def _count_retry(state: RetryCallState) -> None:
         RETRIES.labels(retry_cause(exc)).inc()
 
 
+def _compact_json(body: Any) -> str:
+    """Request bodies as httpx writes them: no spaces, UTF-8 as is (prompts are mostly text), no NaN."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _environment_proxy(url: str) -> str | None:
+    """The proxy HTTP(S)_PROXY names for `url` unless NO_PROXY exempts it, as httpx honours them.
+
+    Looked up once per backend: aiohttp's `trust_env` looks the environment (and ~/.netrc) up again on every
+    request, which measured 0.24 ms a request here, more than the rest of the request.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One TLS context for every client: loading the CA bundle costs ~30 ms, once per process is enough."""
-    return httpx2.create_ssl_context()
+    return httpx2.create_ssl_context()  # certifi's bundle, honouring SSL_CERT_FILE, as the SDK does
 
 
 class RemoteBackend:
     """A Backend over an OpenAI-compatible HTTP API rooted at `base_url` (e.g. `http://127.0.0.1:8000/v1`).
 
-    Safe to share between tasks. `transport` lets tests inject an httpx2 transport (respx, ASGI).
+    Safe to share between tasks of one event loop; its connections open on first use, in that loop.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        options: BackendOptions | None = None,
-        *,
-        transport: httpx2.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()
         self.base_url = base_url.rstrip("/")
         # vLLM, SGLang and llama.cpp serve /tokenize beside /v1, not under it.
         self.root_url = self.base_url.removesuffix("/v1")
         opts = self.options
-        timeout = httpx2.Timeout(
-            connect=opts.connect_timeout_s,
-            read=opts.read_timeout_s,
-            # Bodies are prompts (a few hundred KB at most): they go out about as fast as a connection opens.
-            write=opts.connect_timeout_s,
-            # The pool has room beyond the concurrency cap: waiting for a connection means something is stuck.
-            pool=opts.connect_timeout_s,
-        )
-        connections = opts.max_concurrency + AUXILIARY_CONNECTIONS
-        headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
-        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self._client = httpx2.AsyncClient(
-            verify=_ssl_context(),
-            timeout=timeout,
-            limits=limits,
-            headers=headers,
-            transport=transport or pooled_transport(self.base_url, _ssl_context(), limits),
-        )
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy = _environment_proxy(self.base_url)
         self._slots = asyncio.Semaphore(opts.max_concurrency)
         self._throttler = self._make_throttler(opts.requests_per_s)
         self._policy = RetryPolicy(
@@ -271,7 +287,8 @@ class RemoteBackend:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -300,6 +317,26 @@ class RemoteBackend:
         if request.stop:
             body["stop"] = list(request.stop)
         return body
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The session, opened on first use: aiohttp binds it to the running loop."""
+        if self._session is None:
+            opts = self.options
+            connector = aiohttp.TCPConnector(
+                # Beyond the concurrency cap, so tokenize and /models calls never queue behind long rollouts.
+                limit=opts.max_concurrency + AUXILIARY_CONNECTIONS,
+                ssl=_ssl_context(),
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # Per phase, no total: a rollout may stream for an hour; silence for `read` is what fails it.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=opts.connect_timeout_s, sock_read=opts.read_timeout_s
+                ),
+                headers={"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else None,
+                json_serialize=_compact_json,
+            )
+        return self._session
 
     @asynccontextmanager
     async def _gate(self, generation: bool) -> AsyncIterator[None]:
@@ -332,17 +369,17 @@ class RemoteBackend:
     async def _attempt(self, method: str, url: str, body: dict[str, Any] | None, *, generation: bool) -> Any:
         async with self._gate(generation):
             try:
-                response = await self._client.request(method, url, json=body)
-            except httpx2.HTTPError as exc:
+                async with self._http().request(method, url, json=body, proxy=self._proxy) as response:
+                    answer = _Answer(response.status, response.headers, await response.read())
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _transport_error(method, url, exc) from exc
-        if not response.is_success:
-            raise _http_error(method, url, response)
+        if not 200 <= answer.status < 300:
+            raise _http_error(method, url, answer)
         try:
-            return response.json()
+            return json.loads(answer.body)
         except ValueError as exc:
-            kind = response.headers.get("content-type", "no content type")
-            excerpt = response.text[:BODY_EXCERPT_CHARS].strip()
-            raise _NotOpenAI(f"{url} answered {kind}, not OpenAI-compatible JSON: {excerpt!r}") from exc
+            kind = answer.headers.get("content-type", "no content type")
+            raise _NotOpenAI(f"{url} answered {kind}, not OpenAI-compatible JSON: {answer.excerpt()!r}") from exc
 
     # -- parsing -------------------------------------------------------------------------------------------
 

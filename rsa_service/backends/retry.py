@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
+import aiohttp
 import httpx2
 from tenacity import RetryCallState
 
@@ -38,10 +39,15 @@ _CONTEXT_LENGTH = re.compile(
     r"context[ _](?:length|size|window)|maximum context|exceeds? the (?:available )?context|too many tokens",
     re.IGNORECASE,
 )
+# httpx2's (the SDK) and aiohttp's (the remote backend). A TLS failure is a connection error to aiohttp, but it
+# does not heal on retry.
 TRANSIENT_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
     httpx2.TimeoutException,
     httpx2.NetworkError,
     httpx2.RemoteProtocolError,
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    TimeoutError,
 )
 
 
@@ -102,18 +108,20 @@ def decide(failure: HTTPFailure) -> Decision:
 
 def is_transient_transport_error(exc: BaseException) -> bool:
     """Timeouts, refused/reset connections and truncated responses: the request may well succeed next time."""
-    return isinstance(exc, TRANSIENT_TRANSPORT_ERRORS)
+    return isinstance(exc, TRANSIENT_TRANSPORT_ERRORS) and not isinstance(exc, aiohttp.ClientSSLError)
 
 
 def retry_cause(exc: BaseException) -> RetryCause:
     """A retried failure's cause: a read/write/pool timeout, a connection that failed or broke, else a status.
 
-    Looks at `exc` or the httpx2 error it was raised from (the backends translate httpx2 errors with `from`).
+    Looks at `exc` or the transport error it was raised from (the backends translate those with `from`).
     """
-    transport = exc if isinstance(exc, httpx2.HTTPError) else exc.__cause__
-    if isinstance(transport, httpx2.TimeoutException) and not isinstance(transport, httpx2.ConnectTimeout):
+    transport = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(transport, httpx2.ConnectTimeout | aiohttp.ConnectionTimeoutError):
+        return "connection"
+    if isinstance(transport, httpx2.TimeoutException | TimeoutError):
         return "timeout"
-    if isinstance(transport, httpx2.TransportError):
+    if isinstance(transport, httpx2.TransportError | aiohttp.ClientError):
         return "connection"
     return "status"
 
