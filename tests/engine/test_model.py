@@ -148,33 +148,54 @@ def test_eos_stops_and_is_counted(tiny_checkpoint: Path, open_engine) -> None:
     assert stopped.output_ids == free.output_ids[: first + 1]
 
 
-def test_bfloat16_tracks_the_bfloat16_reference(tiny_checkpoint: Path, open_engine) -> None:
-    """bf16 rounding differs in places (our router softmax is fp32), so the bar is loose but far below chaos."""
+def test_bfloat16_tracks_the_fp32_reference_as_closely_as_the_bfloat16_reference(
+    tiny_checkpoint: Path, open_engine
+) -> None:
+    """bf16 kernels round differently from one another, and on these tiny random models one rounding difference can
+    flip a top-1 (or skip) route, after which the logits differ as between two unrelated models: the bf16 reference
+    itself is that far from the fp32 reference on about a quarter of prompts. Comparing the engine with the bf16
+    reference on one prompt therefore tests whether both use the same attention kernel, not whether either is right.
+    Instead, over 16 prompts, the engine's bf16 logits must be on average about as close to the fp32 reference as the
+    bf16 reference's are (measured: 0.38 against 0.37); an engine that is wrong is off on every prompt (~1.2)."""
     config, runner, _ = open_engine(tiny_checkpoint, dtype=torch.bfloat16)
     assert runner.model.dtype == torch.bfloat16
     assert runner.model.model.layers[0].mlp.gate.balancing_biases.dtype == torch.float32
-    tokens = _prompt(config.vocab_size, 24, seed=9)
-    with torch.no_grad():
-        expected = reference_model(tiny_checkpoint).to(torch.bfloat16)(torch.tensor([tokens])).logits[0].float()
-    ours = runner.score(0, tokens)
-    assert ours.dtype == torch.float32
-    assert _relative_error(ours, expected) < 0.05
+    exact, rounded = reference_model(tiny_checkpoint), reference_model(tiny_checkpoint).to(torch.bfloat16)
+    ours, reference = [], []
+    for seed in range(16):
+        tokens = _prompt(config.vocab_size, 24, seed=20 + seed)
+        with torch.no_grad():
+            expected = exact(torch.tensor([tokens])).logits[0]
+            reference.append(_relative_error(rounded(torch.tensor([tokens])).logits[0].float(), expected))
+        logits = runner.score(0, tokens)
+        assert logits.dtype == torch.float32
+        ours.append(_relative_error(logits, expected))
+    mean_ours, mean_reference = sum(ours) / len(ours), sum(reference) / len(reference)
+    assert mean_ours < 1.25 * mean_reference + 0.05, (ours, reference)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("batch", "length"), [(1, 300), (2, 128), (2, 37)])
-def test_blocked_prefill_attention_matches_sdpa(batch: int, length: int) -> None:
-    """fp32 prefill attention in query blocks (several blocks, a partial last one, GQA) against SDPA's causal kernel;
-    the tiny checkpoints' prompts never fill more than one block."""
+def test_blocked_prefill_attention_matches_sdpa(dtype: torch.dtype, batch: int, length: int) -> None:
+    """Prefill attention in query blocks (several blocks, a partial last one, GQA) against SDPA's causal kernel in
+    fp32; bf16 to its rounding (scores rounded to bf16). The tiny checkpoints' prompts never fill more than one
+    block."""
     import torch.nn.functional as F
 
     from rsa_service.backends.engine.model import causal_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, length, heads, 16, generator=gen) for heads in (8, 2, 2))
-    expected = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=0.25, enable_gqa=True
+    expected = (
+        F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=0.25, enable_gqa=True
+        )
+        .transpose(1, 2)
+        .flatten(2)
     )
-    assert torch.allclose(causal_attention(q, k, v, 0.25), expected.transpose(1, 2).flatten(2), atol=1e-5)
+    out = causal_attention(q.to(dtype), k.to(dtype), v.to(dtype), 0.25)
+    assert out.dtype == dtype
+    assert _relative_error(out.float(), expected) < {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
