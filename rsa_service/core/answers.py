@@ -81,7 +81,9 @@ def _timeout() -> int | None:
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
+@lru_cache(maxsize=4096)
 def _math_verify_equal(a: str, b: str) -> bool:
+    """Cached like `_parsed`: a job compares the same few answers every round (~0.05 ms a pair in sympy)."""
     from math_verify import verify
 
     return bool(verify(_parsed(a), _parsed(b), timeout_seconds=_timeout()))
