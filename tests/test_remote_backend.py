@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
+from prometheus_client import REGISTRY
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from rsa_service.backends import open_backend
@@ -29,7 +30,7 @@ from rsa_service.backends.base import (
     GenerationRequest,
     PermanentBackendError,
 )
-from rsa_service.backends.remote import RemoteBackend
+from rsa_service.backends.remote import FIRST_CONTACT_ATTEMPTS, RemoteBackend
 from rsa_service.core.tails import tail_from_offsets
 from tests.modelserver import (
     ModelServerConfig,
@@ -42,6 +43,7 @@ from tests.modelserver import (
     write_tokenizer_json,
 )
 
+USAGE = {"prompt_tokens": 5, "completion_tokens": 3}
 FAST = {"retry_backoff_s": 0.01, "retry_max_wait_s": 2.0, "max_retries": 3}
 PROBLEM = "Compute the value. ANSWER=42"
 MULTIBYTE = "数学の問題を解く。Größe naïve café — déjà vu 🙂 résumé; ∑ᵢ xᵢ² ≤ 1.\n"
@@ -274,11 +276,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def test_unreachable_server_is_unavailable() -> None:
+async def test_unreachable_server_is_unavailable_at_once() -> None:
+    """A server that never answered gets FIRST_CONTACT_ATTEMPTS, not the whole (minutes-long) retry budget."""
     url = f"http://127.0.0.1:{free_port()}/v1"
-    async with RemoteBackend(url, BackendOptions(model="toy", **FAST)) as remote:
+    slow = {**FAST, "retry_backoff_s": 0.5, "retry_max_wait_s": 30.0, "max_retries": 6}
+    started = time.monotonic()
+    async with RemoteBackend(url, BackendOptions(model="toy", **slow)) as remote:
         with pytest.raises(BackendUnavailableError, match=f"cannot reach {url}/chat/completions"):
             await remote.generate(chat())
+    assert time.monotonic() - started < 2  # one backoff of 0.25-0.5 s; the budget would be ~30 s
+
+
+def connection_retries() -> float:
+    return REGISTRY.get_sample_value("rsa_backend_retries_total", {"cause": "connection"}) or 0.0
+
+
+async def test_a_server_that_answered_before_gets_the_whole_retry_budget_to_come_back() -> None:
+    """A refused connection after the server has answered is a restart: retried until it is back."""
+    completion = {"choices": [{"message": {"content": "\\boxed{1}"}}], "usage": USAGE}
+
+    async def answer(_: web.BaseRequest) -> web.StreamResponse:
+        return web.json_response(completion, headers={"Connection": "close"})  # every request connects anew
+
+    port = free_port()
+    options = BackendOptions(model="m", **{**FAST, "max_retries": 20, "retry_max_wait_s": 0.1})
+    async with RemoteBackend(f"http://127.0.0.1:{port}/v1", options) as remote:
+        async with RawTestServer(answer, host="127.0.0.1", port=port):
+            await remote.generate(chat())
+
+        async def restart_after_refusals() -> None:
+            refused = connection_retries()
+            while connection_retries() < refused + FIRST_CONTACT_ATTEMPTS + 1:  # noqa: ASYNC110 (a metric, no event)
+                await asyncio.sleep(0.01)
+            async with RawTestServer(answer, host="127.0.0.1", port=port):
+                await asyncio.sleep(1)
+
+        restart = asyncio.create_task(restart_after_refusals())
+        assert (await remote.generate(chat(seed=2))).text == "\\boxed{1}"
+        await restart
 
 
 # -- throughput controls -------------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 # Connections beyond the generation cap, so tokenize and /models calls never queue behind long rollouts.
 AUXILIARY_CONNECTIONS = 8
+# Connection attempts a server that has never answered gets: a wrong URL or a server that is not up says so at
+# once instead of after minutes of backoff; once it has answered, a refused connection is a restart and gets the
+# whole retry budget.
+FIRST_CONTACT_ATTEMPTS = 2
 # How much of a non-JSON body an error message quotes.
 BODY_EXCERPT_CHARS = 200
 _FINISH_REASONS: Mapping[str, FinishReason] = {
@@ -233,6 +237,7 @@ class RemoteBackend:
         self._counters: _Counters | None = None
         self._separate_reasoning = False
         self._warned_no_usage = False
+        self._answered = False  # any HTTP answer at all, error statuses included
 
     @classmethod
     def from_spec(cls, location: str, options: BackendOptions) -> RemoteBackend:
@@ -352,7 +357,7 @@ class RemoteBackend:
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None, *, generation: bool) -> Any:
         """One logical call, retried per `backends.retry`: the parsed JSON of the successful answer."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._policy.max_retries + 1),
+            stop=stop_after_attempt(self._policy.max_retries + 1) | self._never_answered,
             wait=self._policy.tenacity_wait,
             retry=retry_if_exception_type(TransientBackendError),
             before_sleep=_count_retry,
@@ -366,11 +371,20 @@ class RemoteBackend:
             raise BackendUnavailableError(f"cannot reach {url}: {exc}") from exc
         raise AssertionError("tenacity ended without a result")  # pragma: no cover
 
+    def _never_answered(self, state: RetryCallState) -> bool:
+        """tenacity `stop=`: give up early on connecting to a server that has not answered yet (see
+        FIRST_CONTACT_ATTEMPTS)."""
+        failed = state.outcome.exception() if state.outcome is not None else None
+        return (
+            isinstance(failed, _Unreachable) and not self._answered and state.attempt_number >= FIRST_CONTACT_ATTEMPTS
+        )
+
     async def _attempt(self, method: str, url: str, body: dict[str, Any] | None, *, generation: bool) -> Any:
         async with self._gate(generation):
             try:
                 async with self._http().request(method, url, json=body, proxy=self._proxy) as response:
                     answer = _Answer(response.status, response.headers, await response.read())
+                self._answered = True
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _transport_error(method, url, exc) from exc
         if not 200 <= answer.status < 300:
