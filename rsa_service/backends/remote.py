@@ -327,11 +327,7 @@ class RemoteBackend:
         """The session, opened on first use: aiohttp binds it to the running loop."""
         if self._session is None:
             opts = self.options
-            connector = aiohttp.TCPConnector(
-                # Beyond the concurrency cap, so tokenize and /models calls never queue behind long rollouts.
-                limit=opts.max_concurrency + AUXILIARY_CONNECTIONS,
-                ssl=_ssl_context(),
-            )
+            connector = aiohttp.TCPConnector(limit=opts.max_concurrency + AUXILIARY_CONNECTIONS, ssl=_ssl_context())
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 # Per phase, no total: a rollout may stream for an hour; silence for `read` is what fails it.
