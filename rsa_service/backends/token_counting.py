@@ -18,8 +18,8 @@ from rsa_service.core.tails import (
     Tail,
     approximate_token_starts,
     clean_boundary,
+    fitting_tail,
     suffix_search,
-    tail_from_offsets,
     token_starts,
 )
 
@@ -93,22 +93,8 @@ class OffsetCounter:
         return templated_estimate([await self.count_text(m.content) for m in messages])
 
     async def tail(self, text: str, max_tokens: int, *, tokens_hint: int | None = None) -> Tail:
-        return await _off_loop_if_long(self._tail, text, max_tokens)  # offsets make the hint needless
-
-    def _tail(self, text: str, max_tokens: int) -> Tail:
-        """The tail, counted on its own as the next prompt will see it (one thread hop for both counts).
-
-        A cut inside a multi-token character (byte-level tokenizers give all its tokens one start) or across a
-        merge the suffix no longer has can add a token or two; the budget shrinks until the tail fits.
-        """
-        starts = self._starts(text)
-        budget = max_tokens
-        while True:
-            tail = tail_from_offsets(text, starts, budget)
-            tokens = len(self._starts(tail.text)) if tail.trimmed else tail.tokens
-            if tokens <= max_tokens or budget <= 1:
-                return Tail(text=tail.text, tokens=tokens, source_tokens=len(starts))
-            budget -= tokens - max_tokens
+        # Both counts in one thread hop when the text is long; offsets make the hint needless.
+        return await _off_loop_if_long(fitting_tail, text, self._starts, max_tokens)
 
 
 CountRequest = Callable[[dict[str, object]], Awaitable[int]]

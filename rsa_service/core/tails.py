@@ -8,7 +8,7 @@ else a space. Offsets are Python string indices, so a cut can never split a mult
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -66,6 +66,23 @@ def tail_from_offsets(text: str, starts: Sequence[int], max_tokens: int) -> Tail
     cut = clean_boundary(text, starts[first]) if first < total else len(text)
     kept = total - _first_at_or_after(starts, cut)
     return Tail(text=text[cut:], tokens=kept, source_tokens=total)
+
+
+def fitting_tail(text: str, starts: Callable[[str], list[int]], max_tokens: int) -> Tail:
+    """The tail of `tail_from_offsets`, counted again on its own, as the next prompt will see it.
+
+    A cut inside a multi-token character (byte-level tokenizers give all its tokens one start) or across a merge
+    the suffix no longer has can add a token or two; the budget shrinks until the tail fits. `starts` gives each
+    token's start offset (a tokenizer's, or `approximate_token_starts`).
+    """
+    offsets = starts(text)
+    budget = max_tokens
+    while True:
+        tail = tail_from_offsets(text, offsets, budget)
+        tokens = len(starts(tail.text)) if tail.trimmed else tail.tokens
+        if tokens <= max_tokens or budget <= 1:
+            return Tail(text=tail.text, tokens=tokens, source_tokens=len(offsets))
+        budget -= tokens - max_tokens
 
 
 def _first_at_or_after(starts: Sequence[int], offset: int) -> int:

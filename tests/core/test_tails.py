@@ -1,9 +1,12 @@
+import re
+
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from rsa_service.core.tails import (
     approximate_token_starts,
     clean_boundary,
+    fitting_tail,
     suffix_search,
     tail_from_offsets,
     token_starts,
@@ -104,3 +107,19 @@ def test_tokens_sharing_a_start_are_never_over_budget() -> None:
     for budget in range(1, 8):
         tail = tail_from_offsets(text, starts, budget)
         assert tail.tokens <= budget and text.endswith(tail.text)
+
+
+def test_a_tail_counted_again_on_its_own_still_fits() -> None:
+    """A tokenizer that spends more tokens on a text's first word (as byte-level BPE can at a new start): the
+    budget shrinks until the tail, counted on its own, fits."""
+
+    def starts(text: str) -> list[int]:
+        words = [m.start() for m in re.finditer(r"\S+", text)]
+        return words[:1] * 3 + words[1:]  # the first word costs three tokens
+
+    text = " ".join(f"w{i}" for i in range(100))
+    tail = fitting_tail(text, starts, 20)
+    assert tail.tokens == len(starts(tail.text)) <= 20
+    assert tail.source_tokens == len(starts(text)) == 102
+    uncounted = tail_from_offsets(text, starts(text), 20)  # what the cut alone keeps: over budget on its own
+    assert len(starts(uncounted.text)) > 20

@@ -27,7 +27,7 @@ from rsa_service.backends.engine.sampling import SamplingParams
 from rsa_service.backends.engine.scheduler import AsyncScheduler
 from rsa_service.backends.engine.tokenizer import ChatTokenizer, thinking_opened
 from rsa_service.core.reasoning import split_reasoning
-from rsa_service.core.tails import Tail, tail_from_offsets
+from rsa_service.core.tails import Tail, fitting_tail
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,7 @@ class EngineBackend:
         return len((await asyncio.to_thread(self.render, request))[0])
 
     async def tail(self, text: str, max_tokens: int, *, tokens_hint: int | None = None) -> Tail:
-        starts = await asyncio.to_thread(self.tokenizer.token_starts, text)
-        return tail_from_offsets(text, starts, max_tokens)
+        return await asyncio.to_thread(fitting_tail, text, self.tokenizer.token_starts, max_tokens)
 
     async def capabilities(self) -> Capabilities:
         return Capabilities(
