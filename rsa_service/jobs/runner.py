@@ -30,7 +30,7 @@ from rsa_service.core.plan import FINAL_SLOT, choose_subset, generation_seed
 from rsa_service.core.reasoning import tail_source_text
 from rsa_service.core.steps import FINAL_STEP, StepResult, round_stats, step_key
 from rsa_service.core.summary import round_steps, summarise
-from rsa_service.core.tails import Tail
+from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
@@ -482,8 +482,8 @@ class JobRunner:
         produced = generation.usage.completion_tokens
         if produced <= self.params.tail_tokens:
             return Tail(text=source, tokens=produced, source_tokens=produced)
-        # The source's share of the completion, by characters: close enough to seed a count-only search.
-        hint = produced * len(source) // max(len(generation.reasoning) + len(generation.text), 1)
+        rest = generation.text if source is generation.reasoning else generation.reasoning
+        hint = estimate_part_tokens(source, rest, produced)
         return await self.backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
 
     async def _commit(self, step: StepResult) -> None:

@@ -4,8 +4,10 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from rsa_service.core.tails import (
+    REASONING_DELIMITER_TOKENS,
     approximate_token_starts,
     clean_boundary,
+    estimate_part_tokens,
     fitting_tail,
     suffix_search,
     tail_from_offsets,
@@ -123,3 +125,14 @@ def test_a_tail_counted_again_on_its_own_still_fits() -> None:
     assert tail.source_tokens == len(starts(text)) == 102
     uncounted = tail_from_offsets(text, starts(text), 20)  # what the cut alone keeps: over budget on its own
     assert len(starts(uncounted.text)) > 20
+
+
+def test_a_part_of_a_completion_is_estimated_from_its_usage() -> None:
+    reasoning = "Consider the sum of the first terms. " * 30
+    answer = "The final answer is \\boxed{42}."
+    rest = len(approximate_token_starts(answer))
+    # The shorter rest is counted approximately and taken off with the delimiters: exact when the model agrees.
+    assert estimate_part_tokens(reasoning, answer, 300 + rest + REASONING_DELIMITER_TOKENS) == 300
+    # The part beside a longer rest: its share of the characters.
+    assert estimate_part_tokens(answer, reasoning, 330) == 330 * len(answer) // (len(answer) + len(reasoning))
+    assert estimate_part_tokens(reasoning, answer, 3) == 0
