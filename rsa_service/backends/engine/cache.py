@@ -41,7 +41,7 @@ class StateCache:
             LayerState(
                 keys=zeros(slots, nkv, max_len + 1, hd),
                 values=zeros(slots, nkv, max_len + 1, hd),
-                conv=zeros(slots, channels, conv_state_width(d)),
+                conv=zeros(slots, conv_state_width(d), channels),
                 delayed=zeros(slots, nkv * hd // 2),
             )
             for _ in range(d.num_hidden_layers)
