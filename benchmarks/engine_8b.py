@@ -108,9 +108,11 @@ def main() -> None:
         result = run_bench(runner, batch=batch, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
         context = args.prompt_tokens + args.new_tokens // 2
         bound = bandwidth / decode_step_bytes(config, batch, context, torch.bfloat16) * batch
+        distinct = bandwidth / decode_step_bytes(config, batch, context, torch.bfloat16, distinct_experts=True) * batch
         print(
             f"batch {batch}: decode {result.decode_tokens_per_s:.2f} tok/s ({result.decode_tokens_per_s / bound:.0%} "
-            f"of the bound {bound:.2f}), prefill {result.prefill_tokens_per_s:.1f} tok/s, peak RSS "
+            f"of the bound {bound:.2f}, {result.decode_tokens_per_s / distinct:.0%} of {distinct:.2f} with distinct "
+            f"experts), prefill {result.prefill_tokens_per_s:.1f} tok/s, peak RSS "
             f"{result.peak_rss_bytes / 1e9:.1f} GB ({result.peak_rss_bytes / size:.2f}x checkpoint), "
             f"KV {result.state_bytes_per_token} B/token, load average {os.getloadavg()[0]:.2f}",
             flush=True,

@@ -85,15 +85,26 @@ def read_bandwidth_bytes_per_s(size_bytes: int = 512 * 2**20, repeats: int = 7) 
     return size_bytes / best
 
 
-def decode_step_bytes(dims: ZayaDims, batch: int, context: int, dtype: torch.dtype) -> int:
+def expected_experts(experts: int, batch: int) -> float:
+    """Distinct experts `batch` rows hit per layer when each routes uniformly at random: E·(1 − (1 − 1/E)^B) (1 at
+    batch 1, ~10.3 of 16 at batch 16, ~6.4 at batch 8). A step that reads each expert hit once reads this many."""
+    return experts * (1 - (1 - 1 / experts) ** batch)
+
+
+def decode_step_bytes(
+    dims: ZayaDims, batch: int, context: int, dtype: torch.dtype, *, distinct_experts: bool = False
+) -> int:
     """Bytes one decode step must read: every layer's attention, conv and router weights, min(batch, E) experts per
-    layer (one at batch 1, nearly all at batch 16), the output embedding for the logits, and the KV cache."""
+    layer (one at batch 1, nearly all at batch 16: the issue's bound), or with `distinct_experts` the number
+    uniformly random routes hit (`expected_experts`, a tighter bound for a step that reads each expert hit once), the
+    output embedding for the logits, and the KV cache."""
     h, r, e = dims.hidden_size, dims.router_hidden_size, dims.num_experts
     q, kv = dims.num_attention_heads * dims.head_dim, dims.num_key_value_heads * dims.head_dim
     conv = (q + kv) * (dims.cca_time0 + dims.cca_time1 * dims.head_dim)
     attention = h * q + 2 * h * kv + q * h + conv
     router = h * r + 2 * r * r + r * (e + 1)
     expert = 3 * h * dims.moe_intermediate_size
-    weights = dims.num_hidden_layers * (attention + router + min(batch, e) * expert) + dims.vocab_size * h
+    experts = expected_experts(e, batch) if distinct_experts else min(batch, e)
+    weights = dims.num_hidden_layers * (attention + router + experts * expert) + dims.vocab_size * h
     kv_cache = batch * context * 2 * dims.num_hidden_layers * kv
-    return (weights + kv_cache) * dtype.itemsize
+    return round((weights + kv_cache) * dtype.itemsize)
