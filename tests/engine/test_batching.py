@@ -83,20 +83,28 @@ def test_a_long_prompt_is_chunked_while_others_keep_decoding(tiny_checkpoint: Pa
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, raised while it compiles
 @pytest.mark.parametrize(
-    ("dtype", "skip_returns_input", "tolerance"),
-    [(torch.float32, False, 1e-5), (torch.float32, True, 1e-5), (torch.bfloat16, False, 5e-2)],
+    ("dtype", "skip_returns_input", "tolerance", "kernels"),
+    [
+        (torch.float32, False, 1e-5, True),
+        (torch.float32, True, 1e-5, True),
+        (torch.bfloat16, False, 5e-2, True),
+        (torch.float32, False, 1e-5, False),
+    ],
 )
 def test_compiled_decode_matches_eager(
-    checkpoints_dir: dict[str, Path], dtype: torch.dtype, skip_returns_input: bool, tolerance: float
+    checkpoints_dir: dict[str, Path], dtype: torch.dtype, skip_returns_input: bool, tolerance: float, kernels: bool
 ) -> None:
-    """The compiled runs of the suite: the smallest config, batches 1 and 2 (experts gathered per row, fused
-    multiply-reduce GEMVs), against the eager step, with either skip route; bf16 to its rounding (as in test_model)."""
+    """The compiled runs of the suite: the smallest config, batches 1 and 2, against the eager step, with either skip
+    route; bf16 to its rounding (as in test_model). With `kernels` (where the CPU has them) attention and, at 2 rows,
+    the GEMVs and experts go through `zaya_kernels`; without, the fallback: experts gathered per row, fused
+    multiply-reduce GEMVs."""
     from rsa_service.backends.engine.loader import load_model
     from rsa_service.backends.engine.runner import ModelRunner
 
     directory = checkpoints_dir["tied"]
     config, model = load_model(directory, dtype=dtype, skip_returns_input=skip_returns_input)
     eager, compiled = ModelRunner(model, config, compile_decode=False), ModelRunner(model, config, compile_decode=True)
+    eager.decoder.kernels = compiled.decoder.kernels = compiled.decoder.kernels and kernels
     compiled.warm_up(2)
     assert compiled.decoder._step.compiled
     prompts = [_prompt(config.vocab_size, 9, seed=7), _prompt(config.vocab_size, 4, seed=8)]
