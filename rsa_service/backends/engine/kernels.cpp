@@ -62,6 +62,21 @@ constexpr int64_t kPrefetchRows = ZAYA_PF;
 
 // out[j][i] = w[i]·x[j] for NW weight rows of length k and NX input rows: NW·NX accumulators, each weight vector
 // loaded once for all NX rows.
+// The 16 horizontal sums of a[0..15] as one vector (lane j = Σ a[j]): 15 adds and 30 shuffles, where 16
+// _mm512_reduce_add_ps would take ~130 dependent instructions.
+ZAYA_AVX512 inline __m512 sum16(const __m512 (&a)[16]) {
+  __m512 s[8], t[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a2i 0+2, a2i+1 0+2, a2i 1+3, a2i+1 1+3]
+    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: that lane's partial sums of a[4i..4i+3]
+    const __m512d x = _mm512_castps_pd(s[2 * i]), y = _mm512_castps_pd(s[2 * i + 1]);
+    t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+  const __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x88), _mm512_shuffle_f32x4(t[2], t[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(u, v, 0x88), _mm512_shuffle_f32x4(u, v, 0xDD));
+}
+
 template <typename V, int NW, int NX>
 ZAYA_AVX512 inline void tile_step(const typename V::T* w, int64_t k, const typename V::T* const* x, int64_t p,
                                   int64_t n, __m512 (&acc)[NW][NX]) {
@@ -82,8 +97,15 @@ ZAYA_AVX512 void tile(const typename V::T* w, int64_t k, const typename V::T* co
   const int64_t full = k - k % V::lanes;
   for (int64_t p = 0; p < full; p += V::lanes) tile_step<V, NW, NX>(w, k, x, p, V::lanes, acc);
   if (full < k) tile_step<V, NW, NX>(w, k, x, full, k - full, acc);  // masked loads for the last partial vector
-  for (int i = 0; i < NW; ++i)
-    for (int j = 0; j < NX; ++j) out[j][i] = _mm512_reduce_add_ps(acc[i][j]);
+  if constexpr (NW * NX == 16) {  // a full tile: its 16 horizontal sums at once
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, sum16(reinterpret_cast<const __m512(&)[16]>(acc)));
+    for (int i = 0; i < NW; ++i)
+      for (int j = 0; j < NX; ++j) out[j][i] = sums[i * NX + j];
+  } else {
+    for (int i = 0; i < NW; ++i)
+      for (int j = 0; j < NX; ++j) out[j][i] = _mm512_reduce_add_ps(acc[i][j]);
+  }
 }
 
 // NW weight rows against every input row, four input rows at a time (more would spill the 32 vector registers).
@@ -215,21 +237,6 @@ ZAYA_AVX512 void weighted_values(const float* p, int64_t cols, const typename V:
       default: weighted_values<V, 4>(pg, cols, v, hd, tg, out + g * hd); break;
     }
   }
-}
-
-// The 16 horizontal sums of a[0..15] as one vector (lane j = Σ a[j]): 15 adds and 30 shuffles, where 16
-// _mm512_reduce_add_ps would take ~130 dependent instructions.
-ZAYA_AVX512 inline __m512 sum16(const __m512 (&a)[16]) {
-  __m512 s[8], t[4];
-  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a2i 0+2, a2i+1 0+2, a2i 1+3, a2i+1 1+3]
-    s[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: that lane's partial sums of a[4i..4i+3]
-    const __m512d x = _mm512_castps_pd(s[2 * i]), y = _mm512_castps_pd(s[2 * i + 1]);
-    t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  const __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
-  const __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x88), _mm512_shuffle_f32x4(t[2], t[3], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(u, v, 0x88), _mm512_shuffle_f32x4(u, v, 0xDD));
 }
 
 // s[c] = q·k[c] for c < cols (keys as dense rows of hd), sixteen columns at a time; a last partial block re-reads
