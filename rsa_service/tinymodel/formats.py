@@ -7,6 +7,7 @@ sends: prompts rendered by the published chat template, aggregation messages fro
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.reasoning import THINK_CLOSE, THINK_OPEN, split_reasoning
-from rsa_service.core.tails import tail_from_offsets, token_starts
+from rsa_service.core.tails import fitting_tail, token_starts
 
 PAD, BOS, IM_START, IM_END = "<|pad|>", "<|bos|>", "<|im_start|>", "<|im_end|>"
 # Control tokens are "special" (dropped when decoding); the think tags are ordinary added tokens so decoded text
@@ -103,7 +104,7 @@ def tail(tokenizer: Tokenizer, generated: str, tail_tokens: int) -> str:
     """The Markovian state of one generation: the last τ tokens of its reasoning, cut as the service cuts it."""
     reasoning, answer = split_reasoning(generated, thinking_opened=True)
     source = reasoning if reasoning.strip() else answer
-    return tail_from_offsets(source, token_starts(tokenizer, source), tail_tokens).text
+    return fitting_tail(source, functools.partial(token_starts, tokenizer), tail_tokens).text
 
 
 def final_answer(generated: str) -> str | None:
