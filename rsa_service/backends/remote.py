@@ -169,13 +169,11 @@ def _http_error(method: str, url: str, answer: _Answer) -> BackendError:
 
 def _transport_error(method: str, url: str, exc: aiohttp.ClientError | TimeoutError) -> BackendError:
     message = f"{method} {url}: {type(exc).__name__}: {exc or 'no detail'}"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return BackendUnavailableError(message)  # a certificate or TLS mismatch does not heal on retry
+    if not is_transient_transport_error(exc):  # TLS failures included: a certificate does not heal on retry
+        return BackendUnavailableError(message)
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return _Unreachable(message)
-    if is_transient_transport_error(exc):
-        return TransientBackendError(message)
-    return BackendUnavailableError(message)
+    return TransientBackendError(message)
 
 
 def _count_retry(state: RetryCallState) -> None:
