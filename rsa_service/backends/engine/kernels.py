@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -36,6 +37,10 @@ def _load() -> bool:
     """Build (or reuse the cached build of) the extension and register its shape functions; False if that fails."""
     if os.environ.get(KERNELS_ENV, "").strip().lower() in {"0", "false", "no", "off"}:
         return False
+    # torch runs `ninja` from PATH; the engine extra installs it beside this interpreter, which need not be on PATH.
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [scripts, os.environ.get("PATH")]))
     try:
         from torch.utils import cpp_extension
 
