@@ -7,6 +7,8 @@ skip; the fallback tests run everywhere.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,22 @@ def test_a_failed_build_is_logged_once_and_falls_back(
         kernels._load.cache_clear()
         kernels.available.cache_clear()
     assert not kernels.available(torch.float32, torch.device("meta"))
+
+
+def test_the_build_finds_ninja_beside_the_interpreter_and_leaves_path_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine extra's ninja sits in the interpreter's scripts directory; PATH only gains it for the build, so
+    the rest of the process (which redis-server the tests start, for one) is untouched."""
+    from torch.utils import cpp_extension
+
+    seen: list[str] = []
+    monkeypatch.setattr(cpp_extension, "load", lambda *args, **kwargs: seen.append(os.environ["PATH"]))
+    monkeypatch.setattr(kernels, "_register_shapes", lambda: None)
+    monkeypatch.setenv("PATH", "/nowhere")
+    kernels._load.cache_clear()
+    try:
+        kernels._load()
+    finally:
+        kernels._load.cache_clear()
+        kernels.available.cache_clear()
+    assert seen == [os.pathsep.join(["/nowhere", str(Path(sys.executable).parent)])]
+    assert os.environ["PATH"] == "/nowhere"

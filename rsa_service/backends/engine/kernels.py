@@ -16,11 +16,13 @@ RSA_ENGINE_KERNELS=0) `available` is False and the engine keeps its generic path
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,20 +34,35 @@ KERNELS_ENV = "RSA_ENGINE_KERNELS"
 _SOURCE = Path(__file__).with_name("kernels.cpp")
 
 
+@contextlib.contextmanager
+def _interpreter_scripts_on_path() -> Iterator[None]:
+    """torch runs `ninja` from PATH, and the engine extra installs it beside this interpreter, which need not be on
+    PATH (a venv used without activation). Appended, and only for the build: the process's own PATH decides
+    everything else (which redis-server it starts, for one)."""
+    saved = os.environ.get("PATH")
+    os.environ["PATH"] = os.pathsep.join(filter(None, [saved, str(Path(sys.executable).parent)]))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = saved
+
+
 @functools.cache
 def _load() -> bool:
     """Build (or reuse the cached build of) the extension and register its shape functions; False if that fails."""
     if os.environ.get(KERNELS_ENV, "").strip().lower() in {"0", "false", "no", "off"}:
         return False
-    # torch runs `ninja` from PATH; the engine extra installs it beside this interpreter, which need not be on PATH.
-    scripts = str(Path(sys.executable).parent)
-    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join(filter(None, [scripts, os.environ.get("PATH")]))
     try:
         from torch.utils import cpp_extension
 
-        # The source's hash is part of the build's cache key, so an edited kernels.cpp is rebuilt.
-        cpp_extension.load(name="zaya_kernels", sources=[str(_SOURCE)], extra_cflags=["-O3"], is_python_module=False)
+        with _interpreter_scripts_on_path():
+            # The source's hash is part of the build's cache key, so an edited kernels.cpp is rebuilt.
+            cpp_extension.load(
+                name="zaya_kernels", sources=[str(_SOURCE)], extra_cflags=["-O3"], is_python_module=False
+            )
     except Exception as exc:  # compiler missing, headers missing, build error: all mean "not here"
         logger.warning("engine: CPU kernels unavailable, using the generic path: %s", exc)
         return False
