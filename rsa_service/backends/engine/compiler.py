@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +59,87 @@ def input_guards_only(entries: list[Any]) -> list[bool]:
     ]
 
 
+MAX_PLANS = 256
+Path = tuple[int, ...]  # indices from a call's arguments down through nested tuples and lists to a tensor
+
+
+def _tensor_paths(value: Any, path: Path = ()) -> Iterator[tuple[Path, Tensor]]:
+    if isinstance(value, Tensor):
+        yield path, value
+    elif isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            yield from _tensor_paths(item, (*path, i))
+
+
+def _follow(args: Sequence[Any], path: Path) -> Any:
+    for i in path:
+        args = args[i]
+    return args
+
+
+class _Entry:
+    """One graph inductor compiled, as dynamo calls it, noting each call's flat arguments and outputs for `_Plan`."""
+
+    def __init__(self, compiled: Callable[..., Any], graph: torch.fx.GraphModule, owner: Compiled) -> None:
+        self.compiled, self._owner = compiled, owner
+        # Which tensor argument's dimension each symbolic size argument is (dynamo passes them separately).
+        examples = [node.meta.get("example_value") for node in graph.graph.find_nodes(op="placeholder")]
+        self.sizes: dict[int, tuple[int, int]] = {}
+        for i, value in enumerate(examples):
+            if isinstance(value, torch.SymInt):
+                self.sizes[i] = next(
+                    ((j, d) for j, t in enumerate(examples) if isinstance(t, Tensor)
+                     for d, n in enumerate(t.shape) if isinstance(n, torch.SymInt) and n.node.expr == value.node.expr),
+                    (-1, -1),
+                )  # fmt: skip
+
+    def __call__(self, *flat: Any) -> Any:
+        out = self.compiled(*flat)
+        self._owner._ran.append((self, flat, out))
+        return out
+
+
+class _Plan:
+    """How to call one `_Entry` straight from a call's arguments: the flat list dynamo would build, with the
+    model's own tensors fixed and the arguments' tensors and sizes looked up by position."""
+
+    def __init__(self, entry: _Entry, args: Sequence[Any], flat: Sequence[Any]) -> None:
+        self.entry = entry
+        paths = {id(t): path for path, t in _tensor_paths(args)}
+        self.template = list(flat)
+        self.inputs: list[tuple[int, Path]] = []
+        self.sizes: list[tuple[int, Path, int]] = []
+        for i, value in enumerate(flat):
+            if isinstance(value, Tensor) and id(value) in paths:
+                self.inputs.append((i, paths[id(value)]))
+                self.template[i] = None  # never keep a call's tensors alive
+            elif i in entry.sizes:
+                j, dim = entry.sizes[i]
+                if j < 0 or id(flat[j]) not in paths:
+                    raise ValueError(f"no argument holds symbolic size {i}")
+                self.sizes.append((i, paths[id(flat[j])], dim))
+
+    def __call__(self, args: Sequence[Any]) -> Any:
+        flat = self.template.copy()
+        for i, path in self.inputs:
+            flat[i] = _follow(args, path)
+        for i, path, dim in self.sizes:
+            flat[i] = _follow(args, path).shape[dim]
+        return self.entry.compiled(*flat)
+
+
 class Compiled:
     """`fn`, compiled on first call; falls back to `fn` itself (with a warning) if compilation fails.
 
     Each instance keeps its own compiled entries (`isolate_recompiles`), so `guard_filter` may drop guards that only
     tell this instance's arguments apart from another's.
+
+    `replay(key, *args)` skips dynamo on repeated calls: the first call with a new `key` runs through dynamo (its
+    guards pick or compile a graph) and records how that graph's flat arguments come from `args`; later calls with
+    the same key call the graph directly. For a function whose only side effects are on tensors it is handed (the
+    graph does those) and a key that fixes everything the guards check (every argument's shape, dtype and layout,
+    the model): the decode step's guards, the prologue fetching ~280 weights and dynamo's wrappers cost ~0.35 ms of a
+    ~2 ms step at one row.
     """
 
     def __init__(
@@ -81,8 +158,19 @@ class Compiled:
             # The generated wrapper's per-call asserts on input sizes and strides (~300 for the whole decode step,
             # ~0.2 ms) go too: the kept guards check the inputs that can change, and the model's weights never do.
             options |= {"guard_filter_fn": guard_filter, "size_asserts": False}
-        self._fn = torch.compile(fn, dynamic=dynamic, options=options, isolate_recompiles=True) if enabled else fn
+        self._fn = (
+            torch.compile(fn, dynamic=dynamic, options=options, backend=self._backend, isolate_recompiles=True)
+            if enabled
+            else fn
+        )
         self.compiled = enabled
+        self._ran: list[tuple[_Entry, Sequence[Any], Any]] = []  # the graphs the current call through dynamo ran
+        self._plans: dict[Hashable, _Plan | None] = {}
+
+    def _backend(self, graph: torch.fx.GraphModule, examples: list[Any], **kwargs: Any) -> _Entry:
+        from torch._inductor.compile_fx import compile_fx
+
+        return _Entry(compile_fx(graph, examples, config_patches=kwargs.get("options")), graph, self)
 
     def __call__(self, *args: Any) -> Any:
         if not self.compiled:
@@ -93,3 +181,29 @@ class Compiled:
             logger.warning("engine: compiling %s failed; running it eagerly instead: %s", self._name, exc)
             self._fn, self.compiled = self._eager, False
             return self._eager(*args)
+
+    def replay(self, key: Hashable, *args: Any) -> Any:
+        if key in self._plans:
+            plan = self._plans[key]
+            return tuple(plan(args)) if plan is not None else self(*args)
+        self._ran.clear()
+        result = self(*args)
+        if len(self._plans) >= MAX_PLANS:  # keys are few (batch buckets × attention widths); never unbounded
+            self._plans.clear()
+        self._plans[key] = self._planned(args, result)
+        self._ran.clear()
+        return result
+
+    def _planned(self, args: Sequence[Any], result: Any) -> _Plan | None:
+        """A plan when one graph did the whole call (no graph break) and returned exactly `fn`'s result tuple."""
+        if len(self._ran) != 1 or not isinstance(result, tuple):
+            return None
+        entry, flat, out = self._ran[0]
+        if not isinstance(out, list | tuple) or len(out) != len(result):
+            return None
+        if any(a is not b for a, b in zip(out, result, strict=True)):
+            return None
+        try:
+            return _Plan(entry, args, flat)
+        except ValueError:
+            return None

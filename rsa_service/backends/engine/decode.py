@@ -72,7 +72,9 @@ class DecodeStep:
                 _mark_dynamic(self.cache)
                 self._marked = self.cache.layers
             torch._dynamo.maybe_mark_dynamic(mask, 3)
-            return self._step(self.model, tokens, positions, active, mask, self.cache.layers, None, self.kernels)
+            key = (rows, width, self.cache.layers[0].keys.shape)  # the model fixed, this fixes every shape
+            layers = self.cache.layers
+            return self._step.replay(key, self.model, tokens, positions, active, mask, layers, None, self.kernels)
         return ZayaForCausalLM.decode_step(
             self.model, tokens, positions, active, mask, self.cache.layers, self.expert_mlp, self.kernels
         )

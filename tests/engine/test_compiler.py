@@ -1,0 +1,119 @@
+"""`Compiled.replay`: repeated calls skip dynamo, yet compute (and mutate) exactly what the compiled function does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from rsa_service.backends.engine.compiler import Compiled, input_guards_only
+
+CPU = torch.device("cpu")
+
+
+class Scale(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 2.0, 8))
+
+
+def step(model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """A decode step in miniature: reads a dynamic prefix of each buffer, writes one column in place."""
+    total = x * model.weight
+    for keys, counts in states:
+        keys[:, width.shape[0] - 1] = total
+        counts += 1
+        total = total + keys[:, : width.shape[0]].sum(1)
+    return total, total.sum()
+
+
+def _states(columns: int) -> list[tuple[Tensor, Tensor]]:
+    return [(torch.zeros(8, columns), torch.zeros(2)) for _ in range(3)]
+
+
+def _counting(compiled: Compiled) -> list[int]:
+    """Counts the calls that go through dynamo (the compiled function itself)."""
+    calls = [0]
+    inner = compiled._fn
+
+    def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return inner(*args)
+
+    compiled._fn = counted
+    return calls
+
+
+def _run(compiled: Compiled, model: Scale, states: list[tuple[Tensor, Tensor]], width: int, seed: int) -> Any:
+    x = torch.randn(8, generator=torch.Generator().manual_seed(seed))
+    mark = torch.zeros(width)
+    for keys, _ in states:
+        torch._dynamo.maybe_mark_dynamic(keys, 1)
+    torch._dynamo.maybe_mark_dynamic(mark, 0)
+    return compiled.replay((width, states[0][0].shape), model, x, mark, states)
+
+
+def test_replay_skips_dynamo_and_matches_eager() -> None:
+    model = Scale()
+    compiled = Compiled(step, enabled=True, device=CPU, dynamic=False, guard_filter=input_guards_only)
+    calls = _counting(compiled)
+    # Two sets of buffers of one shape, taken in turn: a replay must use the buffers it is handed.
+    pairs = [(_states(16), _states(16)) for _ in range(2)]
+    for i, width in enumerate([3, 3, 3, 3, 5, 5, 5, 3]):
+        ours, reference = pairs[i % 2]
+        got = _run(compiled, model, ours, width, seed=i)
+        want = step(model, torch.randn(8, generator=torch.Generator().manual_seed(i)), torch.zeros(width), reference)
+        assert isinstance(got, tuple) and len(got) == 2
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+        for (k1, c1), (k2, c2) in zip(ours, reference, strict=True):
+            torch.testing.assert_close(k1, k2)
+            torch.testing.assert_close(c1, c2)
+    assert calls[0] == 2  # the first call of each key; widths 3 and 5 share one graph with a dynamic width
+
+    # Grown buffers (a new key): through dynamo once, then replayed against the new buffers.
+    ours, reference = _states(32), _states(32)
+    for i in range(3):
+        got = _run(compiled, model, ours, 20, seed=10 + i)
+        want = step(model, torch.randn(8, generator=torch.Generator().manual_seed(10 + i)), torch.zeros(20), reference)
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(ours[2][0], reference[2][0])
+    assert calls[0] == 3
+
+
+def _with_break(model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    states[0][1].add_(1)
+    torch._dynamo.graph_break()
+    return step(model, x, width, states)
+
+
+def _single(model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tensor, Tensor]]) -> Tensor:
+    return step(model, x, width, states)[0]
+
+
+@pytest.mark.parametrize("fn", [_with_break, _single], ids=["graph break", "not a tuple"])
+def test_replay_goes_through_dynamo_when_one_graph_does_not_return_the_result(fn: Callable[..., Any]) -> None:
+    """Replaying one graph would skip work done outside it (a graph break) or return the wrong structure."""
+    model = Scale()
+    compiled = Compiled(fn, enabled=True, device=CPU, dynamic=False, guard_filter=input_guards_only)
+    calls = _counting(compiled)
+    ours, reference = _states(8), _states(8)
+    for i in range(3):
+        got = _run(compiled, model, ours, 4, seed=i)
+        want = fn(model, torch.randn(8, generator=torch.Generator().manual_seed(i)), torch.zeros(4), reference)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(ours[0][1], reference[0][1])
+    assert calls[0] == 3
+
+
+def test_replay_runs_eagerly_when_compiling_is_off() -> None:
+    model = Scale()
+    compiled = Compiled(step, enabled=False, device=CPU, dynamic=False)
+    ours, reference = _states(8), _states(8)
+    for i in range(2):
+        got = _run(compiled, model, ours, 4, seed=i)
+        want = step(model, torch.randn(8, generator=torch.Generator().manual_seed(i)), torch.zeros(4), reference)
+        torch.testing.assert_close(got, want)
