@@ -69,13 +69,21 @@ def test_routed_gemv_reads_each_rows_expert(dtype: torch.dtype, route: list[int]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("rows", "heads", "kv_heads", "head_dim", "width"),
-    [(1, 8, 2, 64, 160), (3, 6, 3, 8, 33), (2, 2, 1, 32, 64), (4, 10, 2, 16, 17), (16, 8, 2, 64, 192)],
+    [
+        (1, 8, 2, 64, 160),
+        (3, 6, 3, 8, 33),
+        (2, 2, 1, 32, 64),
+        (4, 10, 2, 16, 17),
+        (16, 8, 2, 64, 192),
+        (2, 8, 2, 128, 700),
+    ],
 )
 def test_decode_attention_matches_sdpa(
     dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, width: int
 ) -> None:
     """Views into a larger cache (as the decode step passes them), GQA groups of 1-5 query heads, head dims below and
-    above one vector, widths not a multiple of 16, a prefix mask per row and one with holes."""
+    above one vector, widths not a multiple of 16 and beyond one block of values, a prefix mask per row and one with
+    holes."""
     _need(dtype)
     gen = torch.Generator().manual_seed(width)
     keys, values = (torch.randn(rows + 2, kv_heads, width + 40, head_dim, generator=gen).to(dtype) for _ in range(2))
