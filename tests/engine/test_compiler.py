@@ -82,6 +82,8 @@ def test_replay_skips_dynamo_and_matches_eager() -> None:
         torch.testing.assert_close(got[0], want[0])
         torch.testing.assert_close(ours[2][0], reference[2][0])
     assert calls[0] == 3
+    compiled(model, torch.ones(8), torch.zeros(20), ours)  # a plain call: nothing recorded, no tensor kept
+    assert compiled._ran is None
 
 
 def _with_break(model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
