@@ -158,14 +158,22 @@ class CCAProjection(nn.Module):
         Mean paths: q head ← ½(q + its KV head's k), k head ← mean of its q heads' mean paths.
         """
         q_mean = (q_proj.unflatten(-1, (self.nkv, -1, self.hd)) + k_proj.unflatten(-1, (self.nkv, 1, self.hd))) * 0.5
-        q_dim = self.nh * self.hd
-        query = mixed[..., :q_dim].unflatten(-1, (self.nh, self.hd)) + q_mean.flatten(-3, -2)
-        key = mixed[..., q_dim:].unflatten(-1, (self.nkv, self.hd)) + q_mean.mean(dim=-2)
+        # Split into heads before slicing: a view of a slice makes inductor guard on the row count being 1.
+        heads = mixed.unflatten(-1, (self.nh + self.nkv, self.hd))
+        query = heads[..., : self.nh, :] + q_mean.flatten(-3, -2)
+        key = heads[..., self.nh :, :] + q_mean.mean(dim=-2)
         return query, key
 
     def _conv(self, history: Tensor) -> Tensor:
-        """history [B, C, W + T] → [B, C, T]."""
-        return self.conv_qk_grouped(self.conv_qk_depthwise(history))
+        """history [B, W + T, C] (contiguous) → [B, T, C].
+
+        As 2-D convolutions over [B, C, 1, W + T] in channels-last layout, which is the time-major history as it
+        lies: oneDNN's channels-last kernels run both convs of a 2,048-token prefill in 1.8 ms against 8.0 for
+        Conv1d over the transposed history (fp32; bf16 0.9 against 3.2 ms).
+        """
+        for conv in (self.conv_qk_depthwise, self.conv_qk_grouped):
+            history = torch.ops.zaya.time_conv(history, conv.weight, conv.bias, conv.groups)
+        return history
 
     def _conv_last(self, history: Tensor, kernel: bool) -> Tensor:
         """The convs' one output for the newest column, as two small reductions: history [B, W + 1, C] → [B, C].
@@ -196,21 +204,26 @@ class CCAProjection(nn.Module):
             out = (mixed[:, :, None] @ weight.transpose(-1, -2))[:, :, 0]
         return out.flatten(1) + grouped.bias
 
-    def forward(self, x: Tensor, ctx: StepContext, state: LayerState) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, T, H] → q [B, T, nh, hd], k [B, T, nkv, hd], v [B, T, nkv, hd]; rolls conv and delayed state."""
-        q_proj, k_proj = linear(self.q_proj, x), linear(self.k_proj, x)  # [B, T, nh·hd], [B, T, nkv·hd]
-        qk = torch.cat([q_proj, k_proj], dim=-1)  # [B, T, C]
-        history = torch.cat([state.conv[ctx.rows], qk], dim=1)  # [B, W + T, C]
+    def forward(
+        self, x: Tensor, conv: Tensor, delayed: Tensor, last: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """x [B, T, H], conv state [B, W, C], delayed value [B, Dv], last [B] (index of each row's last real token)
+        → q [B, T, nh, hd], k and v [B, T, nkv, hd], and the conv state and delayed value after the last real token.
+        """
+        q_proj = linear(self.q_proj, x, dense=True)  # [B, T, nh·hd]
+        k_proj = linear(self.k_proj, x, dense=True)  # [B, T, nkv·hd]
+        history = torch.cat([conv, torch.cat([q_proj, k_proj], dim=-1)], dim=1)  # [B, W + T, C]
         # New conv state: the W tokens ending at each sequence's last real token.
-        cols = ctx.last[:, None] + 1 + torch.arange(self.width, device=x.device)  # [B, W]
-        state.conv[ctx.rows] = history.gather(1, cols[:, :, None].expand(-1, -1, history.shape[2]))
-        query, key = self._heads(q_proj, k_proj, self._conv(history.transpose(1, 2)).transpose(1, 2))
+        cols = last[:, None] + 1 + torch.arange(self.width, device=x.device)  # [B, W]
+        conv = history.gather(1, cols[:, :, None].expand(-1, -1, history.shape[2]))
+        query, key = self._heads(q_proj, k_proj, self._conv(history))
 
         # Values: the first half of the channels from this token, the second half delayed by one token.
-        v_now, v_next = linear(self.v_proj_current, x), linear(self.v_proj_delayed, x)  # [B, T, Dv] each
-        v_prev = torch.cat([state.delayed[ctx.rows][:, None], v_next[:, :-1]], dim=1)  # [B, T, Dv]
-        state.delayed[ctx.rows] = v_next.gather(1, ctx.last[:, None, None].expand(-1, 1, v_next.shape[-1]))[:, 0]
-        return query, key, torch.cat([v_now, v_prev], dim=-1).unflatten(-1, (self.nkv, self.hd))
+        v_now, v_next = linear(self.v_proj_current, x, dense=True), linear(self.v_proj_delayed, x, dense=True)
+        v_prev = torch.cat([delayed[:, None], v_next[:, :-1]], dim=1)  # [B, T, Dv]
+        delayed = v_next.gather(1, last[:, None, None].expand(-1, 1, v_next.shape[-1]))[:, 0]
+        value = torch.cat([v_now, v_prev], dim=-1).unflatten(-1, (self.nkv, self.hd))
+        return query, key, value, conv, delayed
 
     def decode(
         self, x: Tensor, active: Tensor, state: LayerState, kernel: bool = False
@@ -259,7 +272,27 @@ ATTENTION_BLOCK = 128
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """Causal grouped-query attention over T fresh tokens: q [B, T, nh, hd], k, v [B, T, nkv, hd] → [B, T, nh·hd].
+    """Causal grouped-query attention over T fresh tokens: q [B, T, nh, hd], k, v [B, T, nkv, hd] → [B, T, nh·hd]."""
+    return blocked_attention(*attention_layout(q, k, v, scale))
+
+
+def attention_layout(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """q [B, T, nh, hd], k, v [B, T, nkv, hd] → queries [B, nkv, T, group, hd] scaled, keys [B, nkv, T, hd] and
+    values [B, nkv, hd, T], contiguous: query head j is (j // group, j % group), as it reads KV head j // group."""
+    b, t, nh, hd = q.shape
+    nkv = k.shape[2]
+    queries = q.view(b, t, nkv, nh // nkv, hd).transpose(1, 2) * scale
+    # Copies whatever the strides (`contiguous` would make the compiled prefill guard on T being 1).
+    copy = torch.contiguous_format
+    return (
+        queries.clone(memory_format=copy),
+        k.transpose(1, 2).clone(memory_format=copy),
+        v.permute(0, 2, 3, 1).clone(memory_format=copy),
+    )
+
+
+def blocked_attention(queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """Causal attention in `attention_layout`'s layout → [B, T, nh·hd].
 
     SDPA's CPU flash kernel runs its many small block GEMMs at ~70 GFLOP/s here (fp32; bf16 is no faster). Instead
     each block of ATTENTION_BLOCK queries (its scores stay in the L2 cache) reads only the keys up to its own end, in
@@ -268,14 +301,9 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     computing them in fp32 here costs most of the gain (bf16 2,048-token prefill: SDPA ~0.86 s, this ~0.55 s, with
     fp32 scores ~0.68 s).
     """
-    b, t, nh, hd = q.shape
-    nkv = k.shape[2]
-    group = nh // nkv  # query head j reads KV head j // group
-    queries = (q.view(b, t, nkv, group, hd).transpose(1, 2) * scale).contiguous()  # [B, nkv, T, group, hd]
-    keys = k.transpose(1, 2).contiguous()  # [B, nkv, T, hd]
-    values = v.permute(0, 2, 3, 1)  # [B, nkv, hd, T]
-    above = torch.ones(ATTENTION_BLOCK, ATTENTION_BLOCK, dtype=torch.bool, device=q.device).triu(1)
-    out = q.new_empty(b, t, nkv, group, hd)
+    b, nkv, t, group, hd = queries.shape
+    above = torch.ones(ATTENTION_BLOCK, ATTENTION_BLOCK, dtype=torch.bool, device=queries.device).triu(1)
+    out = queries.new_empty(b, t, nkv, group, hd)
     for row in range(b):
         for head in range(nkv):
             for start in range(0, t, ATTENTION_BLOCK):
@@ -285,7 +313,18 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
                 scores[:, :, start:].masked_fill_(above[:n, None, :n], float("-inf"))
                 probs = torch.softmax(scores, dim=-1)
                 out[row, start:end, head] = dense_linear(probs, values[row, head, :, :end])  # [n, group, hd]
-    return out.view(b, t, nh * hd)
+    return out.view(b, t, nkv * group * hd)
+
+
+class AttentionInputs(NamedTuple):
+    """A layer's attention operands for T new tokens (`attention_layout`) and its conv and delayed-value state after
+    them."""
+
+    queries: Tensor  # [B, nkv, T, group, hd], scaled by 1/√hd
+    keys: Tensor  # [B, nkv, T, hd] post-RoPE
+    values: Tensor  # [B, nkv, hd, T]
+    conv: Tensor  # [B, W, C]
+    delayed: Tensor  # [B, Dv]
 
 
 class CCAttention(nn.Module):
@@ -296,25 +335,33 @@ class CCAttention(nn.Module):
         self.o_proj = nn.Linear(dims.num_attention_heads * dims.head_dim, dims.hidden_size, bias=False, dtype=dtype)
         self.scale = dims.head_dim**-0.5
 
-    def forward(self, x: Tensor, ctx: StepContext, rope: tuple[Tensor, Tensor], state: LayerState) -> Tensor:
-        q, k, v = self.qkv_proj(x, ctx, state)
+    def inputs(
+        self, x: Tensor, conv: Tensor, delayed: Tensor, last: Tensor, cos: Tensor, sin: Tensor
+    ) -> AttentionInputs:
+        """x [B, T, H] → the attention's operands; see `CCAProjection.forward` and `apply_rope`."""
+        q, k, v, conv, delayed = self.qkv_proj(x, conv, delayed, last)
         q, k = self.qk_norm(q, k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        state.keys[ctx.rows[:, None], :, ctx.write_cols] = k  # indexed as [B, T, nkv, hd]
-        state.values[ctx.rows[:, None], :, ctx.write_cols] = v
-        if ctx.mask is None and q.device.type == "cpu":  # fresh sequences only
-            return linear(self.o_proj, causal_attention(q, k, v, self.scale))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return AttentionInputs(*attention_layout(q, k, v, self.scale), conv, delayed)
+
+    def attend(self, a: AttentionInputs, ctx: StepContext, state: LayerState) -> Tensor:
+        """Store the new tokens' keys and values, and attend: → [B, T, nh·hd]."""
+        state.keys[ctx.rows[:, None], :, ctx.write_cols] = a.keys.transpose(1, 2)  # indexed as [B, T, nkv, hd]
+        state.values[ctx.rows[:, None], :, ctx.write_cols] = a.values.permute(0, 3, 1, 2)
+        if ctx.mask is None and a.queries.device.type == "cpu":  # fresh sequences only
+            return blocked_attention(a.queries, a.keys, a.values)
+        b, nkv, t, group, hd = a.queries.shape
         width = ctx.width
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
+            a.queries.transpose(2, 3).reshape(b, nkv * group, t, hd),
             state.keys[ctx.rows, :, :width],  # [B, nkv, K, hd]
             state.values[ctx.rows, :, :width],
             attn_mask=ctx.mask,
             is_causal=ctx.mask is None,  # SDPA's causal kernel is several times faster than an explicit mask
-            scale=self.scale,
+            scale=1.0,  # the queries come scaled
             enable_gqa=True,
         )  # [B, nh, T, hd]; query head j reads KV head j // (nh / nkv)
-        return linear(self.o_proj, out.transpose(1, 2).flatten(2))
+        return out.transpose(1, 2).flatten(2)
 
     def decode_attend(
         self, q: Tensor, k: Tensor, v: Tensor, cols: Tensor, mask: Tensor, state: LayerState, kernel: bool
@@ -354,9 +401,9 @@ class RouterMLP(nn.Module):
         self.fc2 = nn.Linear(r, r, dtype=dtype)
         self.out_proj = nn.Linear(r, dims.num_experts + 1, bias=False, dtype=dtype)
 
-    def forward(self, state: Tensor, kernel: bool = False) -> Tensor:
-        h = F.gelu(linear(self.fc1, self.norm(state), kernel))  # exact (erf) GELU
-        return linear(self.out_proj, F.gelu(linear(self.fc2, h, kernel)), kernel)  # [B, T, E + 1]
+    def forward(self, state: Tensor, kernel: bool = False, dense: bool = False) -> Tensor:
+        h = F.gelu(linear(self.fc1, self.norm(state), kernel, dense=dense))  # exact (erf) GELU
+        return linear(self.out_proj, F.gelu(linear(self.fc2, h, kernel, dense=dense)), kernel, dense=dense)
 
 
 class Router(nn.Module):
@@ -371,13 +418,15 @@ class Router(nn.Module):
         self.router_mlp = RouterMLP(dims, dtype)
         self.register_buffer("balancing_biases", torch.zeros(dims.num_experts + 1, dtype=torch.float32))
 
-    def forward(self, x: Tensor, carried: Tensor | None, kernel: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, carried: Tensor | None, kernel: bool = False, dense: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, H] → route [B, T], weight [B, T] (fp32, unbiased probability), state [B, T, R]."""
-        state = linear(self.down_proj, x, kernel)
+        state = linear(self.down_proj, x, kernel, dense=dense)
         if self.router_states_scale is not None and carried is not None:
             state = state + carried * self.router_states_scale
         # fp32 softmax so near-ties route the same way across dtypes.
-        probs = torch.softmax(self.router_mlp(state, kernel).float(), dim=-1)
+        probs = torch.softmax(self.router_mlp(state, kernel, dense).float(), dim=-1)
         route = (probs + self.balancing_biases).argmax(dim=-1)
         return route, probs.gather(-1, route[..., None])[..., 0], state
 
@@ -426,6 +475,26 @@ def dense_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
     return torch.ops.zaya.linear(x, weight, bias)
 
 
+# Conv1d over time-major x [B, L, C] (weight [C, C / groups, t]) → [B, L - t + 1, C], as a 2-D convolution over
+# [B, C, 1, L] in channels-last layout, which is x as it lies (see `CCAProjection._conv`). An op of our own so that
+# inductor calls it on the tensors as they are: lowered, the depthwise conv came out channels-first and was converted
+# back (fp32 2,048-token prefill, compiled: the convs ~35 ms against ~18 called whole).
+_LIBRARY.define("time_conv(Tensor x, Tensor weight, Tensor bias, int groups) -> Tensor")
+
+
+def _time_conv(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    out = F.conv2d(x.transpose(1, 2)[:, :, None], weight[:, :, None], bias, groups=groups)
+    return out[:, :, 0].transpose(1, 2).contiguous()  # already so, unless the input was not time-major
+
+
+@torch.library.register_fake("zaya::time_conv", lib=_LIBRARY)
+def _time_conv_fake(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    return x.new_empty(x.shape[0], x.shape[1] - weight.shape[-1] + 1, weight.shape[0])
+
+
+_LIBRARY.impl("time_conv", _time_conv, "CompositeExplicitAutograd")
+
+
 def multiply_reduce(x: Tensor, weight: Tensor) -> Tensor:
     """x [..., K] · weight [..., N, K] (broadcast) → [..., N], accumulated in fp32. Compiled, inductor turns it into
     one vectorised loop that streams the weight once: ~28 GB/s here against ~15 GB/s for MKL's fp32 and oneDNN's bf16
@@ -455,7 +524,11 @@ def small_batch_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, ke
     return out if bias is None else out + bias
 
 
-def linear(layer: nn.Linear, x: Tensor, kernel: bool = False) -> Tensor:
+def linear(layer: nn.Linear, x: Tensor, kernel: bool = False, *, dense: bool = False) -> Tensor:
+    """`small_batch_linear`; with `dense` always `dense_linear`: the prefill's compiled pieces take any row count, and
+    choosing by it would compile a graph for each range of them."""
+    if dense:
+        return dense_linear(x, layer.weight, layer.bias)
     return small_batch_linear(x, layer.weight, layer.bias, kernel)
 
 
@@ -527,19 +600,22 @@ class MoE(nn.Module):
         self.experts = Experts(dims, dtype)
 
     def route(
-        self, x: Tensor, carried: Tensor | None, valid: Tensor, kernel: bool = False
+        self, x: Tensor, carried: Tensor | None, valid: Tensor, kernel: bool = False, dense: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [..., H] → route [...] (padding → E + 1), weight [...], router state [..., R]."""
-        route, weight, state = self.gate(x, carried, kernel)
+        """x [..., H] → route [...] (padding → E + 1), weight [...], router state [..., R]; `kernel`, `dense`: see
+        `linear`."""
+        route, weight, state = self.gate(x, carried, kernel, dense)
         return torch.where(valid, route, self.experts.gate_up_proj.shape[0] + 1), weight, state
 
-    def forward(
-        self, x: Tensor, carried: Tensor | None, valid: Tensor, skip_returns_input: bool, mlp: ExpertMLP
-    ) -> tuple[Tensor, Tensor, int]:
-        """x [B, T, H] → output [B, T, H], router state [B, T, R], skip routes taken by real tokens."""
-        route, weight, state = self.route(x, carried, valid)
-        out, skips = self.experts(x.flatten(0, 1), route.flatten(), weight.flatten(), skip_returns_input, mlp)
-        return out.view_as(x), state, skips
+
+class Routed(NamedTuple):
+    """A prefill layer's state between its router and its experts."""
+
+    residual: Tensor  # [B, T, H] fp32, after the attention's merge
+    x: Tensor  # [B, T, H] the experts' input
+    route: Tensor  # [B, T] (padding → E + 1)
+    weight: Tensor  # [B, T]
+    carried: Tensor  # [B, T, R] router state
 
 
 class DecoderLayer(nn.Module):
@@ -556,6 +632,18 @@ class DecoderLayer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.input_layernorm.weight.dtype
 
+    def attention_inputs(
+        self, residual: Tensor, conv: Tensor, delayed: Tensor, last: Tensor, cos: Tensor, sin: Tensor
+    ) -> AttentionInputs:
+        """Prefill up to the attention: residual [B, T, H] fp32 → the attention's operands, conv and delayed state."""
+        return self.self_attn.inputs(self.input_layernorm(residual.to(self.dtype)), conv, delayed, last, cos, sin)
+
+    def routed(self, attended: Tensor, residual: Tensor, carried: Tensor | None, valid: Tensor) -> Routed:
+        """Prefill from the attention's output [B, T, nh·hd] to the experts: o_proj, residual merge, norm, router."""
+        residual = self.post_attention_residual_scale(linear(self.self_attn.o_proj, attended, dense=True), residual)
+        x = self.post_attention_layernorm(residual.to(self.dtype))
+        return Routed(residual, x, *self.mlp.route(x, carried, valid, dense=True))
+
     def forward(
         self,
         residual: Tensor,
@@ -564,15 +652,18 @@ class DecoderLayer(nn.Module):
         rope: tuple[Tensor, Tensor],
         state: LayerState,
         skip_returns_input: bool,
-        mlp: ExpertMLP,
+        ops: PrefillOps,
     ) -> tuple[Tensor, Tensor, int]:
-        """residual [B, T, H] fp32 → residual, router state, skip count."""
-        h = self.self_attn(self.input_layernorm(residual.to(self.dtype)), ctx, rope, state)
-        residual = self.post_attention_residual_scale(h, residual)
-        h, carried, skips = self.mlp(
-            self.post_attention_layernorm(residual.to(self.dtype)), carried, ctx.valid, skip_returns_input, mlp
-        )
-        return self.post_mlp_residual_scale(h, residual), carried, skips
+        """residual [B, T, H] fp32 → residual, router state, skip count. The pieces between the cache writes, the
+        attention and the expert dispatch (which stay eager: per-row loops, data-dependent expert calls) run through
+        `ops`."""
+        rows = ctx.rows
+        inputs = ops.attention_inputs(self, residual, state.conv[rows], state.delayed[rows], ctx.last, *rope)
+        state.conv[rows], state.delayed[rows] = inputs.conv, inputs.delayed
+        r = ops.routed(self, self.self_attn.attend(inputs, ctx, state), residual, carried, ctx.valid)
+        experts = self.mlp.experts
+        out, skips = experts(r.x.flatten(0, 1), r.route.flatten(), r.weight.flatten(), skip_returns_input, ops.mlp)
+        return ops.merge(self.post_mlp_residual_scale, out.view_as(r.x), r.residual), r.carried, skips
 
     def decode(self, residual: Tensor, carried: Tensor | None, step: DecodeContext, state: LayerState) -> DecodeOut:
         """One token per row: residual [B, H] fp32 → residual, router state [B, R], skip routes taken (0-d)."""
@@ -593,6 +684,18 @@ class DecoderLayer(nn.Module):
             out = experts(x, route, weight, step.skip_returns_input, step.mlp)[0]
         skips = (route == experts.gate_up_proj.shape[0]).sum()
         return DecodeOut(self.post_mlp_residual_scale(out, residual), carried, skips)
+
+
+class PrefillOps(NamedTuple):
+    """The functions the prefill pass runs each layer's pieces through: these, or compiled ones (`prefill`)."""
+
+    attention_inputs: Callable[..., AttentionInputs] = DecoderLayer.attention_inputs
+    routed: Callable[..., Routed] = DecoderLayer.routed
+    merge: Callable[[ResidualScale, Tensor, Tensor], Tensor] = ResidualScale.forward
+    mlp: ExpertMLP = expert_mlp
+
+
+EAGER = PrefillOps()
 
 
 class ZayaBackbone(nn.Module):
@@ -636,7 +739,7 @@ class ZayaForCausalLM(nn.Module):
         return ((embedded + core.input_hidden_states_bias) * core.input_hidden_states_scale).float()
 
     def forward(
-        self, tokens: Tensor, ctx: StepContext, states: list[LayerState], mlp: ExpertMLP = expert_mlp
+        self, tokens: Tensor, ctx: StepContext, states: list[LayerState], ops: PrefillOps = EAGER
     ) -> tuple[Tensor, list[int]]:
         """Prefill: tokens [B, T] → final normed hidden [B, T, H] (compute dtype), skip routes per layer."""
         residual = self.embed(tokens)
@@ -644,7 +747,7 @@ class ZayaForCausalLM(nn.Module):
         carried: Tensor | None = None
         skips = []
         for layer, state in zip(self.model.layers, states, strict=True):
-            residual, carried, taken = layer(residual, carried, ctx, rope, state, self.skip_returns_input, mlp)
+            residual, carried, taken = layer(residual, carried, ctx, rope, state, self.skip_returns_input, ops)
             skips.append(taken)
         return self.model.norm(residual.to(self.dtype)), skips
 

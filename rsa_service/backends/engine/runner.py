@@ -15,12 +15,15 @@ from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
 from rsa_service.backends.engine.compiler import COMPILE_MIN_HIDDEN, compile_enabled
 from rsa_service.backends.engine.decode import DecodeStep, batch_bucket
 from rsa_service.backends.engine.model import ZayaDims, ZayaForCausalLM
+from rsa_service.backends.engine.prefill import prefill_ops
 
 
 class ModelRunner:
-    """Owns the model, its state cache and the compiled decode step; counts skip routes taken per layer.
+    """Owns the model, its state cache, the compiled decode step and prefill pieces; counts skip routes taken per
+    layer.
 
-    `compile_decode` None follows RSA_ENGINE_COMPILE, else compiles where it pays; see `compiler`.
+    `compile_decode` (decode and prefill alike) None follows RSA_ENGINE_COMPILE, else compiles where it pays; see
+    `compiler`.
     """
 
     def __init__(self, model: ZayaForCausalLM, dims: ZayaDims, *, compile_decode: bool | None = None) -> None:
@@ -30,6 +33,7 @@ class ModelRunner:
         worthwhile = self.device.type == "cuda" or dims.hidden_size >= COMPILE_MIN_HIDDEN
         compile_step = compile_enabled(compile_decode, worthwhile=worthwhile)
         self.decoder = DecodeStep(model, self.cache, compile_step=compile_step)
+        self.prefill_ops = prefill_ops(enabled=compile_step, device=self.device, mlp=self.decoder.expert_mlp)
         self._skips = torch.zeros(dims.num_hidden_layers, dtype=torch.long, device=self.device)
 
     @property
@@ -42,8 +46,11 @@ class ModelRunner:
         self.cache.reserve(batch_bucket(rows), max_len)
 
     def warm_up(self, max_batch: int) -> None:
-        """Compile the decode step for every batch up to `max_batch` now, so no request waits for it."""
+        """Compile the decode step for every batch up to `max_batch`, and the prefill pieces, now, so no request
+        waits for them."""
         self.decoder.warm_up(range(1, max_batch + 1))
+        with torch.inference_mode():
+            self._forward([0], [[0, 0]], [0])  # one graph per piece serves any rows and tokens (`prefill` module)
 
     def _count(self, skips: Tensor | list[int]) -> None:
         self._skips += torch.as_tensor(skips, device=self.device)
@@ -55,14 +62,21 @@ class ModelRunner:
         A piece starting at 0 begins a fresh sequence. Returns the final hidden state at each piece's last token,
         [B, H]; `logits` turns the ones that end a prompt into next-token logits.
         """
+        hidden, skips = self._forward(rows, pieces, starts)
+        self._count(skips)
+        return hidden
+
+    def _forward(
+        self, rows: Sequence[int], pieces: Sequence[Sequence[int]], starts: Sequence[int]
+    ) -> tuple[Tensor, list[int]]:
+        """`prefill` without counting its skip routes: → hidden [B, H], skip routes per layer."""
         fresh = [row for row, start in zip(rows, starts, strict=True) if start == 0]
         if fresh:
             self.cache.reset(fresh)
         lengths = [len(p) for p in pieces]
         ctx = self.cache.context(rows, starts, lengths)
-        hidden, skips = self.model(self._pad(pieces), ctx, self.cache.layers, self.decoder.expert_mlp)
-        self._count(skips)
-        return hidden[torch.arange(len(rows), device=self.device), ctx.last]
+        hidden, skips = self.model(self._pad(pieces), ctx, self.cache.layers, self.prefill_ops)
+        return hidden[torch.arange(len(rows), device=self.device), ctx.last], skips
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [B, H] → fp32 logits [B, V]."""
@@ -98,9 +112,8 @@ class ModelRunner:
         """Logits after every token of one fresh sequence, in one pass: [T, V] fp32."""
         self.reserve(row + 1, len(tokens))
         self.cache.reset([row])
-        hidden, skips = self.model(
-            self._pad([tokens]), self.cache.context([row], [0], [len(tokens)]), self.cache.layers
-        )
+        ctx = self.cache.context([row], [0], [len(tokens)])
+        hidden, skips = self.model(self._pad([tokens]), ctx, self.cache.layers, self.prefill_ops)
         self._count(skips)
         return self.model.logits(hidden[0])
 
