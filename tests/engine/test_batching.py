@@ -105,7 +105,7 @@ def test_compiled_decode_matches_eager(
     config, model = load_model(directory, dtype=dtype, skip_returns_input=skip_returns_input)
     eager, compiled = ModelRunner(model, config, compile_decode=False), ModelRunner(model, config, compile_decode=True)
     eager.decoder.kernels = compiled.decoder.kernels = compiled.decoder.kernels and kernels
-    compiled.warm_up(2)
+    compiled.warm_up([1, 2])
     assert compiled.decoder._step.compiled
     prompts = [_prompt(config.vocab_size, 9, seed=7), _prompt(config.vocab_size, 4, seed=8)]
     fed = [_prompt(config.vocab_size, 6, seed=9), _prompt(config.vocab_size, 6, seed=10)]  # same tokens for both

@@ -95,7 +95,7 @@ class EngineBackend:
             skip_returns_input=skip_returns_input,
         )
         runner = ModelRunner(model, config, compile_decode=compile_decode)
-        runner.warm_up(options.max_concurrency)
+        runner.warm_up(range(1, options.max_concurrency + 1))
         batcher = Batcher(
             runner,
             eos_token_ids=config.eos_token_ids,

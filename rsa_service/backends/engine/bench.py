@@ -43,10 +43,10 @@ def peak_rss_bytes() -> int:
 def run_bench(runner: ModelRunner, *, batch: int, prompt_tokens: int, new_tokens: int, seed: int = 0) -> BenchResult:
     """Prefill every prompt in one step (the step budget is the whole batch), then time the decode steps.
 
-    Random prompts share no prefix worth forking. The decode step is compiled
+    Random prompts share no prefix worth forking. The decode step for `batch` and the prefill pieces are compiled
     (warm-up) before anything is timed.
     """
-    runner.decoder.warm_up([batch])
+    runner.warm_up([batch])
     vocab = runner.model.model.embed_tokens.weight.shape[0]
     gen = torch.Generator().manual_seed(seed)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, stop_token_ids=())

@@ -91,7 +91,7 @@ def _run(
     ids = tokenizer.encode_plain(prompt) if prompt is not None else parse_ids(prompt_ids or "", config.vocab_size)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     runner = ModelRunner(model, config)
-    runner.warm_up(1)
+    runner.warm_up([1])
     batcher = Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=1)
     (seq,) = batcher.generate([GenSequence(ids, params, stream=tokenizer.stream())])
     return seq.output_ids, seq.text

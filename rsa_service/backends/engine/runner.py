@@ -6,7 +6,7 @@ batcher's business.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -45,10 +45,10 @@ class ModelRunner:
         """Make room for rows [0, rows) of `max_len` tokens (rounded up to a decode batch)."""
         self.cache.reserve(batch_bucket(rows), max_len)
 
-    def warm_up(self, max_batch: int) -> None:
-        """Compile the decode step for every batch up to `max_batch`, and the prefill pieces, now, so no request
-        waits for them."""
-        self.decoder.warm_up(range(1, max_batch + 1))
+    def warm_up(self, batches: Iterable[int]) -> None:
+        """Compile the decode step for `batches` (their buckets), and the prefill pieces, now, so no request waits
+        for them."""
+        self.decoder.warm_up(batches)
         with torch.inference_mode():
             self._forward([0], [[0, 0]], [0])  # one graph per piece serves any rows and tokens (`prefill` module)
 
