@@ -7,6 +7,7 @@ decode step must read (weights it touches plus the KV cache it attends over) div
 counts min(batch, 16) experts per layer (the issue's); a second, tighter one counts the experts uniformly random
 routes would hit (~10.3 of 16 at batch 16), which is what a step that reads each expert hit once must read. Our decode
 step is compiled (hidden 512 is below the engine's default compile threshold, so this is asked for explicitly).
+Every figure, ours and the reference's alike, is the best of three timings.
 
     .venv/bin/python benchmarks/engine.py [--threads 1] [--dtypes float32 bfloat16] [--json out.json]
 """
@@ -45,6 +46,7 @@ CONFIG: dict[str, Any] = {
 }
 DECODE_PROMPT, DECODE_NEW = 128, 64
 PREFILL_PROMPT = 2048
+REPEATS = 3  # each side's best of this many timings: the machine is shared, and slow runs say little about either
 
 
 def build_checkpoint(directory: Path) -> Path:
@@ -80,17 +82,22 @@ def reference_timings(directory: Path, dtype: torch.dtype, batch: int, prompt: i
         return time.perf_counter() - start
 
     run(2)  # warm-up
-    first = run(1)
+    first = min(run(1) for _ in range(REPEATS))
     if new <= 1:
         return batch * prompt / first, 0.0
-    total = run(new)
+    total = min(run(new) for _ in range(REPEATS))
     return batch * prompt / first, batch * (new - 1) / max(total - first, 1e-9)
 
 
 def ours(directory: Path, dtype: torch.dtype, batch: int, prompt: int, new: int) -> dict[str, Any]:
+    """Our figures, each the best of REPEATS runs (the first compiles before it times anything)."""
     config, model = load_model(directory, dtype=dtype)
     runner = ModelRunner(model, config, compile_decode=True)
-    return run_bench(runner, batch=batch, prompt_tokens=prompt, new_tokens=new).as_json()
+    runs = [run_bench(runner, batch=batch, prompt_tokens=prompt, new_tokens=new).as_json() for _ in range(REPEATS)]
+    best = dict(runs[-1])
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+        best[key] = max(run[key] for run in runs)
+    return best
 
 
 def main() -> None:
