@@ -58,6 +58,7 @@ class DecodeStep:
         self.expert_mlp = Compiled(expert_mlp, enabled=compile_step, device=device, dynamic=None)
         self._marked: list[LayerState] | None = None  # the cache buffers last marked dynamic
         self.kernels = kernels.available(model.dtype, device)
+        self._experts = model.model.layers[0].mlp.experts  # looked up once: each step would walk five modules
 
     @torch.inference_mode()
     def __call__(self, tokens: Tensor, positions: Tensor, active: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -66,14 +67,14 @@ class DecodeStep:
         `width` (> every position) is how many cache columns the attention reads.
         """
         mask = (torch.arange(width, device=tokens.device) <= positions[:, None])[:, None, None]  # [B, 1, 1, K]
-        rows, experts = tokens.shape[0], self.model.model.layers[0].mlp.experts.gate_up_proj.shape[0]
-        if self._step.compiled and (self.kernels or rows <= experts):
+        rows = tokens.shape[0]
+        if self._step.compiled and (self.kernels or rows <= self._experts.gate_up_proj.shape[0]):
             if self._marked is not self.cache.layers:
                 _mark_dynamic(self.cache)
                 self._marked = self.cache.layers
             torch._dynamo.maybe_mark_dynamic(mask, 3)
-            key = (rows, width, self.cache.layers[0].keys.shape)  # the model fixed, this fixes every shape
             layers = self.cache.layers
+            key = (rows, width, layers[0].keys.shape)  # the model fixed, this fixes every shape
             return self._step.replay(key, self.model, tokens, positions, active, mask, layers, None, self.kernels)
         return ZayaForCausalLM.decode_step(
             self.model, tokens, positions, active, mask, self.cache.layers, self.expert_mlp, self.kernels
@@ -89,7 +90,7 @@ class DecodeStep:
             self(tokens, positions, torch.zeros(b, dtype=torch.bool, device=device), COLUMN_BLOCK)
         # Dispatches whose slices cover the sizes, offsets and strides the expert MLP meets (dynamo re-specialises
         # on 0/1 values of each, then generalises; a small model's MLP also branches at 2 and 16 rows).
-        experts = self.model.model.layers[0].mlp.experts
+        experts = self._experts
         hidden, count = experts.gate_up_proj.shape[-1], experts.gate_up_proj.shape[0]
         with torch.inference_mode():
             for route in ([0], [count - 1], [0, count - 1, count - 1], [count - 1, 0, 0, 0, count], [0] * 17):
