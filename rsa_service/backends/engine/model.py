@@ -194,7 +194,7 @@ class CCAProjection(nn.Module):
         mixed = torch.stack(columns, dim=-1)  # [B, C, t1]
         groups = self.nh + self.nkv
         weight = grouped.weight.view(groups, self.hd, self.hd * t1)  # [G, out, in·t1]
-        mixed = materialize(mixed).view(mixed.shape[0], groups, self.hd * t1)
+        mixed = gemv_input(mixed).view(mixed.shape[0], groups, self.hd * t1)
         if kernel and mixed.shape[0] >= KERNEL_MIN_ROWS:
             route = torch.arange(groups, device=mixed.device).repeat(mixed.shape[0])
             out = torch.ops.zaya_kernels.gemv(mixed.flatten(0, 1), weight, route).view(mixed.shape[0], groups, -1)
