@@ -182,7 +182,7 @@ def test_blocked_prefill_attention_matches_sdpa(dtype: torch.dtype, batch: int, 
     block."""
     import torch.nn.functional as F
 
-    from rsa_service.backends.engine.model import causal_attention
+    from rsa_service.backends.engine.model import attention_layout, blocked_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, length, heads, 16, generator=gen) for heads in (8, 2, 2))
@@ -193,7 +193,7 @@ def test_blocked_prefill_attention_matches_sdpa(dtype: torch.dtype, batch: int, 
         .transpose(1, 2)
         .flatten(2)
     )
-    out = causal_attention(q.to(dtype), k.to(dtype), v.to(dtype), 0.25)
+    out = blocked_attention(*attention_layout(q.to(dtype), k.to(dtype), v.to(dtype), 0.25))
     assert out.dtype == dtype
     assert _relative_error(out.float(), expected) < {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
 

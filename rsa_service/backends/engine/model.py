@@ -271,11 +271,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 ATTENTION_BLOCK = 128
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """Causal grouped-query attention over T fresh tokens: q [B, T, nh, hd], k, v [B, T, nkv, hd] → [B, T, nh·hd]."""
-    return blocked_attention(*attention_layout(q, k, v, scale))
-
-
 def attention_layout(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """q [B, T, nh, hd], k, v [B, T, nkv, hd] → queries [B, nkv, T, group, hd] scaled, keys [B, nkv, T, hd] and
     values [B, nkv, hd, T], contiguous: query head j is (j // group, j % group), as it reads KV head j // group."""
