@@ -23,13 +23,14 @@
 #include <optional>
 #include <vector>
 
-#define ZAYA_AVX512 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define ZAYA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 namespace {
 
-// The element types: how many fill one 512-bit register, and one multiply-accumulate into 16 fp32 lanes.
+// The weight element types: how many fill one multiply-accumulate into 16 fp32 lanes, and the input rows' type X.
 struct F32 {
   using T = float;
+  using X = float;
   static constexpr int64_t lanes = 16;
   ZAYA_AVX512 static __m512 load(const float* p, int64_t n) {
     return n >= lanes ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
@@ -40,6 +41,7 @@ struct F32 {
 
 struct BF16 {
   using T = c10::BFloat16;
+  using X = c10::BFloat16;
   static constexpr int64_t lanes = 32;  // pairs: _mm512_dpbf16_ps adds w[2i]·x[2i] + w[2i+1]·x[2i+1] to lane i
   ZAYA_AVX512 static __m512bh load(const c10::BFloat16* p, int64_t n) {
     const __m512i v =
@@ -51,6 +53,20 @@ struct BF16 {
     const __m256i v = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16(static_cast<__mmask32>(m), p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
   }
+};
+
+// Weight-only int8: 16 weights widened to fp32 against fp32 inputs; the caller applies the per-row scales.
+struct I8 {
+  using T = int8_t;
+  using X = float;
+  static constexpr int64_t lanes = 16;
+  ZAYA_AVX512 static __m512 load(const int8_t* p, int64_t n) {
+    const __m128i v = n >= lanes ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
+                                 : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << n) - 1), p);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+  }
+  ZAYA_AVX512 static __m512 load(const float* p, int64_t n) { return F32::load(p, n); }
+  ZAYA_AVX512 static __m512 madd(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
 };
 
 constexpr int64_t kBlock = 4;  // weight rows per tile
@@ -79,9 +95,9 @@ ZAYA_AVX512 inline __m512 sum16(const __m512 (&a)[16]) {
 }
 
 template <typename V, int NW, int NX>
-ZAYA_AVX512 inline void tile_step(const typename V::T* w, int64_t k, const typename V::T* const* x, int64_t p,
+ZAYA_AVX512 inline void tile_step(const typename V::T* w, int64_t k, const typename V::X* const* x, int64_t p,
                                   int64_t n, __m512 (&acc)[NW][NX]) {
-  decltype(V::load(w, n)) xv[NX];
+  decltype(V::load(x[0], n)) xv[NX];
   for (int j = 0; j < NX; ++j) xv[j] = V::load(x[j] + p, n);
   for (int i = 0; i < NW; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(w + (i + kPrefetchRows) * k + p), _MM_HINT_T0);
@@ -91,7 +107,7 @@ ZAYA_AVX512 inline void tile_step(const typename V::T* w, int64_t k, const typen
 }
 
 template <typename V, int NW, int NX>
-ZAYA_AVX512 void tile(const typename V::T* w, int64_t k, const typename V::T* const* x, float* const* out) {
+ZAYA_AVX512 void tile(const typename V::T* w, int64_t k, const typename V::X* const* x, float* const* out) {
   __m512 acc[NW][NX];
   for (int i = 0; i < NW; ++i)
     for (int j = 0; j < NX; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -111,7 +127,7 @@ ZAYA_AVX512 void tile(const typename V::T* w, int64_t k, const typename V::T* co
 
 // NW weight rows against every input row, four input rows at a time (more would spill the 32 vector registers).
 template <typename V, int NW>
-ZAYA_AVX512 void tile_rows(const typename V::T* w, int64_t k, const typename V::T* const* x, int64_t rows,
+ZAYA_AVX512 void tile_rows(const typename V::T* w, int64_t k, const typename V::X* const* x, int64_t rows,
                            float* const* out, int64_t column) {
   float* shifted[4];
   for (int64_t j = 0; j < rows; j += 4) {
@@ -128,7 +144,7 @@ ZAYA_AVX512 void tile_rows(const typename V::T* w, int64_t k, const typename V::
 
 // out[j][:n] = w [n, k] · x[j] for each of `rows` input rows; weight tiles are split across threads.
 template <typename V>
-void rows_times_weight(const typename V::T* w, int64_t n, int64_t k, const typename V::T* const* x, int64_t rows,
+void rows_times_weight(const typename V::T* w, int64_t n, int64_t k, const typename V::X* const* x, int64_t rows,
                        float* const* out) {
   at::parallel_for(0, (n + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
@@ -147,15 +163,16 @@ void rows_times_weight(const typename V::T* w, int64_t n, int64_t k, const typen
 template <typename V>
 at::Tensor gemv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& route) {
   using T = typename V::T;
+  using X = typename V::X;
   const int64_t k = x.size(1), batch = x.size(0), n = weight.size(-2);
   const int64_t experts = route ? weight.size(0) : 1;
   auto out = at::zeros({batch, n}, x.options().dtype(at::kFloat));
-  const T* xp = x.const_data_ptr<T>();
+  const X* xp = x.const_data_ptr<X>();
   const T* wp = weight.const_data_ptr<T>();
   float* op = out.mutable_data_ptr<float>();
   at::Tensor routes;
   if (route) routes = route->to(at::kLong).contiguous();
-  std::vector<const T*> rows;
+  std::vector<const X*> rows;
   std::vector<float*> outs;
   for (int64_t e = 0; e < experts; ++e) {
     rows.clear();
@@ -364,17 +381,27 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
                                        : attention_impl<BF16>(qc, keys, values, mask, scale);
 }
 
-// See gemv_impl; returns x's dtype (the fp32 sums rounded once).
-at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& route) {
+// See gemv_impl; returns x's dtype (the fp32 sums rounded once). An int8 weight takes fp32 scales, one per weight
+// row ([n], or [E, n] with a route), applied to the fp32 sums.
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& route,
+                const std::optional<at::Tensor>& scale) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "gemv: CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "gemv: x and weight dtypes differ");
+  const bool int8 = weight.scalar_type() == at::kChar;
+  TORCH_CHECK(int8 || x.scalar_type() == weight.scalar_type(), "gemv: x and weight dtypes differ");
+  TORCH_CHECK(int8 == scale.has_value(), "gemv: scales go with int8 weights, and only with them");
   TORCH_CHECK(supports(x.scalar_type()), "gemv: this CPU lacks the AVX-512 instructions for ", x.scalar_type());
   TORCH_CHECK(weight.dim() == (route ? 3 : 2) && x.size(-1) == weight.size(-1), "gemv: shapes ", x.sizes(), " and ",
               weight.sizes(), route ? " with a route" : "");
-  const auto flat = x.reshape({-1, x.size(-1)}).contiguous();
+  TORCH_CHECK(!int8 || (scale->scalar_type() == at::kFloat && scale->sizes() == weight.sizes().slice(0, weight.dim() - 1)),
+              "gemv: int8 weight ", weight.sizes(), " needs fp32 scales of shape ", weight.sizes().slice(0, weight.dim() - 1));
+  const auto flat = x.reshape({-1, x.size(-1)}).to(int8 ? at::kFloat : x.scalar_type()).contiguous();
   TORCH_CHECK(!route || (route->dim() == 1 && route->size(0) == flat.size(0)), "gemv: one route per row");
   const auto w = weight.contiguous();
-  auto out = flat.scalar_type() == at::kFloat ? gemv_impl<F32>(flat, w, route) : gemv_impl<BF16>(flat, w, route);
+  auto out = int8 ? gemv_impl<I8>(flat, w, route)
+             : flat.scalar_type() == at::kFloat ? gemv_impl<F32>(flat, w, route) : gemv_impl<BF16>(flat, w, route);
+  if (int8) {  // rows routed outside [0, E) hold zeros, whichever scale they meet
+    out.mul_(route ? scale->index_select(0, route->clamp(0, weight.size(0) - 1)) : *scale);
+  }
   auto sizes = x.sizes().vec();
   sizes.back() = weight.size(-2);
   return out.to(x.scalar_type()).view(sizes);
@@ -384,7 +411,7 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::option
 
 TORCH_LIBRARY(zaya_kernels, m) {
   m.def("supports(ScalarType dtype) -> bool", &supports);
-  m.def("gemv(Tensor x, Tensor weight, Tensor? route=None) -> Tensor");
+  m.def("gemv(Tensor x, Tensor weight, Tensor? route=None, Tensor? scale=None) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor mask, float scale) -> Tensor");
 }
 

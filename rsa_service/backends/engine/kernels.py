@@ -81,7 +81,7 @@ def _attention_shape(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, scal
     return q.new_empty((q.shape[0], q.shape[1] * q.shape[2]))
 
 
-def _gemv_shape(x: Tensor, weight: Tensor, route: Tensor | None = None) -> Tensor:
+def _gemv_shape(x: Tensor, weight: Tensor, route: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[-2]))
 
 
@@ -95,11 +95,12 @@ def available(dtype: torch.dtype, device: torch.device) -> bool:
     return _load() and bool(torch.ops.zaya_kernels.supports(dtype))  # the CPU's own flags, asked at run time
 
 
-def gemv(x: Tensor, weight: Tensor, route: Tensor | None = None) -> Tensor:
+def gemv(x: Tensor, weight: Tensor, route: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """x [..., K] · weight [N, K]ᵀ → [..., N]; or, with route [B], each row of x [B, K] times its own expert's
     weight[route[b]] of weight [E, N, K] (rows routed outside [0, E) get zeros). In x's dtype, fp32 accumulation;
-    each weight matrix hit is read once for all the rows that use it. Only where `available`."""
-    return torch.ops.zaya_kernels.gemv(x, weight, route)
+    each weight matrix hit is read once for all the rows that use it. An int8 weight comes with its fp32 scales
+    (one per weight row: [N], or [E, N]) and any x dtype the kernels run. Only where `available`."""
+    return torch.ops.zaya_kernels.gemv(x, weight, route, scale)
 
 
 def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, scale: float) -> Tensor:
