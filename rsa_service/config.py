@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     rate_burst: int = Field(default=1, gt=0, description="Requests the shared rate lets through at once.")
     drain_grace_s: float = Field(default=30.0, ge=0, description="On SIGTERM, wait this long for in-flight work.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="`rsa worker`: serve /metrics here (0: off).")
+    engine_quantize: Literal["none", "int8"] = Field(
+        default="none", description="In-process engine: int8 halves the weight bytes a bf16 decode step reads."
+    )
     requeue_pending_after_s: float = Field(
         default=60.0, gt=0, description="Queue a never-claimed job again after this long (its hint may be lost)."
     )
@@ -61,7 +64,10 @@ def backend_api_key(settings: Settings) -> str | None:
 def backend_options(settings: Settings, model: str | None) -> BackendOptions:
     """What every backend opened by the CLI, the API or a worker gets from the settings."""
     return BackendOptions(
-        model=model or settings.model, api_key=backend_api_key(settings), tokenizer_path=settings.tokenizer
+        model=model or settings.model,
+        api_key=backend_api_key(settings),
+        tokenizer_path=settings.tokenizer,
+        quantize=settings.engine_quantize,
     )
 
 

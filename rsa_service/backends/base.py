@@ -75,6 +75,9 @@ class BackendOptions(BaseModel):
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         default="auto", description="In-process engine weights; auto: the checkpoint's own dtype."
     )
+    quantize: Literal["none", "int8"] = Field(
+        default="none", description="In-process engine: int8 stores the weights a decode step streams as int8."
+    )
     device: str = "cpu"
     threads: int | None = Field(
         default=None, gt=0, description="In-process engine: torch threads (default: every core but one)."

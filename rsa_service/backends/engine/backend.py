@@ -93,6 +93,7 @@ class EngineBackend:
             dtype=_DTYPES[checkpoint_dtype(directory) if options.dtype == "auto" else options.dtype],
             device=options.device,
             skip_returns_input=skip_returns_input,
+            quantize=options.quantize,
         )
         runner = ModelRunner(model, config, compile_decode=compile_decode)
         runner.warm_up(range(1, options.max_concurrency + 1))

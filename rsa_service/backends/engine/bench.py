@@ -1,4 +1,5 @@
-"""Engine throughput on random prompts: prefill and aggregate decode tokens/s, peak RSS, cache bytes per token."""
+"""Engine throughput on random prompts: prefill and aggregate decode tokens/s, peak RSS, cache bytes per token; and
+how closely one model's greedy tokens follow another's (int8 weights against the full-precision ones)."""
 
 from __future__ import annotations
 
@@ -48,10 +49,8 @@ def run_bench(runner: ModelRunner, *, batch: int, prompt_tokens: int, new_tokens
     """
     runner.warm_up([batch])
     vocab = runner.model.model.embed_tokens.weight.shape[0]
-    gen = torch.Generator().manual_seed(seed)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, stop_token_ids=())
-    prompts = [torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(batch)]
-    seqs = [GenSequence(prompt, params) for prompt in prompts]
+    seqs = [GenSequence(prompt, params) for prompt in random_prompts(vocab, batch, prompt_tokens, seed)]
     batcher = Batcher(runner, eos_token_ids=(), max_batch=batch, step_tokens=batch * prompt_tokens)
     begin = time.perf_counter()
     batcher.step(admit=seqs)
@@ -74,6 +73,50 @@ def run_bench(runner: ModelRunner, *, batch: int, prompt_tokens: int, new_tokens
     )
 
 
+def random_prompts(vocab: int, count: int, length: int, seed: int) -> list[list[int]]:
+    """`count` prompts of `length` random token ids (ids below 3 are kept for special tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (length,), generator=gen).tolist() for _ in range(count)]
+
+
+def greedy_continuations(runner: ModelRunner, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Each prompt's `new_tokens` greedy tokens, all decoded in one batch (no EOS)."""
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, stop_token_ids=())
+    seqs = [GenSequence(prompt, params) for prompt in prompts]
+    step_tokens = sum(len(p) for p in prompts)
+    Batcher(runner, eos_token_ids=(), max_batch=len(prompts), step_tokens=step_tokens).generate(seqs)
+    return [seq.output_ids for seq in seqs]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely a model's greedy tokens follow reference continuations of the same prompts."""
+
+    teacher_forced: float  # share of positions whose top-1 token is the reference's, given the reference's prefix
+    identical_prefix: float  # mean share of a free-running greedy continuation equal to the reference before they part
+    identical: int  # continuations equal to the reference throughout
+    prompts: int
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def greedy_agreement(runner: ModelRunner, prompts: list[list[int]], references: list[list[int]]) -> Agreement:
+    """Compare `runner`'s model with the references, teacher-forced (one scoring pass over prompt + reference) and
+    free-running (its own greedy continuations)."""
+    hits = total = 0
+    for prompt, reference in zip(prompts, references, strict=True):
+        picks = runner.score(0, prompt + reference[:-1])[len(prompt) - 1 :].argmax(-1).tolist()
+        hits += sum(a == b for a, b in zip(picks, reference, strict=True))
+        total += len(reference)
+    ours = greedy_continuations(runner, prompts, len(references[0]))
+    shares = []
+    for mine, reference in zip(ours, references, strict=True):
+        parted = next((i for i, (a, b) in enumerate(zip(mine, reference, strict=True)) if a != b), len(reference))
+        shares.append(parted / len(reference))
+    return Agreement(hits / total, sum(shares) / len(shares), sum(s == 1 for s in shares), len(prompts))
+
+
 def read_bandwidth_bytes_per_s(size_bytes: int = 512 * 2**20, repeats: int = 7) -> float:
     """Best-of-N read bandwidth: summing a tensor far larger than the caches reads every byte once."""
     data = torch.ones(size_bytes // 4, dtype=torch.float32)
@@ -92,19 +135,24 @@ def expected_experts(experts: int, batch: int) -> float:
 
 
 def decode_step_bytes(
-    dims: ZayaDims, batch: int, context: int, dtype: torch.dtype, *, distinct_experts: bool = False
+    dims: ZayaDims, batch: int, context: int, dtype: torch.dtype, *, distinct_experts: bool = False, int8: bool = False
 ) -> int:
     """Bytes one decode step must read: every layer's attention, conv and router weights, min(batch, E) experts per
     layer (one at batch 1, nearly all at batch 16: the issue's bound), or with `distinct_experts` the number
     uniformly random routes hit (`expected_experts`, a tighter bound for a step that reads each expert hit once), the
-    output embedding for the logits, and the KV cache."""
+    output embedding for the logits, and the KV cache. `int8`: the matrices `quantize="int8"` stores as int8 count one
+    byte an element plus a 4-byte scale a row."""
     h, r, e = dims.hidden_size, dims.router_hidden_size, dims.num_experts
     q, kv = dims.num_attention_heads * dims.head_dim, dims.num_key_value_heads * dims.head_dim
-    conv = (q + kv) * (dims.cca_time0 + dims.cca_time1 * dims.head_dim)
-    attention = h * q + 2 * h * kv + q * h + conv
-    router = h * r + 2 * r * r + r * (e + 1)
-    expert = 3 * h * dims.moe_intermediate_size
+
+    def matrix(rows: int, cols: int) -> int:
+        return rows * (cols + 4) if int8 else rows * cols * dtype.itemsize
+
+    conv = (q + kv) * (dims.cca_time0 + dims.cca_time1 * dims.head_dim) * dtype.itemsize
+    attention = matrix(q, h) + matrix(2 * kv, h) + matrix(h, q) + conv  # q, k and both v halves, o
+    router = (h * r + 2 * r * r + r * (e + 1)) * dtype.itemsize
+    expert = matrix(2 * dims.moe_intermediate_size, h) + matrix(h, dims.moe_intermediate_size)
     experts = expected_experts(e, batch) if distinct_experts else min(batch, e)
-    weights = dims.num_hidden_layers * (attention + router + experts * expert) + dims.vocab_size * h
-    kv_cache = batch * context * 2 * dims.num_hidden_layers * kv
-    return round((weights + kv_cache) * dtype.itemsize)
+    weights = dims.num_hidden_layers * (attention + router + experts * expert) + matrix(dims.vocab_size, h)
+    kv_cache = batch * context * 2 * dims.num_hidden_layers * kv * dtype.itemsize
+    return round(weights + kv_cache)

@@ -14,6 +14,7 @@ from rsa_service.backends.base import BackendError
 logger = logging.getLogger(__name__)
 
 engine_app = typer.Typer(no_args_is_help=True)
+_QUANTIZE_HELP = "int8: the weights a decode step streams stored as int8 with per-row scales (half of bf16's bytes)."
 
 
 @engine_app.callback()
@@ -47,15 +48,15 @@ def generate(
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     dtype: Annotated[Literal["bfloat16", "float32"], typer.Option(help="Compute dtype.")] = "bfloat16",
+    quantize: Annotated[Literal["none", "int8"], typer.Option(help=_QUANTIZE_HELP)] = "none",
     as_json: Annotated[bool, typer.Option("--json", help='Print {"token_ids": [...], "text": ...}.')] = False,
 ) -> None:
     """Generate one completion; prints only the generated tokens' text (or JSON)."""
     if (prompt is None) == (prompt_ids is None):
         _fail("give exactly one of --prompt or --prompt-ids")
     try:
-        ids, text = _run(
-            checkpoint, prompt, prompt_ids, max_tokens, dtype, 0.0 if greedy else temperature, top_p, top_k, seed
-        )
+        sampling = (0.0 if greedy else temperature, top_p, top_k, seed)
+        ids, text = _run(checkpoint, prompt, prompt_ids, max_tokens, dtype, quantize, *sampling)
     except (BackendError, ValueError, OSError) as exc:
         _fail(str(exc))
     except ImportError as exc:
@@ -69,6 +70,7 @@ def _run(
     prompt_ids: str | None,
     max_tokens: int,
     dtype: str,
+    quantize: str,
     temperature: float,
     top_p: float,
     top_k: int | None,
@@ -86,7 +88,7 @@ def _run(
     if not checkpoint.is_dir():
         raise ValueError(f"--checkpoint: {checkpoint} is not a directory")
     torch.set_num_threads(default_threads())
-    config, model = load_model(checkpoint, dtype=getattr(torch, dtype))
+    config, model = load_model(checkpoint, dtype=getattr(torch, dtype), quantize=quantize)
     tokenizer = ChatTokenizer.from_checkpoint(checkpoint, config)
     ids = tokenizer.encode_plain(prompt) if prompt is not None else parse_ids(prompt_ids or "", config.vocab_size)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
@@ -104,6 +106,7 @@ def bench(
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Random prompt length.")] = 128,
     new_tokens: Annotated[int, typer.Option("--new-tokens", min=2, help="Tokens generated per sequence.")] = 64,
     dtype: Annotated[Literal["bfloat16", "float32"], typer.Option(help="Compute dtype.")] = "bfloat16",
+    quantize: Annotated[Literal["none", "int8"], typer.Option(help=_QUANTIZE_HELP)] = "none",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
 ) -> None:
@@ -122,7 +125,7 @@ def bench(
             torch.set_num_threads(threads)
         if not checkpoint.is_dir():
             raise ValueError(f"--checkpoint: {checkpoint} is not a directory")
-        config, model = load_model(checkpoint, dtype=getattr(torch, dtype))
+        config, model = load_model(checkpoint, dtype=getattr(torch, dtype), quantize=quantize)
         result = run_bench(ModelRunner(model, config), batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     except (BackendError, ValueError, OSError) as exc:
         _fail(str(exc))
@@ -132,7 +135,8 @@ def bench(
         typer.echo(json.dumps(result.as_json()))
         return
     typer.echo(
-        f"batch {batch}, prompt {prompt_tokens}, new {new_tokens}, {dtype}: "
+        f"batch {batch}, prompt {prompt_tokens}, new {new_tokens}, {dtype}"
+        f"{'' if quantize == 'none' else f' with {quantize} weights'}: "
         f"prefill {result.prefill_tokens_per_s:,.0f} tok/s, decode {result.decode_tokens_per_s:,.1f} tok/s "
         f"({result.decode_step_s * 1e3:.2f} ms/step), peak RSS {result.peak_rss_bytes / 2**20:,.0f} MiB, "
         f"KV {result.state_bytes_per_token:,} B/token + {result.state_bytes_per_sequence:,} B/sequence"

@@ -2,8 +2,9 @@
 
 The model is built on the meta device, every tensor on disk is checked against the layout config.json implies
 (before any weight memory is touched), then each tensor is copied from a memory-mapped shard straight into its
-parameter in the target dtype. The shard pages just read are released after each tensor, so resident memory
-peaks near the size of the loaded model plus one tensor, not model + file.
+parameter in the target dtype (or quantized into int8 values and scales, `quantize="int8"`). The shard pages just
+read are released after each tensor, so resident memory peaks near the size of the loaded model plus one tensor, not
+model + file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.errors import CheckpointFileError, TensorLayoutError
 from rsa_service.backends.engine.model import ZayaForCausalLM
+from rsa_service.backends.engine.quantize import quantize_into
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +139,15 @@ def load_model(
     dtype: torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu",
     skip_returns_input: bool = False,
+    quantize: str = "none",
 ) -> tuple[ZayaConfig, ZayaForCausalLM]:
-    """Build the model for `directory` and fill it from the checkpoint, without a second copy of the weights."""
+    """Build the model for `directory` and fill it from the checkpoint, without a second copy of the weights.
+
+    `quantize="int8"` stores the weights the model lists (`ZayaForCausalLM`) as int8 with per-row scales."""
     config = ZayaConfig.from_checkpoint(directory)
     table = tensor_table(directory)
     with torch.device("meta"):
-        model = ZayaForCausalLM(config, dtype, skip_returns_input=skip_returns_input)
+        model = ZayaForCausalLM(config, dtype, skip_returns_input=skip_returns_input, quantize=quantize)
     expected = model.state_dict()
     check_layout(table, expected, config.tie_word_embeddings)
     model.to_empty(device=device)
@@ -151,22 +156,34 @@ def load_model(
     for key in expected:
         by_file[table[key].file].append(key)
     for path, keys in by_file.items():
-        _copy_from_file(path, [(table[key], targets[key]) for key in keys])
+        _copy_from_file(path, [(table[key], targets[key], _scale(model, key, targets[key])) for key in keys])
     model.eval().requires_grad_(False)
-    logger.info("loaded %s: %d tensors from %d files as %s", directory, len(expected), len(by_file), dtype)
+    logger.info(
+        "loaded %s: %d tensors from %d files as %s%s", directory, len(expected), len(by_file), dtype,
+        "" if quantize == "none" else f", {quantize} weights",
+    )  # fmt: skip
     return config, model
 
 
-def _copy_from_file(path: Path, pairs: list[tuple[TensorEntry, torch.Tensor]]) -> None:
-    """Copy (and convert) each tensor from a private read-only-in-practice mapping, dropping its pages after."""
+def _scale(model: ZayaForCausalLM, key: str, target: torch.Tensor) -> torch.Tensor | None:
+    """The scales of an int8 weight (the model's `{key}_scale` buffer); None for any other tensor."""
+    return model.get_buffer(f"{key}_scale") if target.dtype == torch.int8 else None
+
+
+def _copy_from_file(path: Path, copies: list[tuple[TensorEntry, torch.Tensor, torch.Tensor | None]]) -> None:
+    """Copy (and convert, or quantize where a scale is given) each tensor from a private read-only-in-practice
+    mapping, dropping its pages after."""
     page = mmap.PAGESIZE
     with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
-        for entry, target in pairs:
+        for entry, target, scale in copies:
             count = _numel(entry.shape)
             if count:
                 source = torch.frombuffer(mapped, dtype=entry.dtype, count=count, offset=entry.begin)
                 with torch.no_grad():
-                    target.copy_(source.view(entry.shape))
+                    if scale is None:
+                        target.copy_(source.view(entry.shape))
+                    else:
+                        quantize_into(source.view(entry.shape), target, scale)
                 del source  # the mapping cannot close while a tensor still exports its buffer
             if hasattr(mapped, "madvise"):
                 start = entry.begin - entry.begin % page

@@ -13,13 +13,15 @@ L cache columns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rsa_service.backends.engine.quantize import QUANTIZE_MODES, Int8Weight, Weight, dense, select, stored
 
 
 class ZayaDims(Protocol):
@@ -474,9 +476,33 @@ if torch.backends.mkldnn.is_available():
     _LIBRARY.impl("linear", _onednn_linear, "CPU")
 
 
-def dense_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear by the best library GEMM for the device (see `_LIBRARY`)."""
-    return torch.ops.zaya.linear(x, weight, bias)
+def dense_linear(x: Tensor, weight: Weight, bias: Tensor | None = None) -> Tensor:
+    """F.linear by the best library GEMM for the device (see `_LIBRARY`); an int8 weight is dequantized for it."""
+    return torch.ops.zaya.linear(x, dense(weight), bias)
+
+
+def gemv_weight(weight: Weight) -> tuple[Tensor, None, Tensor | None]:
+    """`zaya_kernels::gemv`'s weight, route (none) and scale arguments for `weight`."""
+    if isinstance(weight, Int8Weight):
+        return weight.values, None, weight.scale
+    return weight, None, None
+
+
+def _store_int8(module: nn.Module, name: str, dtype: torch.dtype) -> None:
+    """Replace `module`'s weight `name` by an int8 one of its shape and add its scales, `{name}_scale` (a buffer
+    outside the state dict: the checkpoint has no such tensor; the loader fills both with `quantize_into`)."""
+    weight = getattr(module, name)
+    setattr(module, name, nn.Parameter(torch.empty_like(weight, dtype=torch.int8), requires_grad=False))
+    module.register_buffer(f"{name}_scale", weight.new_empty(weight.shape[:-1], dtype=torch.float32), persistent=False)
+    module.compute_dtype = dtype
+
+
+def weight_of(module: nn.Module, name: str = "weight") -> Weight:
+    """`module`'s weight `name` as the step reads it: the parameter, or its int8 values with their scales
+    (`ZayaForCausalLM(quantize="int8")`)."""
+    values = getattr(module, name)
+    scale = getattr(module, f"{name}_scale", None)
+    return values if scale is None else Int8Weight(values, scale, module.compute_dtype)
 
 
 # Conv1d over time-major x [B, L, C] (weight [C, C / groups, t]) → [B, L - t + 1, C], as a 2-D convolution over
@@ -499,15 +525,17 @@ def _time_conv_fake(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Ten
 _LIBRARY.impl("time_conv", _time_conv, "CompositeExplicitAutograd")
 
 
-def multiply_reduce(x: Tensor, weight: Tensor) -> Tensor:
+def multiply_reduce(x: Tensor, weight: Weight) -> Tensor:
     """x [..., K] · weight [..., N, K] (broadcast) → [..., N], accumulated in fp32. Compiled, inductor turns it into
     one vectorised loop that streams the weight once: ~28 GB/s here against ~15 GB/s for MKL's fp32 and oneDNN's bf16
-    GEMV on one row; an indexed weight (`w[route]`) is read in place, never copied. In weight's dtype (x may be a
-    widened copy: `gemv_input`)."""
+    GEMV on one row; an indexed weight (`w[route]`) is read in place, never copied; int8 values are widened in the
+    loop and each sum scaled once. In the weight's compute dtype (x may be a widened copy: `gemv_input`)."""
+    if isinstance(weight, Int8Weight):
+        return ((x[..., None, :].float() * weight.values.float()).sum(-1) * weight.scale).to(weight.dtype)
     return (x[..., None, :].float() * weight.float()).sum(-1).to(weight.dtype)
 
 
-def small_batch_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, kernel: bool = False) -> Tensor:
+def small_batch_linear(x: Tensor, weight: Weight, bias: Tensor | None = None, kernel: bool = False) -> Tensor:
     """`dense_linear`, except while compiling for at most SMALL_BATCH_ROWS rows, or for a weight of at most
     SMALL_WEIGHT_ELEMENTS read by at most SMALL_WEIGHT_ROWS rows: there a `multiply_reduce`. Each further row re-reads
     the weight, so larger batches keep the library GEMM, unless the weight stays in the L2 cache (the router's, the
@@ -519,10 +547,11 @@ def small_batch_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, ke
     oneDNN's 44; the router's weights: ~5 µs against ~80 for inductor's compute-bound loop)."""
     rows = x.numel() // x.shape[-1]
     if kernel and rows >= KERNEL_MIN_ROWS:
-        out = torch.ops.zaya_kernels.gemv(x, weight)
+        out = torch.ops.zaya_kernels.gemv(x, *gemv_weight(weight))
         return out if bias is None else out + bias
     # The weight test first: it is static, so a large weight adds no guard on a dynamic row count.
-    fused = rows <= SMALL_BATCH_ROWS or (weight.numel() <= SMALL_WEIGHT_ELEMENTS and rows <= SMALL_WEIGHT_ROWS)
+    small = stored(weight).numel() <= SMALL_WEIGHT_ELEMENTS
+    fused = rows <= SMALL_BATCH_ROWS or (small and rows <= SMALL_WEIGHT_ROWS)
     if not torch.compiler.is_compiling() or not fused:
         return dense_linear(x, weight, bias)
     out = multiply_reduce(x, weight)
@@ -533,11 +562,11 @@ def linear(layer: nn.Linear, x: Tensor, kernel: bool = False, *, dense: bool = F
     """`small_batch_linear`; with `dense` always `dense_linear`: the prefill's compiled pieces take any row count, and
     choosing by it would compile a graph for each range of them."""
     if dense:
-        return dense_linear(x, layer.weight, layer.bias)
-    return small_batch_linear(x, layer.weight, layer.bias, kernel)
+        return dense_linear(x, weight_of(layer), layer.bias)
+    return small_batch_linear(x, weight_of(layer), layer.bias, kernel)
 
 
-def expert_mlp(x: Tensor, gate_up: Tensor, down: Tensor, scale: Tensor) -> Tensor:
+def expert_mlp(x: Tensor, gate_up: Weight, down: Weight, scale: Tensor) -> Tensor:
     """One expert's SwiGLU on its tokens: x [n, H], gate_up [2I, H] (gate first), down [H, I], scale [n, 1] → [n, H]."""
     gate, up = small_batch_linear(x, gate_up).chunk(2, dim=-1)
     return small_batch_linear(F.silu(gate) * up, down) * scale
@@ -551,6 +580,7 @@ class Experts(nn.Module):
         e, h, i = dims.num_experts, dims.hidden_size, dims.moe_intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h, dtype=dtype))
         self.down_proj = nn.Parameter(torch.empty(e, h, i, dtype=dtype))
+        self.compute_dtype = dtype
 
     def forward(
         self, x: Tensor, route: Tensor, weight: Tensor, skip_returns_input: bool, mlp: ExpertMLP = expert_mlp
@@ -561,6 +591,7 @@ class Experts(nn.Module):
         padding tokens with no matmul. The per-expert counts are the one host read of the layer.
         """
         experts = self.gate_up_proj.shape[0]
+        gate_up_proj, down_proj = weight_of(self, "gate_up_proj"), weight_of(self, "down_proj")
         counts = torch.bincount(route, minlength=experts + 2).tolist()
         order = route.argsort(stable=True)  # [N]
         xs, scale = x[order], weight[order, None].to(x.dtype)  # [N, H], [N, 1] grouped by expert
@@ -568,7 +599,8 @@ class Experts(nn.Module):
         for expert, n in enumerate(counts[:experts]):
             if n:
                 end = start + n
-                pieces.append(mlp(xs[start:end], self.gate_up_proj[expert], self.down_proj[expert], scale[start:end]))
+                gate_up, down = select(gate_up_proj, expert), select(down_proj, expert)
+                pieces.append(mlp(xs[start:end], gate_up, down, scale[start:end]))
                 start = end
         skips = counts[experts]
         if skip_returns_input:
@@ -586,15 +618,18 @@ class Experts(nn.Module):
         through an index fused into a multiply-reduce (at most E rows: never more than E experts read); skip and
         padding rows read expert E - 1 and discard it, which costs bandwidth but no branch."""
         experts = self.gate_up_proj.shape[0]
-        x_model = x.to(self.gate_up_proj.dtype)  # x may be widened (`gemv_input`); the skip route returns it rounded
+        gate_up_proj, down_proj = weight_of(self, "gate_up_proj"), weight_of(self, "down_proj")
+        x_model = x.to(self.compute_dtype)  # x may be widened (`gemv_input`); the skip route returns it rounded
         scale = weight[:, None].to(x_model.dtype)
         if kernel:
-            gate, up = torch.ops.zaya_kernels.gemv(x, self.gate_up_proj, route).chunk(2, dim=-1)
-            out = torch.ops.zaya_kernels.gemv(F.silu(gate) * up, self.down_proj, route) * scale
+            values, _, scales = gemv_weight(gate_up_proj)
+            gate, up = torch.ops.zaya_kernels.gemv(x, values, route, scales).chunk(2, dim=-1)
+            values, _, scales = gemv_weight(down_proj)
+            out = torch.ops.zaya_kernels.gemv(F.silu(gate) * up, values, route, scales) * scale
         else:
             pick = route.clamp(max=experts - 1)
-            gate, up = multiply_reduce(x, self.gate_up_proj[pick]).chunk(2, dim=-1)
-            out = multiply_reduce(F.silu(gate) * up, self.down_proj[pick]) * scale
+            gate, up = multiply_reduce(x, select(gate_up_proj, pick)).chunk(2, dim=-1)
+            out = multiply_reduce(F.silu(gate) * up, select(down_proj, pick)) * scale
             out = torch.where((route < experts)[:, None], out, 0)
         return out + torch.where((route == experts)[:, None], x_model * scale, 0) if skip_returns_input else out
 
@@ -717,7 +752,9 @@ class ZayaBackbone(nn.Module):
 class ZayaForCausalLM(nn.Module):
     """The whole model. `skip_returns_input` selects the release-time skip route (probability × input)."""
 
-    def __init__(self, dims: ZayaDims, dtype: torch.dtype, *, skip_returns_input: bool = False) -> None:
+    def __init__(
+        self, dims: ZayaDims, dtype: torch.dtype, *, skip_returns_input: bool = False, quantize: str = "none"
+    ) -> None:
         super().__init__()
         self.model = ZayaBackbone(dims, dtype)
         self.lm_head = (
@@ -725,6 +762,25 @@ class ZayaForCausalLM(nn.Module):
         )
         self.skip_returns_input = skip_returns_input
         self.rope_theta, self.rotary_dim = dims.rope_theta, dims.rotary_dim
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize={quantize!r}: expected one of {', '.join(QUANTIZE_MODES)}")
+        if quantize == "int8":
+            for module, name in self._int8_weights():
+                _store_int8(module, name, dtype)
+
+    def _int8_weights(self) -> Iterator[tuple[nn.Module, str]]:
+        """The weights `quantize="int8"` stores as int8: every matrix a decode step streams (the attention
+        projections, the experts, the embedding and output head), not the router's (a few KB a layer, and the
+        route is a hard choice that rounding would flip) nor the convs' and norms' vectors."""
+        for layer in self.model.layers:
+            qkv = layer.self_attn.qkv_proj
+            for projection in (qkv.q_proj, qkv.k_proj, qkv.v_proj_current, qkv.v_proj_delayed, layer.self_attn.o_proj):
+                yield projection, "weight"
+            yield layer.mlp.experts, "gate_up_proj"
+            yield layer.mlp.experts, "down_proj"
+        yield self.model.embed_tokens, "weight"
+        if self.lm_head is not None:
+            yield self.lm_head, "weight"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -741,7 +797,11 @@ class ZayaForCausalLM(nn.Module):
     def embed(self, tokens: Tensor) -> Tensor:
         """tokens [...] → fp32 residual [..., H]."""
         core = self.model
-        embedded = F.embedding(tokens, core.embed_tokens.weight)
+        table = weight_of(core.embed_tokens)
+        if isinstance(table, Int8Weight):  # the rows looked up, dequantized
+            embedded = (F.embedding(tokens, table.values).float() * table.scale[tokens][..., None]).to(self.dtype)
+        else:
+            embedded = F.embedding(tokens, table)
         return ((embedded + core.input_hidden_states_bias) * core.input_hidden_states_scale).float()
 
     def forward(
@@ -776,11 +836,13 @@ class ZayaForCausalLM(nn.Module):
         for layer, state in zip(self.model.layers, states, strict=True):
             residual, carried, taken = layer.decode(residual, carried, step, state)
             skips.append(taken)
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         hidden = gemv_input(self.model.norm(residual.to(self.dtype)))
-        return small_batch_linear(hidden, weight, kernel=kernels).float(), torch.stack(skips)
+        return small_batch_linear(hidden, self.output_weight(), kernel=kernels).float(), torch.stack(skips)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., H] → fp32 logits [..., V]."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return dense_linear(hidden, weight).float()
+        return dense_linear(hidden, self.output_weight()).float()
+
+    def output_weight(self) -> Weight:
+        """The logits' weight: the tied embedding, or the separate head."""
+        return weight_of(self.model.embed_tokens if self.lm_head is None else self.lm_head)

@@ -1,0 +1,69 @@
+"""Weight-only int8: each weight row (output channel) stored as int8 values times one fp32 scale.
+
+A decode step at small batch is bound by the bytes of weight it reads, so int8 values halve a bf16 step's reads
+(quarter an fp32 one's). Activations stay in the compute dtype: the decode step's multiply-reduces and `gemv` widen
+the int8 values inside their loops and scale each row's fp32 sum once; prefill and large batches dequantize a
+weight into the compute dtype for the library GEMM. The scales are symmetric per row (max |w| ↦ 127), computed from
+the checkpoint's own values as they are loaded, so the full-precision weights never sit in memory at once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+QUANTIZE_MODES = ("none", "int8")
+_LEVELS = 127
+_CHUNK_ROWS = 8192  # rows quantized at once: bounds the fp32 scratch to 8192 × K floats
+
+
+class Int8Weight(NamedTuple):
+    """values [..., N, K] int8 and scale [..., N] fp32 (w ≈ values · scale), read in the compute `dtype`."""
+
+    values: Tensor
+    scale: Tensor
+    dtype: torch.dtype
+
+    def select(self, index: Tensor | int) -> Int8Weight:
+        """The weights of the leading index (an expert, or one per row): as `w[index]` of a plain tensor."""
+        return Int8Weight(self.values[index], self.scale[index], self.dtype)
+
+    def dequantize(self) -> Tensor:
+        return (self.values.float() * self.scale[..., None]).to(self.dtype)
+
+
+Weight = Tensor | Int8Weight
+
+
+def select(weight: Weight, index: Tensor | int) -> Weight:
+    return weight.select(index) if isinstance(weight, Int8Weight) else weight[index]
+
+
+def dense(weight: Weight) -> Tensor:
+    """The weight in the compute dtype, dequantized if it is int8."""
+    return weight.dequantize() if isinstance(weight, Int8Weight) else weight
+
+
+def stored(weight: Weight) -> Tensor:
+    """The tensor holding the weight's values, as stored (int8 or the compute dtype)."""
+    return weight.values if isinstance(weight, Int8Weight) else weight
+
+
+@torch.no_grad()
+def quantize_into(source: Tensor, values: Tensor, scale: Tensor) -> None:
+    """Quantize source [..., N, K] (any float dtype) row by row into values (int8, same shape) and scale [..., N].
+
+    A row of zeros gets scale 1 (all its values are 0)."""
+    if source.shape != values.shape or scale.shape != source.shape[:-1]:
+        shapes = f"source {list(source.shape)}, values {list(values.shape)}, scale {list(scale.shape)}"
+        raise ValueError(f"quantize_into: {shapes} do not match")
+    rows, flat_scale = source.reshape(-1, source.shape[-1]), scale.view(-1)
+    flat_values = values.view(-1, values.shape[-1])
+    for start in range(0, rows.shape[0], _CHUNK_ROWS):
+        chunk = rows[start : start + _CHUNK_ROWS].float()
+        step = chunk.abs().amax(dim=-1) / _LEVELS
+        step = torch.where(step > 0, step, 1.0)
+        flat_scale[start : start + _CHUNK_ROWS] = step
+        flat_values[start : start + _CHUNK_ROWS] = (chunk / step[:, None]).round_().clamp_(-_LEVELS, _LEVELS)
