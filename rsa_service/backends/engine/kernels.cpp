@@ -21,13 +21,15 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
-#define ZAYA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define ZAYA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni")))
 
 namespace {
 
-// The weight element types: how many fill one multiply-accumulate into 16 fp32 lanes, and the input rows' type X.
+// The element types: weights T against input rows X, how many fill one multiply-accumulate into 16 lanes, and the
+// lanes as fp32 sums (`sums`).
 struct F32 {
   using T = float;
   using X = float;
@@ -36,6 +38,7 @@ struct F32 {
     return n >= lanes ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
   }
   ZAYA_AVX512 static __m512 madd(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+  ZAYA_AVX512 static __m512 sums(__m512 acc) { return acc; }
   ZAYA_AVX512 static __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 };
 
@@ -49,25 +52,36 @@ struct BF16 {
     return reinterpret_cast<const __m512bh&>(v);
   }
   ZAYA_AVX512 static __m512 madd(__m512 acc, __m512bh w, __m512bh x) { return _mm512_dpbf16_ps(acc, w, x); }
+  ZAYA_AVX512 static __m512 sums(__m512 acc) { return acc; }
   ZAYA_AVX512 static __m512 load16(const c10::BFloat16* p, __mmask16 m) {  // 16 values widened to fp32
     const __m256i v = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16(static_cast<__mmask32>(m), p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
   }
 };
 
-// Weight-only int8: 16 weights widened to fp32 against fp32 inputs; the caller applies the per-row scales.
-struct I8 {
+// Int8 weights against input rows quantized to int16 (each row to its own scale, `quantize_rows`): pairs of
+// products summed into int32 lanes by one AVX-512 VNNI instruction, 32 multiply-adds where widening the weights to
+// fp32 gives 16 and costs two more instructions; so one core reads the int8 weights at memory speed. The lanes hold
+// exact integer sums (no overflow below kMaxInt16Depth) until `sums` turns them into fp32.
+struct I8I16 {
   using T = int8_t;
-  using X = float;
-  static constexpr int64_t lanes = 16;
-  ZAYA_AVX512 static __m512 load(const int8_t* p, int64_t n) {
-    const __m128i v = n >= lanes ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
-                                 : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << n) - 1), p);
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+  using X = int16_t;
+  static constexpr int64_t lanes = 32;
+  ZAYA_AVX512 static __m512i load(const int8_t* p, int64_t n) {
+    const __m256i v = n >= lanes ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                                 : _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1ull << n) - 1), p);
+    return _mm512_cvtepi8_epi16(v);
   }
-  ZAYA_AVX512 static __m512 load(const float* p, int64_t n) { return F32::load(p, n); }
-  ZAYA_AVX512 static __m512 madd(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+  ZAYA_AVX512 static __m512i load(const int16_t* p, int64_t n) {
+    return n >= lanes ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(static_cast<__mmask32>((1ull << n) - 1), p);
+  }
+  ZAYA_AVX512 static __m512 madd(__m512 acc, __m512i w, __m512i x) {
+    return _mm512_castsi512_ps(_mm512_dpwssd_epi32(_mm512_castps_si512(acc), w, x));
+  }
+  ZAYA_AVX512 static __m512 sums(__m512 acc) { return _mm512_cvtepi32_ps(_mm512_castps_si512(acc)); }
 };
+// |int16| ≤ 32767 times |int8| ≤ 127, two products a lane per step: up to 8,256 columns cannot overflow an int32.
+constexpr int64_t kMaxInt16Depth = 8192;
 
 constexpr int64_t kBlock = 4;  // weight rows per tile
 // Weight rows prefetched ahead of the tile: one tile ahead streams at ~34 GB/s on one core here against ~30 without
@@ -114,6 +128,8 @@ ZAYA_AVX512 void tile(const typename V::T* w, int64_t k, const typename V::X* co
   const int64_t full = k - k % V::lanes;
   for (int64_t p = 0; p < full; p += V::lanes) tile_step<V, NW, NX>(w, k, x, p, V::lanes, acc);
   if (full < k) tile_step<V, NW, NX>(w, k, x, full, k - full, acc);  // masked loads for the last partial vector
+  for (int i = 0; i < NW; ++i)
+    for (int j = 0; j < NX; ++j) acc[i][j] = V::sums(acc[i][j]);
   if constexpr (NW * NX == 16) {  // a full tile: its 16 horizontal sums at once
     alignas(64) float sums[16];
     _mm512_store_ps(sums, sum16(reinterpret_cast<const __m512(&)[16]>(acc)));
@@ -158,17 +174,64 @@ void rows_times_weight(const typename V::T* w, int64_t n, int64_t k, const typen
   });
 }
 
+// n int8 values widened (exactly: |w| ≤ 127) into fp32 or bf16, 64 a step.
+ZAYA_AVX512 inline __m512 widened16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
+ZAYA_AVX512 void widen(const int8_t* p, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i v = _mm512_loadu_si512(p + i);
+    _mm512_storeu_ps(out + i, widened16(_mm512_extracti32x4_epi32(v, 0)));
+    _mm512_storeu_ps(out + i + 16, widened16(_mm512_extracti32x4_epi32(v, 1)));
+    _mm512_storeu_ps(out + i + 32, widened16(_mm512_extracti32x4_epi32(v, 2)));
+    _mm512_storeu_ps(out + i + 48, widened16(_mm512_extracti32x4_epi32(v, 3)));
+  }
+  for (; i < n; ++i) out[i] = static_cast<float>(p[i]);
+}
+ZAYA_AVX512 void widen(const int8_t* p, int64_t n, c10::BFloat16* out) {
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i v = _mm512_loadu_si512(p + i);
+    const __m512bh low = _mm512_cvtne2ps_pbh(widened16(_mm512_extracti32x4_epi32(v, 1)),
+                                             widened16(_mm512_extracti32x4_epi32(v, 0)));
+    const __m512bh high = _mm512_cvtne2ps_pbh(widened16(_mm512_extracti32x4_epi32(v, 3)),
+                                              widened16(_mm512_extracti32x4_epi32(v, 2)));
+    _mm512_storeu_si512(out + i, reinterpret_cast<const __m512i&>(low));
+    _mm512_storeu_si512(out + i + 32, reinterpret_cast<const __m512i&>(high));
+  }
+  for (; i < n; ++i) out[i] = static_cast<c10::BFloat16>(static_cast<float>(p[i]));
+}
+
+// Int8 weights against inputs of V's type: each tile's weight rows are widened once into a buffer of that type
+// (L1-sized), then multiplied as V's own weights would be, by every input row. The widening is paid once per weight
+// row, not once per four input rows: at 16 rows a per-vector widening made the kernel compute-bound, ~1.5x slower
+// than the bf16 weights it halves.
+template <typename V>
+void int8_rows_times_weight(const int8_t* w, int64_t n, int64_t k, const typename V::X* const* x, int64_t rows,
+                            float* const* out) {
+  at::parallel_for(0, (n + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
+    std::vector<typename V::T> widened(kBlock * k);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t i = b * kBlock, count = std::min(kBlock, n - i);
+      widen(w + i * k, count * k, widened.data());
+      if (count == kBlock) {
+        tile_rows<V, kBlock>(widened.data(), k, x, rows, out, i);
+      } else {
+        for (int64_t r = 0; r < count; ++r) tile_rows<V, 1>(widened.data() + r * k, k, x, rows, out, i + r);
+      }
+    }
+  });
+}
+
 // x [B, k] times weight [n, k] (route absent) or times weight[route[b]] [E, n, k] for each row b (rows routed
 // outside [0, E) get zeros) → fp32 [B, n]. Each weight matrix hit is read once, for all the rows that use it.
-template <typename V>
+template <typename V, typename W>
 at::Tensor gemv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& route) {
-  using T = typename V::T;
   using X = typename V::X;
   const int64_t k = x.size(1), batch = x.size(0), n = weight.size(-2);
   const int64_t experts = route ? weight.size(0) : 1;
   auto out = at::zeros({batch, n}, x.options().dtype(at::kFloat));
   const X* xp = x.const_data_ptr<X>();
-  const T* wp = weight.const_data_ptr<T>();
+  const W* wp = weight.const_data_ptr<W>();
   float* op = out.mutable_data_ptr<float>();
   at::Tensor routes;
   if (route) routes = route->to(at::kLong).contiguous();
@@ -183,8 +246,13 @@ at::Tensor gemv_impl(const at::Tensor& x, const at::Tensor& weight, const std::o
         outs.push_back(op + b * n);
       }
     }
-    if (!rows.empty())
-      rows_times_weight<V>(wp + e * n * k, n, k, rows.data(), static_cast<int64_t>(rows.size()), outs.data());
+    if (rows.empty()) continue;
+    const auto count = static_cast<int64_t>(rows.size());
+    if constexpr (!std::is_same_v<W, typename V::T>) {  // int8 weights widened to V's type
+      int8_rows_times_weight<V>(wp + e * n * k, n, k, rows.data(), count, outs.data());
+    } else {
+      rows_times_weight<V>(wp + e * n * k, n, k, rows.data(), count, outs.data());
+    }
   }
   return out;
 }
@@ -381,8 +449,46 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
                                        : attention_impl<BF16>(qc, keys, values, mask, scale);
 }
 
+// Each bf16 row to int16 at its own scale (max |x| ↦ 32767, rounded to nearest): finer than bf16's own rounding for
+// every value within 2^7 of the row's largest, so the products keep what bf16 had.
+ZAYA_AVX512 void quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int16_t* q, float* scales) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const c10::BFloat16* row = x + b * k;
+    __m512 top = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k; c += 16) {
+      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
+      top = _mm512_max_ps(top, _mm512_abs_ps(BF16::load16(row + c, m)));
+    }
+    const float largest = _mm512_reduce_max_ps(top);
+    const float scale = largest > 0 ? largest / 32767.0f : 1.0f;
+    const __m512 inverse = _mm512_set1_ps(1.0f / scale);
+    for (int64_t c = 0; c < k; c += 16) {
+      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
+      const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(BF16::load16(row + c, m), inverse));
+      _mm256_mask_storeu_epi16(q + b * k + c, m, _mm512_cvtsepi32_epi16(v));
+    }
+    scales[b] = scale;
+  }
+}
+
+// out [B, n] *= row_scale[b] (if given) · scale[n], or scale[route[b]][n] with a route (rows routed outside [0, E)
+// hold zeros, whichever scale they meet).
+void apply_scales(at::Tensor& out, const float* row_scale, const at::Tensor& scale,
+                  const std::optional<at::Tensor>& route) {
+  const int64_t batch = out.size(0), n = out.size(1), experts = route ? scale.size(0) : 1;
+  const auto routes = route ? route->to(at::kLong).contiguous() : at::Tensor();
+  const auto scales = scale.contiguous();
+  float* op = out.mutable_data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t e = route ? std::clamp<int64_t>(routes.const_data_ptr<int64_t>()[b], 0, experts - 1) : 0;
+    const float* s = scales.const_data_ptr<float>() + e * n;
+    const float r = row_scale ? row_scale[b] : 1.0f;
+    for (int64_t i = 0; i < n; ++i) op[b * n + i] *= r * s[i];
+  }
+}
+
 // See gemv_impl; returns x's dtype (the fp32 sums rounded once). An int8 weight takes fp32 scales, one per weight
-// row ([n], or [E, n] with a route), applied to the fp32 sums.
+// row ([n], or [E, n] with a route), applied to the sums; against bf16 rows it goes through I8I16.
 at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& route,
                 const std::optional<at::Tensor>& scale) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "gemv: CPU tensors only");
@@ -394,13 +500,23 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::option
               weight.sizes(), route ? " with a route" : "");
   TORCH_CHECK(!int8 || (scale->scalar_type() == at::kFloat && scale->sizes() == weight.sizes().slice(0, weight.dim() - 1)),
               "gemv: int8 weight ", weight.sizes(), " needs fp32 scales of shape ", weight.sizes().slice(0, weight.dim() - 1));
-  const auto flat = x.reshape({-1, x.size(-1)}).to(int8 ? at::kFloat : x.scalar_type()).contiguous();
+  const auto flat = x.reshape({-1, x.size(-1)}).contiguous();
   TORCH_CHECK(!route || (route->dim() == 1 && route->size(0) == flat.size(0)), "gemv: one route per row");
   const auto w = weight.contiguous();
-  auto out = int8 ? gemv_impl<I8>(flat, w, route)
-             : flat.scalar_type() == at::kFloat ? gemv_impl<F32>(flat, w, route) : gemv_impl<BF16>(flat, w, route);
-  if (int8) {  // rows routed outside [0, E) hold zeros, whichever scale they meet
-    out.mul_(route ? scale->index_select(0, route->clamp(0, weight.size(0) - 1)) : *scale);
+  const bool fp32 = flat.scalar_type() == at::kFloat;
+  at::Tensor out;
+  if (int8 && !fp32 && flat.size(1) <= kMaxInt16Depth) {
+    auto rows = at::empty(flat.sizes(), flat.options().dtype(at::kShort));
+    std::vector<float> row_scales(flat.size(0));
+    quantize_rows(flat.const_data_ptr<c10::BFloat16>(), flat.size(0), flat.size(1), rows.mutable_data_ptr<int16_t>(),
+                  row_scales.data());
+    out = gemv_impl<I8I16, int8_t>(rows, w, route);
+    apply_scales(out, row_scales.data(), *scale, route);
+  } else if (int8) {
+    out = fp32 ? gemv_impl<F32, int8_t>(flat, w, route) : gemv_impl<BF16, int8_t>(flat, w, route);
+    apply_scales(out, nullptr, *scale, route);
+  } else {
+    out = fp32 ? gemv_impl<F32, float>(flat, w, route) : gemv_impl<BF16, c10::BFloat16>(flat, w, route);
   }
   auto sizes = x.sizes().vec();
   sizes.back() = weight.size(-2);
