@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from rsa_service.backends.engine import kernels
+from rsa_service.backends.engine import model as model_module
 from rsa_service.backends.engine.backend import EngineBackend
 from rsa_service.backends.engine.bench import decode_step_bytes, greedy_agreement, greedy_continuations
 from rsa_service.backends.engine.cli import engine_app
@@ -78,6 +79,15 @@ def test_int8_gemv_scales_each_weight_row(dtype: torch.dtype, rows: int, k: int,
     assert _relative_error(out, x.float() @ weight.dequantize().T) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
+def test_bf16_rows_deeper_than_int16_sums_allow_are_widened_instead() -> None:
+    """Past 8,192 columns the int16 products could overflow an int32 lane: those rows take the exact widened path."""
+    _need(torch.bfloat16)
+    gen = torch.Generator().manual_seed(3)
+    weight, x = _int8(5, 8200, gen), torch.randn(2, 8200, generator=gen).bfloat16()
+    out = kernels.gemv(x, weight.values, None, weight.scale)
+    assert _relative_error(out, x.float() @ weight.dequantize().T) < 1e-2
+
+
 def test_routed_int8_gemv_uses_each_experts_scales() -> None:
     _need(torch.float32)
     gen = torch.Generator().manual_seed(1)
@@ -129,14 +139,16 @@ def _run(runner: ModelRunner, vocab: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", ["tied", "untied-3layer"])
-@pytest.mark.parametrize("use_kernels", [True, False])
+@pytest.mark.parametrize(("use_kernels", "gemv_rows"), [(True, 64), (True, 0), (False, 64)])
 def test_int8_model_computes_with_its_dequantized_weights(
-    checkpoints_dir: dict[str, Path], name: str, use_kernels: bool
+    checkpoints_dir: dict[str, Path], name: str, use_kernels: bool, gemv_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fp32, eager: embedding rows, projections, experts (grouped and, with kernels, through the int8 `gemv`) and the
-    tied or separate output head, each equal to the dequantized twin's up to summation order."""
+    tied or separate output head, each equal to the dequantized twin's up to summation order. Prefill and scoring
+    products go through the int8 `gemv` up to `gemv_rows` rows, else through a dequantized copy."""
     if use_kernels:
         _need(torch.float32)
+    monkeypatch.setattr(model_module, "INT8_GEMV_MAX_ROWS", gemv_rows)
     config, quantized, twin = _twins(checkpoints_dir[name], torch.float32)
     outputs = []
     for model in (quantized, twin):
@@ -155,6 +167,17 @@ def test_compiled_int8_decode_matches_eager(checkpoints_dir: dict[str, Path]) ->
     assert compiled.decoder._step.compiled
     outputs = [_run(runner, config.vocab_size) for runner in (eager, compiled)]
     assert _relative_error(outputs[1], outputs[0]) < 1e-5
+
+
+def test_compiled_bf16_int8_decode_follows_its_dequantized_twin(checkpoints_dir: dict[str, Path]) -> None:
+    """bf16 compute: at one row every int8 matrix goes through the int8 `gemv` (rows quantized to int16, VNNI), from
+    two rows the same kernel; against the eager bf16 twin to bf16's rounding (as the compiled bf16 tests elsewhere)."""
+    _need(torch.bfloat16)
+    config, quantized, twin = _twins(checkpoints_dir["tied"], torch.bfloat16)
+    compiled, eager = ModelRunner(quantized, config, compile_decode=True), ModelRunner(twin, config)
+    compiled.warm_up([1, 2, 4])
+    outputs = [_run(runner, config.vocab_size) for runner in (compiled, eager)]
+    assert _relative_error(outputs[0], outputs[1]) < 5e-2
 
 
 def test_int8_weights_halve_bf16s_bytes(checkpoints_dir: dict[str, Path]) -> None:

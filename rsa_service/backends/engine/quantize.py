@@ -41,11 +41,6 @@ def select(weight: Weight, index: Tensor | int) -> Weight:
     return weight.select(index) if isinstance(weight, Int8Weight) else weight[index]
 
 
-def dense(weight: Weight) -> Tensor:
-    """The weight in the compute dtype, dequantized if it is int8."""
-    return weight.dequantize() if isinstance(weight, Int8Weight) else weight
-
-
 def stored(weight: Weight) -> Tensor:
     """The tensor holding the weight's values, as stored (int8 or the compute dtype)."""
     return weight.values if isinstance(weight, Int8Weight) else weight
