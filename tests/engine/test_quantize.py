@@ -99,6 +99,18 @@ def test_routed_int8_gemv_uses_each_experts_scales() -> None:
     assert _relative_error(out, torch.stack(expected)) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_kernel_equals_the_reference(dtype: torch.dtype) -> None:
+    """Stacked experts, a row length that is no multiple of 16; and the shapes checked."""
+    _need(dtype)
+    gen = torch.Generator().manual_seed(4)
+    weight = _int8(5, 37, gen, experts=3)._replace(dtype=dtype)
+    out = torch.ops.zaya_kernels.dequantize(weight.values, weight.scale, dtype)
+    assert out.dtype == dtype and torch.equal(out, weight.dequantize())
+    with pytest.raises(RuntimeError, match=r"need fp32 scales of shape \[3, 5\]"):
+        torch.ops.zaya_kernels.dequantize(weight.values, weight.scale[0], dtype)
+
+
 @pytest.mark.parametrize(
     ("weight", "scale", "message"),
     [

@@ -3,15 +3,17 @@
 Two places where inductor's generated loops are compute-bound on a CPU, each output being a short reduction with
 its own horizontal sum: the gathered experts (at 16 rows each row re-reads its own expert: ~0.8 ms a bf16 layer) and
 attention at one query (~2.5 µs per cache column and row). `gemv` with a route reads each expert hit once for all
-the rows routed to it, with AVX-512 BF16 dot products (`_mm512_dpbf16_ps`) for bf16 and AVX-512 FMA for fp32;
-`decode_attention` computes sixteen scores with one combined horizontal sum and an fp32 softmax. They are
-`torch.library` ops defined in C++ (`zaya_kernels::*`), so the compiled step calls them as extern kernels with no
-Python in between; `Experts.gathered` and `CCAttention.decode_attend` use them when the step is told to.
+the rows routed to it, with AVX-512 BF16 dot products (`_mm512_dpbf16_ps`) for bf16 and AVX-512 FMA for fp32; int8
+weights (`quantize`) go against bf16 rows quantized to int16 with AVX-512 VNNI, where inductor's loop widening them
+to fp32 is compute-bound too. `decode_attention` computes sixteen scores with one combined horizontal sum and an fp32
+softmax. They are `torch.library` ops defined in C++ (`zaya_kernels::*`), so the compiled step calls them as extern
+kernels with no Python in between; `Experts.gathered` and `CCAttention.decode_attend` use them when the step is told
+to.
 
 The extension is built with torch's JIT builder (g++, which inductor needs anyway; ~5-10 s once, then cached under
 torch's extensions directory, rebuilt when kernels.cpp changes) the first time `available` is asked. Anywhere else
-(no AVX-512, or no AVX-512 BF16 for bf16; not x86; no compiler or a failed build, logged once; a non-CPU device;
-RSA_ENGINE_KERNELS=0) `available` is False and the engine keeps its generic path.
+(no AVX-512 F, BW and VL, or no AVX-512 BF16 and VNNI for bf16; not x86; no compiler or a failed build, logged once;
+a non-CPU device; RSA_ENGINE_KERNELS=0) `available` is False and the engine keeps its generic path.
 """
 
 from __future__ import annotations

@@ -486,10 +486,13 @@ _LIBRARY.define("int8_linear(Tensor x, Tensor values, Tensor scale, Tensor? bias
 
 
 def _int8_linear(x: Tensor, values: Tensor, scale: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
-    if x.numel() <= INT8_GEMV_MAX_ROWS * x.shape[-1] and kernels.available(x.dtype, x.device):
+    if not kernels.available(dtype, x.device):
+        return torch.ops.zaya.linear(x, Int8Weight(values, scale, dtype).dequantize(), bias)
+    if x.numel() <= INT8_GEMV_MAX_ROWS * x.shape[-1]:
         out = torch.ops.zaya_kernels.gemv(x, values, None, scale)
         return out if bias is None else out + bias
-    return torch.ops.zaya.linear(x, Int8Weight(values, scale, dtype).dequantize(), bias)
+    # ATen's own dequantization took ~37 ms for one 4,096 x 2,048 expert on one core here; the kernel, 6 ms (bf16).
+    return torch.ops.zaya.linear(x, torch.ops.zaya_kernels.dequantize(values, scale, dtype), bias)
 
 
 @torch.library.register_fake("zaya::int8_linear", lib=_LIBRARY)
