@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from rsa_service.backends.engine import kernels
 from rsa_service.backends.engine import model as model_module
 from rsa_service.backends.engine.backend import EngineBackend
-from rsa_service.backends.engine.bench import decode_step_bytes, greedy_agreement, greedy_continuations
+from rsa_service.backends.engine.bench import Agreement, agreement, decode_step_bytes, greedy_continuations, top1_tokens
 from rsa_service.backends.engine.cli import engine_app
 from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.loader import load_model
@@ -220,17 +220,15 @@ def test_cli_generates_with_int8_weights(checkpoints_dir: dict[str, Path]) -> No
     assert json.loads(result.stdout)["token_ids"] == expected
 
 
-def test_greedy_agreement_counts_positions_and_prefixes(checkpoints_dir: dict[str, Path]) -> None:
+def test_agreement_counts_positions_and_prefixes(checkpoints_dir: dict[str, Path]) -> None:
     config, model = load_model(checkpoints_dir["tied"], dtype=torch.float32)
     runner = ModelRunner(model, config)
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
-    references = greedy_continuations(runner, prompts, 6)
-    same = greedy_agreement(runner, prompts, references)
-    assert (same.teacher_forced, same.identical_prefix, same.identical, same.prompts) == (1.0, 1.0, 2, 2)
-    wrong = [references[0], [(t + 1) % config.vocab_size for t in references[1]]]  # the second never followed
-    other = greedy_agreement(runner, prompts, wrong)
-    assert (other.identical_prefix, other.identical) == (0.5, 1)  # the second parts at its first token
-    assert 0.5 <= other.teacher_forced < 1  # its first position misses; later ones follow a prefix of its own
+    top1, greedy = top1_tokens(runner, prompts), greedy_continuations(runner, prompts, 6)
+    assert agreement(runner, prompts, top1, greedy) == Agreement(1.0, 1.0, 2, 2)
+    other = [top1[0], [(t + 1) % config.vocab_size for t in top1[1]]]  # the second prompt's choices all differ
+    parted = [greedy[0], [greedy[1][0], (greedy[1][1] + 1) % config.vocab_size, *greedy[1][2:]]]  # at token 2 of 6
+    assert agreement(runner, prompts, other, parted) == Agreement(4 / 7, (1 + 1 / 6) / 2, 1, 2)
 
 
 def test_int8_step_reads_about_half_of_bf16s() -> None:

@@ -88,33 +88,44 @@ def greedy_continuations(runner: ModelRunner, prompts: list[list[int]], new_toke
     return [seq.output_ids for seq in seqs]
 
 
+def top1_tokens(runner: ModelRunner, sequences: list[list[int]]) -> list[list[int]]:
+    """The most likely next token after every position of each sequence (one scoring pass each)."""
+    return [runner.score(0, sequence).argmax(-1).tolist() for sequence in sequences]
+
+
 @dataclass(frozen=True)
 class Agreement:
-    """How closely a model's greedy tokens follow reference continuations of the same prompts."""
+    """How closely a model's choices follow a reference model's on the same held-out prompts.
 
-    teacher_forced: float  # share of positions whose top-1 token is the reference's, given the reference's prefix
-    identical_prefix: float  # mean share of a free-running greedy continuation equal to the reference before they part
-    identical: int  # continuations equal to the reference throughout
+    `top1` is measured on the prompts themselves, random tokens that neither model chose, so it does not depend on
+    where generation leads: a random model's greedy continuation soon repeats one token, which two models then agree
+    on trivially. `identical_prefix` and `identical` compare free-running greedy continuations."""
+
+    top1: float  # share of prompt positions where both models' most likely next token is the same
+    identical_prefix: float  # mean share of a greedy continuation equal to the reference's before they part
+    identical: int  # continuations equal to the reference's throughout
     prompts: int
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def greedy_agreement(runner: ModelRunner, prompts: list[list[int]], references: list[list[int]]) -> Agreement:
-    """Compare `runner`'s model with the references, teacher-forced (one scoring pass over prompt + reference) and
-    free-running (its own greedy continuations)."""
-    hits = total = 0
-    for prompt, reference in zip(prompts, references, strict=True):
-        picks = runner.score(0, prompt + reference[:-1])[len(prompt) - 1 :].argmax(-1).tolist()
-        hits += sum(a == b for a, b in zip(picks, reference, strict=True))
-        total += len(reference)
-    ours = greedy_continuations(runner, prompts, len(references[0]))
+def agreement(
+    runner: ModelRunner, prompts: list[list[int]], reference_top1: list[list[int]], reference_greedy: list[list[int]]
+) -> Agreement:
+    """Compare `runner`'s model with a reference's `top1_tokens` and `greedy_continuations` of `prompts`."""
+    ours = top1_tokens(runner, prompts)
+    hits = sum(
+        a == b for mine, theirs in zip(ours, reference_top1, strict=True) for a, b in zip(mine, theirs, strict=True)
+    )
+    positions = sum(len(p) for p in prompts)
     shares = []
-    for mine, reference in zip(ours, references, strict=True):
+    for mine, reference in zip(
+        greedy_continuations(runner, prompts, len(reference_greedy[0])), reference_greedy, strict=True
+    ):
         parted = next((i for i, (a, b) in enumerate(zip(mine, reference, strict=True)) if a != b), len(reference))
         shares.append(parted / len(reference))
-    return Agreement(hits / total, sum(shares) / len(shares), sum(s == 1 for s in shares), len(prompts))
+    return Agreement(hits / positions, sum(shares) / len(shares), sum(s == 1 for s in shares), len(prompts))
 
 
 def read_bandwidth_bytes_per_s(size_bytes: int = 512 * 2**20, repeats: int = 7) -> float:
