@@ -511,14 +511,15 @@ def dense_linear(x: Tensor, weight: Weight, bias: Tensor | None = None) -> Tenso
 
 
 def lone_int8(weight: Weight) -> bool:
-    """Whether one row times `weight` goes through the int8 `gemv` (where the kernels run): any int8 weight outside a
-    compiled graph (the library GEMM would need it dequantized whole), and compiled with bf16 compute, where the
-    kernel (bf16 rows quantized to int16, AVX-512 VNNI: 32 products an instruction) reads int8 at memory speed and
-    inductor's loop (16 values widened to fp32 a step, into one accumulator) reads ~18-26 G values/s here. Even the
-    mid-size model's smallest projections gain (bf16 batch-1 step, one process, alternating: 1.547 ms all fused,
-    1.525 with matrices of 1M values and up through the kernel, 1.492 with all). fp32 compute keeps the fused loop:
-    its products are exact there."""
-    return isinstance(weight, Int8Weight) and (not torch.compiler.is_compiling() or weight.dtype == torch.bfloat16)
+    """Whether a compiled step's one row times `weight` goes through the int8 `gemv` (where the kernels run): an int8
+    weight with bf16 compute, where the kernel (bf16 rows quantized to int16, AVX-512 VNNI: 32 products an
+    instruction) reads int8 at memory speed and inductor's loop (16 values widened to fp32 a step, into one
+    accumulator) reads ~18-26 G values/s here. Even the mid-size model's smallest projections gain (bf16 batch-1
+    step, one process, alternating: 1.547 ms all fused, 1.525 with matrices of 1M values and up through the kernel,
+    1.492 with all). fp32 compute keeps the fused loop: its products are exact there. (Outside a compiled graph
+    `int8_linear` decides.)"""
+    compiling = torch.compiler.is_compiling()
+    return compiling and isinstance(weight, Int8Weight) and weight.dtype == torch.bfloat16
 
 
 def gemv_weight(weight: Weight) -> tuple[Tensor, None, Tensor | None]:
@@ -880,13 +881,9 @@ class ZayaForCausalLM(nn.Module):
         hidden = gemv_input(self.model.norm(residual.to(self.dtype)))
         return small_batch_linear(hidden, self.output_weight(), kernel=kernels).float(), torch.stack(skips)
 
-    def logits(self, hidden: Tensor, kernel: bool = False) -> Tensor:
-        """hidden [..., H] → fp32 logits [..., V]. `kernel` (the `zaya_kernels` ops loaded; for the few rows whose
-        prompts just ended): an int8 head through the int8 `gemv` rather than dequantized whole for the GEMM."""
-        weight = self.output_weight()
-        if kernel and isinstance(weight, Int8Weight):
-            return torch.ops.zaya_kernels.gemv(hidden, *gemv_weight(weight)).float()
-        return dense_linear(hidden, weight).float()
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden [..., H] → fp32 logits [..., V]."""
+        return dense_linear(hidden, self.output_weight()).float()
 
     def output_weight(self) -> Weight:
         """The logits' weight: the tied embedding, or the separate head."""

@@ -81,7 +81,7 @@ class ModelRunner:
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [B, H] → fp32 logits [B, V]."""
         with torch.inference_mode():
-            return self.model.logits(hidden, self.decoder.kernels)
+            return self.model.logits(hidden)
 
     def decode(self, rows: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> Tensor:
         """Feed one token to each of `rows` at `positions`; return next-token logits [len(rows), V] fp32.
