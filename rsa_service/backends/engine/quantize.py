@@ -1,10 +1,12 @@
 """Weight-only int8: each weight row (output channel) stored as int8 values times one fp32 scale.
 
 A decode step at small batch is bound by the bytes of weight it reads, so int8 values halve a bf16 step's reads
-(quarter an fp32 one's). Activations stay in the compute dtype: the decode step's multiply-reduces and `gemv` widen
-the int8 values inside their loops and scale each row's fp32 sum once; prefill and large batches dequantize a
-weight into the compute dtype for the library GEMM. The scales are symmetric per row (max |w| ↦ 127), computed from
-the checkpoint's own values as they are loaded, so the full-precision weights never sit in memory at once.
+(quarter an fp32 one's). Activations stay in the compute dtype. The one exception is the int8 `gemv` with bf16
+compute: it rounds each input row to int16 at the row's own scale, which is finer than bf16's own rounding for values
+within 2^7 of the row's largest, and multiplies with AVX-512 VNNI. Each row's sum is scaled once. Prefill and large
+batches dequantize a weight into the compute dtype for the library GEMM (`model.int8_linear`). The scales are
+symmetric per row (max |w| ↦ 127). They are computed from the checkpoint's own values as each tensor is loaded, so
+the full-precision weights never sit in memory at once.
 """
 
 from __future__ import annotations
