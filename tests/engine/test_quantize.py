@@ -24,7 +24,7 @@ from rsa_service.backends.engine.cli import engine_app
 from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.loader import load_model
 from rsa_service.backends.engine.model import ZayaForCausalLM, weight_of
-from rsa_service.backends.engine.quantize import Int8Weight, quantize_into
+from rsa_service.backends.engine.quantize import Int8Weight, quantize_into, quantize_rows
 from rsa_service.backends.engine.runner import ModelRunner
 from rsa_service.config import Settings, backend_options
 
@@ -53,6 +53,23 @@ def test_each_row_is_rounded_to_its_own_scale() -> None:
     nonzero = scale != 1
     assert values.abs().amax(-1)[nonzero].eq(127).all()  # max |w| ↦ 127: no range wasted
     assert scale[1, 2] == 1 and values[1, 2].eq(0).all()  # a zero row: zeros, and a scale that divides nothing
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernel_quantizes_to_the_same_bytes(dtype: torch.dtype) -> None:
+    """Rows of unlike sizes, a zero row, a length no multiple of 16, values exactly halfway between two steps."""
+    _need(dtype)
+    gen = torch.Generator().manual_seed(1)
+    source = torch.randn(2, 40, 37, generator=gen) * torch.logspace(-3, 2, 40)[:, None]
+    source[1, 3] = 0
+    source[0, 0, :6] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -2.5])  # scale 1: .5 values round half to even
+    source = source.to(dtype)
+    ours = torch.empty(source.shape, dtype=torch.int8), torch.empty(2, 40)
+    reference = torch.empty(source.shape, dtype=torch.int8), torch.empty(2, 40)
+    torch.ops.zaya_kernels.quantize_into(source, *ours)
+    quantize_rows(source, *reference)
+    assert torch.equal(ours[0], reference[0]) and torch.equal(ours[1], reference[1])
+    assert ours[0][0, 0, :6].tolist() == [127, 0, 2, 2, 0, -2]
 
 
 def test_mismatched_shapes_are_named() -> None:

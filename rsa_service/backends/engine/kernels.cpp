@@ -474,6 +474,52 @@ ZAYA_AVX512 void dequantize_rows(const int8_t* values, const float* scale, int64
   }
 }
 
+// Rows of fp32 or bf16 weights [rows, k] → int8 values and fp32 scales, as `quantize.quantize_into` computes them
+// (max |w| / 127, 1 for a zero row; w / scale rounded half to even): the same bytes, ~10x faster than ATen's passes.
+template <typename V>
+ZAYA_AVX512 void quantize_weight_rows(const typename V::T* source, int64_t k, int64_t begin, int64_t end,
+                                      int8_t* values, float* scale) {
+  for (int64_t r = begin; r < end; ++r) {
+    const typename V::T* row = source + r * k;
+    __m512 top = _mm512_setzero_ps();
+    for (int64_t c = 0; c < k; c += 16) {
+      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
+      top = _mm512_max_ps(top, _mm512_abs_ps(V::load16(row + c, m)));
+    }
+    const float step = _mm512_reduce_max_ps(top) / 127.0f;
+    scale[r] = step > 0 ? step : 1.0f;
+    const __m512 divisor = _mm512_set1_ps(scale[r]);
+    for (int64_t c = 0; c < k; c += 16) {
+      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
+      const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(V::load16(row + c, m), divisor), _MM_FROUND_TO_NEAREST_INT);
+      const __m512 bounded = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+      _mm_mask_storeu_epi8(values + r * k + c, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(bounded)));
+    }
+  }
+}
+
+void quantize_into(const at::Tensor& source, at::Tensor& values, at::Tensor& scale) {
+  TORCH_CHECK(source.device().is_cpu() && values.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat,
+              "quantize_into: CPU source, int8 values, fp32 scales");
+  TORCH_CHECK(source.scalar_type() == at::kFloat || source.scalar_type() == at::kBFloat16,
+              "quantize_into: fp32 or bf16 source, not ", source.scalar_type());
+  TORCH_CHECK(supports(source.scalar_type()), "quantize_into: this CPU lacks AVX-512 for ", source.scalar_type());
+  TORCH_CHECK(values.sizes() == source.sizes() && scale.sizes() == source.sizes().slice(0, source.dim() - 1) &&
+                  values.is_contiguous() && scale.is_contiguous(),
+              "quantize_into: source ", source.sizes(), ", values ", values.sizes(), ", scale ", scale.sizes());
+  const auto src = source.contiguous();
+  const int64_t k = src.size(-1), rows = src.numel() / std::max<int64_t>(k, 1);
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    int8_t* vp = values.mutable_data_ptr<int8_t>();
+    float* sp = scale.mutable_data_ptr<float>();
+    if (src.scalar_type() == at::kFloat) {
+      quantize_weight_rows<F32>(src.const_data_ptr<float>(), k, begin, end, vp, sp);
+    } else {
+      quantize_weight_rows<BF16>(src.const_data_ptr<c10::BFloat16>(), k, begin, end, vp, sp);
+    }
+  });
+}
+
 at::Tensor dequantize(const at::Tensor& values, const at::Tensor& scale, at::ScalarType dtype) {
   TORCH_CHECK(values.device().is_cpu() && values.scalar_type() == at::kChar, "dequantize: int8 CPU values");
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "dequantize: to fp32 or bf16, not ", dtype);
@@ -578,10 +624,12 @@ TORCH_LIBRARY(zaya_kernels, m) {
   m.def("gemv(Tensor x, Tensor weight, Tensor? route=None, Tensor? scale=None) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor mask, float scale) -> Tensor");
   m.def("dequantize(Tensor values, Tensor scale, ScalarType dtype) -> Tensor");
+  m.def("quantize_into(Tensor source, Tensor(a!) values, Tensor(b!) scale) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(zaya_kernels, CPU, m) {
   m.impl("gemv", &gemv);
   m.impl("decode_attention", &decode_attention);
   m.impl("dequantize", &dequantize);
+  m.impl("quantize_into", &quantize_into);
 }
