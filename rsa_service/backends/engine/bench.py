@@ -1,5 +1,5 @@
 """Engine throughput on random prompts: prefill and aggregate decode tokens/s, peak RSS, cache bytes per token; and
-how closely one model's greedy tokens follow another's (int8 weights against the full-precision ones)."""
+how closely one model's choices follow another's (int8 weights against the full-precision ones)."""
 
 from __future__ import annotations
 

@@ -499,8 +499,10 @@ ZAYA_AVX512 void quantize_weight_rows(const typename V::T* source, int64_t k, in
 }
 
 void quantize_into(const at::Tensor& source, at::Tensor& values, at::Tensor& scale) {
-  TORCH_CHECK(source.device().is_cpu() && values.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat,
-              "quantize_into: CPU source, int8 values, fp32 scales");
+  TORCH_CHECK(source.device().is_cpu() && values.device().is_cpu() && scale.device().is_cpu(),
+              "quantize_into: CPU tensors only");
+  TORCH_CHECK(values.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat,
+              "quantize_into: int8 values and fp32 scales");
   TORCH_CHECK(source.scalar_type() == at::kFloat || source.scalar_type() == at::kBFloat16,
               "quantize_into: fp32 or bf16 source, not ", source.scalar_type());
   TORCH_CHECK(supports(source.scalar_type()), "quantize_into: this CPU lacks AVX-512 for ", source.scalar_type());

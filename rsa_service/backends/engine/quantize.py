@@ -60,7 +60,8 @@ def quantize_into(source: Tensor, values: Tensor, scale: Tensor) -> None:
     if source.shape != values.shape or scale.shape != source.shape[:-1]:
         shapes = f"source {list(source.shape)}, values {list(values.shape)}, scale {list(scale.shape)}"
         raise ValueError(f"quantize_into: {shapes} do not match")
-    if source.dtype in (torch.float32, torch.bfloat16) and kernels.available(source.dtype, source.device):
+    on_cpu = source.device.type == values.device.type == scale.device.type == "cpu"  # a GPU model: torch ops
+    if on_cpu and source.dtype in (torch.float32, torch.bfloat16) and kernels.available(source.dtype, source.device):
         torch.ops.zaya_kernels.quantize_into(source, values, scale)
     else:
         quantize_rows(source, values, scale)
