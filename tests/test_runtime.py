@@ -16,7 +16,9 @@ def test_settle_heap_freezes_what_is_alive_and_still_collects_new_garbage() -> N
         cycle.append(cycle)
         del cycle
         assert gc.collect() >= 1  # garbage made after start-up is still found
-        assert gc.get_freeze_count() == frozen
+        # The frozen objects stay frozen (an unfreeze would drop the count to 0). A few may die by reference counting
+        # meanwhile, as other threads left by earlier tests let go of them: the full suite once saw 2 of ~1M go.
+        assert frozen - 1000 <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
 
