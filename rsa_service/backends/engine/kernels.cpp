@@ -59,7 +59,7 @@ struct BF16 {
   }
 };
 
-// Int8 weights against input rows quantized to int16 (each row to its own scale, `quantize_rows`): pairs of
+// Int8 weights against input rows quantized to int16 (each row to its own scale, `rows_to_int16`): pairs of
 // products summed into int32 lanes by one AVX-512 VNNI instruction, 32 multiply-adds where widening the weights to
 // fp32 gives 16 and costs two more instructions; so one core reads the int8 weights at memory speed. The lanes hold
 // exact integer sums (no overflow below kMaxInt16Depth) until `sums` turns them into fp32.
@@ -264,7 +264,9 @@ bool supports(at::ScalarType dtype) {
   const bool base = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                     __builtin_cpu_supports("avx512vl");
   if (dtype == at::kFloat) return base;
-  if (dtype == at::kBFloat16) return base && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+  if (dtype == at::kBFloat16) {
+    return base && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+  }
   return false;
 }
 
@@ -279,17 +281,22 @@ ZAYA_AVX512 inline __m512 exp16(__m512 x) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ), _mm512_scalef_ps(p, n));
 }
 
+// The lanes of a 16-wide step with `left` values still to go (none when there are none).
+inline __mmask16 lanes16(int64_t left) {
+  return left >= 16 ? 0xFFFF : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : 0;
+}
+
 // s[:n] ← e^(s - max s), in place; returns the sum. Masked-out entries are -inf on entry and 0 on exit.
 ZAYA_AVX512 float exp_shifted(float* s, int64_t n) {
   __m512 top = _mm512_set1_ps(-INFINITY);
   for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = n - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - c)) - 1);
+    const __mmask16 m = lanes16(n - c);
     top = _mm512_max_ps(top, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, s + c));
   }
   const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
   __m512 sum = _mm512_setzero_ps();
   for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = n - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - c)) - 1);
+    const __mmask16 m = lanes16(n - c);
     const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + c), shift));
     _mm512_mask_storeu_ps(s + c, m, e);
     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
@@ -320,10 +327,7 @@ ZAYA_AVX512 void weighted_block(const float* p, int64_t cols, int64_t c0, int64_
                                 int64_t hd, float* acc) {
   for (int64_t d0 = 0; d0 < hd; d0 += 64) {
     __mmask16 m[4];  // slices past hd are masked off entirely: no memory is touched, their sums stay 0
-    for (int j = 0; j < 4; ++j) {
-      const int64_t left = hd - d0 - 16 * j;
-      m[j] = left >= 16 ? 0xFFFF : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : 0;
-    }
+    for (int j = 0; j < 4; ++j) m[j] = lanes16(hd - d0 - 16 * j);
     __m512 sum[NG][4];
     for (int g = 0; g < NG; ++g)
       for (int j = 0; j < 4; ++j) sum[g][j] = _mm512_maskz_loadu_ps(m[j], acc + g * hd + d0 + 16 * j);
@@ -461,7 +465,7 @@ ZAYA_AVX512 void dequantize_rows(const int8_t* values, const float* scale, int64
   for (int64_t r = begin; r < end; ++r) {
     const __m512 s = _mm512_set1_ps(scale[r]);
     for (int64_t c = 0; c < k; c += 16) {
-      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
+      const __mmask16 m = lanes16(k - c);
       const __m128i q = _mm_maskz_loadu_epi8(m, values + r * k + c);
       const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), s);
       if constexpr (std::is_same_v<T, float>) {
@@ -474,6 +478,14 @@ ZAYA_AVX512 void dequantize_rows(const int8_t* values, const float* scale, int64
   }
 }
 
+// max |row[:k]| of an fp32 or bf16 row.
+template <typename V>
+ZAYA_AVX512 float largest_magnitude(const typename V::T* row, int64_t k) {
+  __m512 top = _mm512_setzero_ps();
+  for (int64_t c = 0; c < k; c += 16) top = _mm512_max_ps(top, _mm512_abs_ps(V::load16(row + c, lanes16(k - c))));
+  return _mm512_reduce_max_ps(top);
+}
+
 // Rows of fp32 or bf16 weights [rows, k] → int8 values and fp32 scales, as `quantize.quantize_into` computes them
 // (max |w| / 127, 1 for a zero row; w / scale rounded half to even): the same bytes, ~10x faster than ATen's passes.
 template <typename V>
@@ -481,16 +493,11 @@ ZAYA_AVX512 void quantize_weight_rows(const typename V::T* source, int64_t k, in
                                       int8_t* values, float* scale) {
   for (int64_t r = begin; r < end; ++r) {
     const typename V::T* row = source + r * k;
-    __m512 top = _mm512_setzero_ps();
-    for (int64_t c = 0; c < k; c += 16) {
-      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
-      top = _mm512_max_ps(top, _mm512_abs_ps(V::load16(row + c, m)));
-    }
-    const float step = _mm512_reduce_max_ps(top) / 127.0f;
+    const float step = largest_magnitude<V>(row, k) / 127.0f;
     scale[r] = step > 0 ? step : 1.0f;
     const __m512 divisor = _mm512_set1_ps(scale[r]);
     for (int64_t c = 0; c < k; c += 16) {
-      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
+      const __mmask16 m = lanes16(k - c);
       const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(V::load16(row + c, m), divisor), _MM_FROUND_TO_NEAREST_INT);
       const __m512 bounded = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
       _mm_mask_storeu_epi8(values + r * k + c, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(bounded)));
@@ -547,19 +554,14 @@ at::Tensor dequantize(const at::Tensor& values, const at::Tensor& scale, at::Sca
 
 // Each bf16 row to int16 at its own scale (max |x| ↦ 32767, rounded to nearest): finer than bf16's own rounding for
 // every value within 2^7 of the row's largest, so the products keep what bf16 had.
-ZAYA_AVX512 void quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int16_t* q, float* scales) {
+ZAYA_AVX512 void rows_to_int16(const c10::BFloat16* x, int64_t rows, int64_t k, int16_t* q, float* scales) {
   for (int64_t b = 0; b < rows; ++b) {
     const c10::BFloat16* row = x + b * k;
-    __m512 top = _mm512_setzero_ps();
-    for (int64_t c = 0; c < k; c += 16) {
-      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
-      top = _mm512_max_ps(top, _mm512_abs_ps(BF16::load16(row + c, m)));
-    }
-    const float largest = _mm512_reduce_max_ps(top);
+    const float largest = largest_magnitude<BF16>(row, k);
     const float scale = largest > 0 ? largest / 32767.0f : 1.0f;
     const __m512 inverse = _mm512_set1_ps(1.0f / scale);
     for (int64_t c = 0; c < k; c += 16) {
-      const __mmask16 m = k - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - c)) - 1);
+      const __mmask16 m = lanes16(k - c);
       const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(BF16::load16(row + c, m), inverse));
       _mm256_mask_storeu_epi16(q + b * k + c, m, _mm512_cvtsepi32_epi16(v));
     }
@@ -594,8 +596,9 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::option
   TORCH_CHECK(supports(x.scalar_type()), "gemv: this CPU lacks the AVX-512 instructions for ", x.scalar_type());
   TORCH_CHECK(weight.dim() == (route ? 3 : 2) && x.size(-1) == weight.size(-1), "gemv: shapes ", x.sizes(), " and ",
               weight.sizes(), route ? " with a route" : "");
-  TORCH_CHECK(!int8 || (scale->scalar_type() == at::kFloat && scale->sizes() == weight.sizes().slice(0, weight.dim() - 1)),
-              "gemv: int8 weight ", weight.sizes(), " needs fp32 scales of shape ", weight.sizes().slice(0, weight.dim() - 1));
+  const auto rows_shape = weight.sizes().slice(0, weight.dim() - 1);
+  TORCH_CHECK(!int8 || (scale->scalar_type() == at::kFloat && scale->sizes() == rows_shape), "gemv: int8 weight ",
+              weight.sizes(), " needs fp32 scales of shape ", rows_shape);
   const auto flat = x.reshape({-1, x.size(-1)}).contiguous();
   TORCH_CHECK(!route || (route->dim() == 1 && route->size(0) == flat.size(0)), "gemv: one route per row");
   const auto w = weight.contiguous();
@@ -604,7 +607,7 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::option
   if (int8 && !fp32 && flat.size(1) <= kMaxInt16Depth) {
     auto rows = at::empty(flat.sizes(), flat.options().dtype(at::kShort));
     std::vector<float> row_scales(flat.size(0));
-    quantize_rows(flat.const_data_ptr<c10::BFloat16>(), flat.size(0), flat.size(1), rows.mutable_data_ptr<int16_t>(),
+    rows_to_int16(flat.const_data_ptr<c10::BFloat16>(), flat.size(0), flat.size(1), rows.mutable_data_ptr<int16_t>(),
                   row_scales.data());
     out = gemv_impl<I8I16, int8_t>(rows, w, route);
     apply_scales(out, row_scales.data(), *scale, route);
