@@ -100,22 +100,34 @@ def ours(directory: Path, dtype: torch.dtype, batch: int, prompt: int, new: int)
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def setup(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Path]:
+    """The options every mid-size benchmark takes (--threads, --batches, --json), parsed and applied: → them and the
+    checkpoint (built on first use)."""
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    directory = build_checkpoint(CACHE / "engine-mid")
+    return args, build_checkpoint(CACHE / "engine-mid")
+
+
+def measured_bandwidth(threads: int) -> float:
+    """This machine's read bandwidth now (bytes/s), printed with the thread count and load average."""
     bandwidth = read_bandwidth_bytes_per_s()
-    dims = ZayaConfig.from_checkpoint(directory)
     print(
-        f"threads {args.threads}, read bandwidth {bandwidth / 1e9:.1f} GB/s (sum of 512 MiB, best of 7), "
+        f"threads {threads}, read bandwidth {bandwidth / 1e9:.1f} GB/s (sum of 512 MiB, best of 7), "
         f"load average {os.getloadavg()[0]:.2f}"
     )
+    return bandwidth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    args, directory = setup(parser)
+    bandwidth = measured_bandwidth(args.threads)
+    dims = ZayaConfig.from_checkpoint(directory)
     rows: list[dict[str, Any]] = []
     for name in args.dtypes:
         dtype = getattr(torch, name)

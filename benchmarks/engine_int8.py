@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
-from engine import CACHE, DECODE_NEW, DECODE_PROMPT, PREFILL_PROMPT, REPEATS, build_checkpoint
+from engine import DECODE_NEW, DECODE_PROMPT, PREFILL_PROMPT, REPEATS, measured_bandwidth, setup
 from engine_8b import describe
 
 from rsa_service.backends.engine.bench import (
@@ -28,7 +26,6 @@ from rsa_service.backends.engine.bench import (
     decode_step_bytes,
     greedy_continuations,
     random_prompts,
-    read_bandwidth_bytes_per_s,
     run_bench,
     top1_tokens,
 )
@@ -51,24 +48,14 @@ def best_of(runners: dict[str, ModelRunner], key: str, **bench: int) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--json", type=Path, help="also write every figure here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    directory = build_checkpoint(CACHE / "engine-mid")
+    args, directory = setup(parser)
     dims = ZayaConfig.from_checkpoint(directory)
     runners = {}
     for mode in MODES:
         config, model = load_model(directory, dtype=torch.bfloat16, quantize=mode)
         runners[mode] = ModelRunner(model, config, compile_decode=True)
         runners[mode].warm_up(args.batches)
-    bandwidth = read_bandwidth_bytes_per_s()
-    print(
-        f"threads {args.threads}, read bandwidth {bandwidth / 1e9:.1f} GB/s (sum of 512 MiB, best of 7), "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
+    bandwidth = measured_bandwidth(args.threads)
     figures: dict[str, Any] = {"bandwidth_bytes_per_s": bandwidth, "decode": [], "prefill": {}}
     context = DECODE_PROMPT + DECODE_NEW // 2
     for batch in args.batches:
