@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from rsa_service.backends.engine.compiler import Compiled, input_guards_only
+from rsa_service.backends.engine.compiler import Compiled, input_guards_only, lower_as_stored_copy
 
 CPU = torch.device("cpu")
 
@@ -73,6 +73,8 @@ def test_replay_skips_dynamo_and_matches_eager() -> None:
             torch.testing.assert_close(k1, k2)
             torch.testing.assert_close(c1, c2)
     assert calls[0] == 2  # the first call of each key; widths 3 and 5 share one graph with a dynamic width
+    shape = pairs[0][0][0][0].shape
+    assert compiled.planned((3, shape)) and compiled.planned((5, shape)) and not compiled.planned((4, shape))
 
     # Grown buffers (a new key): through dynamo once, then replayed against the new buffers.
     ours, reference = _states(32), _states(32)
@@ -109,6 +111,7 @@ def test_replay_goes_through_dynamo_when_one_graph_does_not_return_the_result(fn
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(ours[0][1], reference[0][1])
     assert calls[0] == 3
+    assert not compiled.planned((4, ours[0][0].shape))  # dynamo reads the dynamic marks on every call
 
 
 def test_replay_runs_eagerly_when_compiling_is_off() -> None:
@@ -119,3 +122,31 @@ def test_replay_runs_eagerly_when_compiling_is_off() -> None:
         got = _run(compiled, model, ours, 4, seed=i)
         want = step(model, torch.randn(8, generator=torch.Generator().manual_seed(i)), torch.zeros(4), reference)
         torch.testing.assert_close(got, want)
+
+
+_TEST_LIBRARY = torch.library.Library("zaya_test", "DEF")
+_TEST_LIBRARY.define("copy(Tensor x) -> Tensor")
+_TEST_LIBRARY.impl("copy", torch.clone, "CompositeExplicitAutograd")
+
+
+def _normed_product(weight: Tensor, x: Tensor) -> Tensor:
+    normed = torch.ops.zaya_test.copy(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    return (weight * normed[:, None, :]).sum(-1)  # a multiply-reduce reading the copy in every row
+
+
+def test_a_stored_copy_is_a_buffer_of_the_generated_kernels_not_an_extern_call() -> None:
+    from torch._inductor.utils import fresh_cache, run_and_get_code
+
+    weight, x = torch.randn(64, 32), torch.randn(2, 32)
+    plain = Compiled(_normed_product, enabled=True, device=CPU, dynamic=False)
+    with fresh_cache():
+        _, (extern,) = run_and_get_code(plain, weight, x)
+    assert "torch.ops.zaya_test.copy.default(" in extern  # without: inductor keeps the op as a call
+
+    lower_as_stored_copy(torch.ops.zaya_test.copy.default)
+    stored = Compiled(_normed_product, enabled=True, device=CPU, dynamic=False)
+    with fresh_cache():
+        got, (code,) = run_and_get_code(stored, weight, x)
+    assert "torch.ops.zaya_test.copy.default(" not in code
+    assert code.count("cpp_fused") < extern.count("cpp_fused")  # the kernels either side of it fused
+    torch.testing.assert_close(got, _normed_product(weight, x))

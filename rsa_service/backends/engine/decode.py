@@ -69,12 +69,13 @@ class DecodeStep:
         mask = (torch.arange(width, device=tokens.device) <= positions[:, None])[:, None, None]  # [B, 1, 1, K]
         rows = tokens.shape[0]
         if self._step.compiled and (self.kernels or rows <= self._experts.gate_up_proj.shape[0]):
-            if self._marked is not self.cache.layers:
-                _mark_dynamic(self.cache)
-                self._marked = self.cache.layers
-            torch._dynamo.maybe_mark_dynamic(mask, 3)
             layers = self.cache.layers
             key = (rows, width, layers[0].keys.shape)  # the model fixed, this fixes every shape
+            if not self._step.planned(key):
+                if self._marked is not layers:
+                    _mark_dynamic(self.cache)
+                    self._marked = layers
+                torch._dynamo.maybe_mark_dynamic(mask, 3)
             return self._step.replay(key, self.model, tokens, positions, active, mask, layers, None, self.kernels)
         return ZayaForCausalLM.decode_step(
             self.model, tokens, positions, active, mask, self.cache.layers, self.expert_mlp, self.kernels

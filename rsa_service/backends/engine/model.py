@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsa_service.backends.engine import kernels
+from rsa_service.backends.engine.compiler import lower_as_stored_copy
 from rsa_service.backends.engine.quantize import QUANTIZE_MODES, Int8Weight, Weight, select, stored
 
 
@@ -439,12 +440,14 @@ SMALL_WEIGHT_ELEMENTS, SMALL_WEIGHT_ROWS = 65_536, 16
 
 
 # A copy that inductor cannot inline: the vector a run of multiply-reduces reads is computed once, instead of being
-# recomputed (norm, conv) inside each reduction's inner loop, which makes those loops compute-bound. Registered
-# directly (not with `torch.library.custom_op`, whose Python wrapper cost ~5-20 µs per call, 25 calls per step), as
-# a CompositeExplicitAutograd kernel so inductor calls it as an opaque op on any device, fake tensors included.
+# recomputed (norm, conv) inside each reduction's inner loop, which makes those loops compute-bound. Compiled, it is
+# a buffer stored inside inductor's own kernels (`lower_as_stored_copy`); eager, a clone. Registered directly (not
+# with `torch.library.custom_op`, whose Python wrapper cost ~5-20 µs per call) as a CompositeExplicitAutograd
+# kernel, so it runs on any device, fake tensors included.
 _LIBRARY = torch.library.Library("zaya", "DEF")
 _LIBRARY.define("materialize(Tensor x) -> Tensor")
 _LIBRARY.impl("materialize", torch.clone, "CompositeExplicitAutograd")
+lower_as_stored_copy(torch.ops.zaya.materialize.default)
 
 
 def materialize(x: Tensor) -> Tensor:
