@@ -17,7 +17,7 @@ CPU = torch.device("cpu")
 class Scale(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.linspace(0.5, 2.0, 8))
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 2.0, 8), requires_grad=False)  # as the loader leaves it
 
 
 def step(model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -75,6 +75,7 @@ def test_replay_skips_dynamo_and_matches_eager() -> None:
     assert calls[0] == 2  # the first call of each key; widths 3 and 5 share one graph with a dynamic width
     shape = pairs[0][0][0][0].shape
     assert compiled.planned((3, shape)) and compiled.planned((5, shape)) and not compiled.planned((4, shape))
+    assert compiled._plans[(3, shape)].graph is not None  # inductor's graph called without AOT autograd's wrappers
 
     # Grown buffers (a new key): through dynamo once, then replayed against the new buffers.
     ours, reference = _states(32), _states(32)
@@ -92,6 +93,29 @@ def _with_break(model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tenso
     states[0][1].add_(1)
     torch._dynamo.graph_break()
     return step(model, x, width, states)
+
+
+def _returns_a_view(
+    model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    total = step(model, x, width, states)[0]
+    return total, states[0][0][:, 1:3]
+
+
+def test_replay_leaves_aot_autograd_to_rebuild_an_output_that_views_an_input() -> None:
+    model = Scale()
+    compiled = Compiled(_returns_a_view, enabled=True, device=CPU, dynamic=False, guard_filter=input_guards_only)
+    ours, reference = _states(8), _states(8)
+    for i in range(3):
+        got = _run(compiled, model, ours, 4, seed=i)
+        want = _returns_a_view(
+            model, torch.randn(8, generator=torch.Generator().manual_seed(i)), torch.zeros(4), reference
+        )
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+        assert got[1]._base is ours[0][0]  # a view of the buffer handed in, as eager returns
+    plan = compiled._plans[(4, ours[0][0].shape)]
+    assert plan is not None and plan.graph is None
 
 
 def _single(model: Scale, x: Tensor, width: Tensor, states: list[tuple[Tensor, Tensor]]) -> Tensor:

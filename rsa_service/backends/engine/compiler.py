@@ -14,10 +14,11 @@ reports ready, so a failure shows at start-up, not mid-request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -152,8 +153,9 @@ class _Plan:
     """How to call one `_Entry` straight from a call's arguments: the flat list dynamo would build, with the
     model's own tensors fixed and the arguments' tensors and sizes looked up by position."""
 
-    def __init__(self, entry: _Entry, args: Sequence[Any], flat: Sequence[Any]) -> None:
+    def __init__(self, entry: _Entry, args: Sequence[Any], flat: Sequence[Any], graph: Any = None) -> None:
         self.entry = entry
+        self.graph = graph  # inductor's compiled graph, called without AOT autograd's wrappers (see `_planned`)
         paths = {id(t): path for path, t in _tensor_paths(args)}
         self.template = list(flat)
         self.inputs: list[tuple[int, Path]] = []
@@ -174,6 +176,8 @@ class _Plan:
             flat[i] = _follow(args, path)
         for i, path, dim in self.sizes:
             flat[i] = _follow(args, path).shape[dim]
+        if self.graph is not None:
+            return self.graph.current_callable(flat)
         return self.entry.compiled(*flat)
 
 
@@ -244,25 +248,68 @@ class Compiled:
             return tuple(plan(args)) if plan is not None else self(*args)
         self._ran = []
         try:
-            result = self(*args)
+            with _inductor_calls() as inner:
+                result = self(*args)
             if len(self._plans) >= MAX_PLANS:  # keys are few (batch buckets × attention widths); never unbounded
                 self._plans.clear()
-            self._plans[key] = self._planned(args, result, self._ran)
+            self._plans[key] = self._planned(args, result, self._ran, inner)
         finally:
             self._ran = None  # holds the call's tensors: never beyond it
         return result
 
     @staticmethod
-    def _planned(args: Sequence[Any], result: Any, ran: list[tuple[_Entry, Sequence[Any], Any]]) -> _Plan | None:
-        """A plan when one graph did the whole call (no graph break) and returned exactly `fn`'s result tuple."""
+    def _planned(
+        args: Sequence[Any], result: Any, ran: list[tuple[_Entry, Sequence[Any], Any]], inner: list[_Call]
+    ) -> _Plan | None:
+        """A plan when one graph did the whole call (no graph break) and returned exactly `fn`'s result tuple.
+
+        When inductor's graph inside it took exactly dynamo's flat arguments and returned exactly its outputs, AOT
+        autograd's wrappers around it had nothing to do but bookkeeping (no input copied back, no output rebuilt
+        as a view), so the plan calls the graph itself: ~0.1 ms of a ~1.5 ms bf16 batch-1 step.
+        """
         if len(ran) != 1 or not isinstance(result, tuple):
             return None
         entry, flat, out = ran[0]
-        if not isinstance(out, list | tuple) or len(out) != len(result):
+        if not _same(out, result):
             return None
-        if any(a is not b for a, b in zip(out, result, strict=True)):
-            return None
+        direct = len(inner) == 1 and _same(inner[0].inputs, flat) and _same(inner[0].outputs, out)
         try:
-            return _Plan(entry, args, flat)
+            return _Plan(entry, args, flat, inner[0].graph if direct else None)
         except ValueError:
             return None
+
+
+class _Call(NamedTuple):
+    graph: Any  # torch._inductor.output_code.CompiledFxGraph
+    inputs: list[Any]
+    outputs: Any
+
+
+@contextlib.contextmanager
+def _inductor_calls() -> Iterator[list[_Call]]:
+    """Record every inductor graph called within, with its inputs and outputs. (A call on another thread meanwhile
+    is recorded too, and only costs the plan its direct call.)"""
+    from torch._inductor.output_code import CompiledFxGraph
+
+    calls: list[_Call] = []
+    original = vars(CompiledFxGraph).get("__call__")
+    if original is None:  # not where this torch keeps it: record nothing, plans call through AOT autograd
+        yield calls
+        return
+
+    def recorded(graph: CompiledFxGraph, inputs: Sequence[Any]) -> Any:
+        listed = list(inputs)  # the graph empties its argument list
+        outputs = original(graph, inputs)
+        calls.append(_Call(graph, listed, outputs))
+        return outputs
+
+    CompiledFxGraph.__call__ = recorded
+    try:
+        yield calls
+    finally:
+        CompiledFxGraph.__call__ = original
+
+
+def _same(a: Any, b: Sequence[Any]) -> bool:
+    """Whether `a` is a sequence of exactly `b`'s objects."""
+    return isinstance(a, list | tuple) and len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
