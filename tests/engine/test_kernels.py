@@ -102,6 +102,27 @@ def test_decode_attention_matches_sdpa(
     assert _relative_error(out, expected) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("queries", "group", "start"), [(128, 4, 1920), (128, 4, 0), (5, 3, 32), (17, 2, 10)])
+def test_causal_softmax_matches_a_masked_softmax(dtype: torch.dtype, queries: int, group: int, start: int) -> None:
+    """Queries at start.. against every key up to the block's end: the first block, a later one, and widths that are
+    not a multiple of 16; in place, with the hidden keys' probabilities exactly 0."""
+    _need(dtype)
+    gen = torch.Generator().manual_seed(start)
+    scores = (torch.randn(queries, group, start + queries, generator=gen) * 4).to(dtype)
+    hidden = torch.arange(start + queries) > (start + torch.arange(queries))[:, None]  # key after the query
+    expected = torch.softmax(scores.masked_fill(hidden[:, None], float("-inf")), dim=-1)
+    torch.ops.zaya_kernels.causal_softmax_(scores, start)
+    torch.testing.assert_close(scores, expected, atol=TOLERANCE[dtype], rtol=0)
+    assert not scores[hidden[:, None].expand_as(scores)].any()
+
+
+def test_causal_softmax_refuses_keys_short_of_the_queries() -> None:
+    _need(torch.float32)
+    with pytest.raises(RuntimeError, match="need keys up to their own positions"):
+        torch.ops.zaya_kernels.causal_softmax_(torch.zeros(8, 2, 12), 5)
+
+
 def _decode_steps(runner: object, vocab: int) -> torch.Tensor:
     """Prefill 8 rows, then decode steps of batches 1, 2, 8 (experts repeated across rows) and 3 (rows left out)."""
     gen = torch.Generator().manual_seed(0)

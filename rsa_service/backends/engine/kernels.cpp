@@ -304,6 +304,56 @@ ZAYA_AVX512 float exp_shifted(float* s, int64_t n) {
   return _mm512_reduce_add_ps(sum);
 }
 
+// A causal block of prefill attention scores, in place: scores [n, group, cols] (dense) of queries at positions
+// start..start+n-1 against keys 0..cols-1 become their softmax over the keys each query may see (key ≤ its
+// position), and 0 beyond. One pass over each row in the L1 cache instead of a masked fill, a softmax and a fresh
+// output. fp32 arithmetic; bf16 scores are read as they are and the probabilities rounded once, as torch's bf16
+// softmax does.
+template <typename T>
+ZAYA_AVX512 void causal_softmax_rows(T* scores, int64_t group, int64_t cols, int64_t start, int64_t begin,
+                                     int64_t end) {
+  std::vector<float> buffer(std::is_same_v<T, float> ? 0 : cols);
+  for (int64_t r = begin; r < end; ++r) {
+    T* row = scores + r * cols;
+    const int64_t seen = std::min(cols, start + r / group + 1);
+    float* s = reinterpret_cast<float*>(row);
+    if constexpr (!std::is_same_v<T, float>) {
+      s = buffer.data();
+      for (int64_t c = 0; c < seen; c += 16) {
+        _mm512_mask_storeu_ps(s + c, lanes16(seen - c), BF16::load16(row + c, lanes16(seen - c)));
+      }
+    }
+    const __m512 inverse = _mm512_set1_ps(1.0f / exp_shifted(s, seen));
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 m = lanes16(cols - c);
+      const __m512 p = _mm512_maskz_mul_ps(lanes16(seen - c), _mm512_maskz_loadu_ps(lanes16(seen - c), s + c), inverse);
+      if constexpr (std::is_same_v<T, float>) {
+        _mm512_mask_storeu_ps(row + c, m, p);
+      } else {
+        const __m256bh rounded = _mm512_cvtneps_pbh(p);
+        _mm256_mask_storeu_epi16(row + c, m, reinterpret_cast<const __m256i&>(rounded));
+      }
+    }
+  }
+}
+
+void causal_softmax_(at::Tensor& scores, int64_t start) {
+  TORCH_CHECK(scores.device().is_cpu() && supports(scores.scalar_type()),
+              "causal_softmax_: fp32 or bf16 CPU scores, on a CPU with the AVX-512 it needs");
+  TORCH_CHECK(scores.dim() == 3 && scores.is_contiguous(), "causal_softmax_: dense scores [n, group, cols], got ",
+              scores.sizes());
+  const int64_t n = scores.size(0), group = scores.size(1), cols = scores.size(2);
+  TORCH_CHECK(start >= 0 && start + n <= cols, "causal_softmax_: queries at ", start, "..", start + n - 1,
+              " need keys up to their own positions, got ", cols);
+  at::parallel_for(0, n * group, 16, [&](int64_t begin, int64_t end) {
+    if (scores.scalar_type() == at::kFloat) {
+      causal_softmax_rows(scores.mutable_data_ptr<float>(), group, cols, start, begin, end);
+    } else {
+      causal_softmax_rows(scores.mutable_data_ptr<c10::BFloat16>(), group, cols, start, begin, end);
+    }
+  });
+}
+
 // Values are summed over blocks of this many columns; a block (8-16 KB at head dims 64-128 in bf16) stays in the L1
 // cache while each 64-dim slice of it is read.
 constexpr int64_t kValueBlock = 64;
@@ -630,6 +680,7 @@ TORCH_LIBRARY(zaya_kernels, m) {
   m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor mask, float scale) -> Tensor");
   m.def("dequantize(Tensor values, Tensor scale, ScalarType dtype) -> Tensor");
   m.def("quantize_into(Tensor source, Tensor(a!) values, Tensor(b!) scale) -> ()");
+  m.def("causal_softmax_(Tensor(a!) scores, int start) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(zaya_kernels, CPU, m) {
@@ -637,4 +688,5 @@ TORCH_LIBRARY_IMPL(zaya_kernels, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("dequantize", &dequantize);
   m.impl("quantize_into", &quantize_into);
+  m.impl("causal_softmax_", &causal_softmax_);
 }

@@ -1,4 +1,4 @@
-"""Hand-written CPU kernels for the decode step (`kernels.cpp`), built on first use and cached.
+"""Hand-written CPU kernels for the decode step and prefill attention (`kernels.cpp`), built on first use and cached.
 
 Two places where inductor's generated loops are compute-bound on a CPU, each output being a short reduction with
 its own horizontal sum: the gathered experts (at 16 rows each row re-reads its own expert: ~0.8 ms a bf16 layer) and
@@ -8,7 +8,7 @@ weights (`quantize`) go against bf16 rows quantized to int16 with AVX-512 VNNI, 
 to fp32 is compute-bound too. `decode_attention` computes sixteen scores with one combined horizontal sum and an fp32
 softmax. They are `torch.library` ops defined in C++ (`zaya_kernels::*`), so the compiled step calls them as extern
 kernels with no Python in between; `Experts.gathered` and `CCAttention.decode_attend` use them when the step is told
-to.
+to. For prefill, `causal_softmax_` turns a block of attention scores into probabilities in place (`blocked_attention`).
 
 The extension is built with torch's JIT builder (g++, which inductor needs anyway; ~5-10 s once, then cached under
 torch's extensions directory, rebuilt when kernels.cpp changes) the first time `available` is asked. Anywhere else
