@@ -15,8 +15,11 @@ reports ready, so a failure shows at start-up, not mid-request.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -77,6 +80,13 @@ def lower_as_stored_copy(op: torch._ops.OpOverload) -> None:
     _STORED_COPIES.add(op)
 
 
+@functools.cache
+def _source_digest() -> str:
+    """This file's hash (it holds the lowering), read once: the code a process runs does not change under it."""
+    with open(__file__, "rb") as source:
+        return hashlib.sha256(source.read()).hexdigest()
+
+
 def _stored_copies_patch() -> dict[str, Any]:
     """Register `lower_as_stored_copy`'s lowerings (here, not at import: inductor's lowering module takes ~2 s), and
     the config patch that puts them in inductor's cache keys, which hash the graph and config but not lowerings: a
@@ -84,7 +94,7 @@ def _stored_copies_patch() -> dict[str, Any]:
     if not _STORED_COPIES:
         return {}
     from torch._inductor import lowering
-    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+    from torch._inductor.custom_graph_pass import CustomGraphPass
 
     def stored_copy(x: Any) -> Any:
         copy = lowering.clone(x)
@@ -102,8 +112,8 @@ def _stored_copies_patch() -> dict[str, Any]:
         def __call__(self, graph: torch.fx.Graph) -> None:
             return None
 
-        def uuid(self) -> bytes:
-            return get_hash_for_files((__file__,), ",".join(sorted(op.name() for op in _lowered_copies)))
+        def uuid(self) -> str:
+            return f"{_source_digest()}:{','.join(sorted(op.name() for op in _lowered_copies))}"
 
     return {"post_grad_custom_pre_pass": StoredCopies()}
 
@@ -285,6 +295,9 @@ class _Call(NamedTuple):
     outputs: Any
 
 
+_RECORDING = threading.RLock()  # recordings nest, never interleave: each swaps CompiledFxGraph.__call__ and restores it
+
+
 @contextlib.contextmanager
 def _inductor_calls() -> Iterator[list[_Call]]:
     """Record every inductor graph called within, with its inputs and outputs. (A call on another thread meanwhile
@@ -292,22 +305,23 @@ def _inductor_calls() -> Iterator[list[_Call]]:
     from torch._inductor.output_code import CompiledFxGraph
 
     calls: list[_Call] = []
-    original = vars(CompiledFxGraph).get("__call__")
-    if original is None:  # not where this torch keeps it: record nothing, plans call through AOT autograd
-        yield calls
-        return
+    with _RECORDING:
+        original = vars(CompiledFxGraph).get("__call__")
+        if original is None:  # not where this torch keeps it: record nothing, plans call through AOT autograd
+            yield calls
+            return
 
-    def recorded(graph: CompiledFxGraph, inputs: Sequence[Any]) -> Any:
-        listed = list(inputs)  # the graph empties its argument list
-        outputs = original(graph, inputs)
-        calls.append(_Call(graph, listed, outputs))
-        return outputs
+        def recorded(graph: CompiledFxGraph, inputs: Sequence[Any]) -> Any:
+            listed = list(inputs)  # the graph empties its argument list
+            outputs = original(graph, inputs)
+            calls.append(_Call(graph, listed, outputs))
+            return outputs
 
-    CompiledFxGraph.__call__ = recorded
-    try:
-        yield calls
-    finally:
-        CompiledFxGraph.__call__ = original
+        CompiledFxGraph.__call__ = recorded
+        try:
+            yield calls
+        finally:
+            CompiledFxGraph.__call__ = original
 
 
 def _same(a: Any, b: Sequence[Any]) -> bool:
