@@ -518,16 +518,32 @@ def dense_linear(x: Tensor, weight: Weight, bias: Tensor | None = None) -> Tenso
     return torch.ops.zaya.linear(x, weight, bias)
 
 
+LONE_INT8_MIN_ELEMENTS = 1 << 18
+
+
 def lone_int8(weight: Weight) -> bool:
     """Whether a compiled step's one row times `weight` goes through the int8 `gemv` (where the kernels run): an int8
-    weight with bf16 compute, where the kernel (bf16 rows quantized to int16, AVX-512 VNNI: 32 products an
-    instruction) reads int8 at memory speed and inductor's loop (16 values widened to fp32 a step, into one
-    accumulator) reads ~18-26 G values/s here. Even the mid-size model's smallest projections gain (bf16 batch-1
-    step, one process, alternating: 1.547 ms all fused, 1.525 with matrices of 1M values and up through the kernel,
-    1.492 with all). fp32 compute keeps the fused loop: its products are exact there. (Outside a compiled graph
-    `int8_linear` decides.)"""
-    compiling = torch.compiler.is_compiling()
-    return compiling and isinstance(weight, Int8Weight) and weight.dtype == torch.bfloat16
+    weight of at least LONE_INT8_MIN_ELEMENTS values with bf16 compute, on one thread. The kernel (bf16 rows
+    quantized to int16, AVX-512 VNNI: 32 products an instruction) reads int8 at memory speed, where inductor's loop
+    (16 values widened to fp32 a step, into one accumulator) reads ~18-26 G values/s here; but each call is an
+    extern call that splits the step's fused kernels, and with more threads each also pays for splitting its work.
+    Mid-size model, bf16 batch-1 step, one process, alternating (medians): one thread 1.326 ms with every int8
+    matrix through the kernel, 1.269 with none, 1.207 from 256K values; two threads 1.417, 0.943 and 1.357. fp32
+    compute keeps the fused loop too: its products are exact there. (Outside a compiled graph `int8_linear`
+    decides.)"""
+    return (
+        torch.compiler.is_compiling()
+        and isinstance(weight, Int8Weight)
+        and weight.dtype == torch.bfloat16
+        and weight.values.numel() >= LONE_INT8_MIN_ELEMENTS
+        and _one_thread()
+    )
+
+
+@torch.compiler.assume_constant_result
+def _one_thread() -> bool:
+    """Asked while tracing, and baked into the graph (dynamo would otherwise trace the call itself)."""
+    return torch.get_num_threads() == 1
 
 
 def kernel_gemv(x: Tensor, weight: Weight, route: Tensor | None = None) -> Tensor:
