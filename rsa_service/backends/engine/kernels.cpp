@@ -316,9 +316,10 @@ ZAYA_AVX512 void causal_softmax_rows(T* scores, int64_t group, int64_t cols, int
   for (int64_t r = begin; r < end; ++r) {
     T* row = scores + r * cols;
     const int64_t seen = std::min(cols, start + r / group + 1);
-    float* s = reinterpret_cast<float*>(row);
-    if constexpr (!std::is_same_v<T, float>) {
-      s = buffer.data();
+    float* s = buffer.data();
+    if constexpr (std::is_same_v<T, float>) {
+      s = row;
+    } else {
       for (int64_t c = 0; c < seen; c += 16) {
         _mm512_mask_storeu_ps(s + c, lanes16(seen - c), BF16::load16(row + c, lanes16(seen - c)));
       }
@@ -326,7 +327,7 @@ ZAYA_AVX512 void causal_softmax_rows(T* scores, int64_t group, int64_t cols, int
     const __m512 inverse = _mm512_set1_ps(1.0f / exp_shifted(s, seen));
     for (int64_t c = 0; c < cols; c += 16) {
       const __mmask16 m = lanes16(cols - c);
-      const __m512 p = _mm512_maskz_mul_ps(lanes16(seen - c), _mm512_maskz_loadu_ps(lanes16(seen - c), s + c), inverse);
+      const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes16(seen - c), s + c), inverse);  // 0 past `seen`
       if constexpr (std::is_same_v<T, float>) {
         _mm512_mask_storeu_ps(row + c, m, p);
       } else {
