@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from rsa_service.core.steps import RoundStats
-from rsa_service.jobs.models import Event, JobResult
+from rsa_service.wire import Event, JobResult
 
 
 def _tally(answers: Counter[str]) -> str:
