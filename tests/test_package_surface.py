@@ -21,9 +21,7 @@ def test_all_is_exactly_the_exported_surface(name: str) -> None:
     ours = {
         attr
         for attr, value in vars(package).items()
-        if not attr.startswith("_")
-        and callable(value)
-        and _defined_in(value, name)
+        if not attr.startswith("_") and callable(value) and _defined_in(value, name)
     }
     assert ours <= set(package.__all__), f"public but not in __all__: {sorted(ours - set(package.__all__))}"
     assert [attr for attr in package.__all__ if not hasattr(package, attr)] == []

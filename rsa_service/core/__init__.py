@@ -3,16 +3,14 @@ answer extraction and voting, per-round statistics. Imports nothing else of the 
 
 from rsa_service.core.answers import cluster, equivalent, extract_boxed, majority
 from rsa_service.core.params import Limits, RSAParams, check_problem
-from rsa_service.core.plan import FINAL_SLOT, choose_member, choose_subset, generation_seed
+from rsa_service.core.plan import choose_candidates, choose_member, choose_subset, generation_seed
 from rsa_service.core.prompts import PromptTemplates, default_prompt_dir
 from rsa_service.core.reasoning import TailSource, split_reasoning, tail_source_text
-from rsa_service.core.steps import FINAL_STEP, RoundStats, StepResult, Usage, round_stats, step_key
+from rsa_service.core.steps import RoundStats, StepResult, Usage, round_stats, step_key
 from rsa_service.core.summary import Summary, select_answer, summarise
 from rsa_service.core.tails import Tail, fitting_tail
 
 __all__ = [
-    "FINAL_SLOT",
-    "FINAL_STEP",
     "Limits",
     "PromptTemplates",
     "RSAParams",
@@ -23,6 +21,7 @@ __all__ = [
     "TailSource",
     "Usage",
     "check_problem",
+    "choose_candidates",
     "choose_member",
     "choose_subset",
     "cluster",
