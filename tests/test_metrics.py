@@ -11,10 +11,12 @@ import httpx2
 import pytest
 from prometheus_client import REGISTRY
 
+from rsa_service.backends.aiohttp_retry import AIOHTTP_ERRORS
 from rsa_service.backends.base import BackendOptions, ChatMessage, GenerationRequest, TransientBackendError
 from rsa_service.backends.remote import RemoteBackend
-from rsa_service.backends.retry import RetryCause, retry_cause
+from rsa_service.client._base import HTTPX2_ERRORS
 from rsa_service.jobs.store import JobStore
+from rsa_service.retry import RetryCause
 from tests.jobs.helpers import (
     SMALL,
     WorkerProcess,
@@ -69,13 +71,13 @@ def test_retry_causes_from_what_the_attempt_ran_into() -> None:
         return error
 
     request = httpx2.Request("POST", "http://h/v1/chat/completions")
-    assert retry_cause(TransientBackendError("503")) == "status"
-    assert retry_cause(raised_from(httpx2.ReadTimeout("slow", request=request))) == "timeout"
-    assert retry_cause(raised_from(httpx2.ConnectTimeout("no route", request=request))) == "connection"
-    assert retry_cause(raised_from(httpx2.RemoteProtocolError("hung up", request=request))) == "connection"
-    assert retry_cause(raised_from(aiohttp.SocketTimeoutError("slow"))) == "timeout"
-    assert retry_cause(raised_from(aiohttp.ConnectionTimeoutError("no route"))) == "connection"
-    assert retry_cause(raised_from(aiohttp.ServerDisconnectedError())) == "connection"
+    assert AIOHTTP_ERRORS.cause(TransientBackendError("503")) == "status"
+    assert HTTPX2_ERRORS.cause(raised_from(httpx2.ReadTimeout("slow", request=request))) == "timeout"
+    assert HTTPX2_ERRORS.cause(raised_from(httpx2.ConnectTimeout("no route", request=request))) == "connection"
+    assert HTTPX2_ERRORS.cause(raised_from(httpx2.RemoteProtocolError("hung up", request=request))) == "connection"
+    assert AIOHTTP_ERRORS.cause(raised_from(aiohttp.SocketTimeoutError("slow"))) == "timeout"
+    assert AIOHTTP_ERRORS.cause(raised_from(aiohttp.ConnectionTimeoutError("no route"))) == "connection"
+    assert AIOHTTP_ERRORS.cause(raised_from(aiohttp.ServerDisconnectedError())) == "connection"
 
 
 def retries(cause: str) -> float:

@@ -9,7 +9,9 @@ import httpx2
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
-from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_after
+from rsa_service.backends.aiohttp_retry import AIOHTTP_ERRORS
+from rsa_service.client._base import HTTPX2_ERRORS
+from rsa_service.retry import HTTPFailure, RetryPolicy, decide, retry_after
 
 
 def failure(status: int, message: str = "", **headers: str) -> HTTPFailure:
@@ -92,4 +94,5 @@ def test_policy_caps_retry_after_and_backoff() -> None:
     ],
 )
 def test_transport_errors(exc: Exception, transient: bool) -> None:
-    assert is_transient_transport_error(exc) is transient
+    errors = HTTPX2_ERRORS if isinstance(exc, httpx2.HTTPError) else AIOHTTP_ERRORS
+    assert errors.is_transient(exc) is transient

@@ -1,7 +1,7 @@
 """The `openai:` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Zyphra Cloud) over aiohttp.
 
 One request per completion (never `n`: llama.cpp rejects it and vLLM splits it anyway), explicit timeouts per
-phase, retries only where `backends.retry` says a retry can help, a client-side rate limit and a concurrency
+phase, retries only where `rsa_service.retry` says a retry can help, a client-side rate limit and a concurrency
 cap. aiohttp errors and error statuses are translated here, at the boundary, into the `backends.base` tree.
 
 aiohttp rather than httpx2 (which the SDK uses): this client sits on the critical path of every round, between
@@ -30,6 +30,7 @@ from asyncio_throttle import Throttler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from rsa_service.backends.aiohttp_retry import AIOHTTP_ERRORS, tenacity_wait
 from rsa_service.backends.base import (
     BackendError,
     BackendOptions,
@@ -43,11 +44,11 @@ from rsa_service.backends.base import (
     TransientBackendError,
     Usage,
 )
-from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_cause
 from rsa_service.backends.token_counting import OffsetCounter, ServerCounter, TokenCounter
 from rsa_service.core.reasoning import THINK_OPEN, split_reasoning
 from rsa_service.core.tails import Tail
 from rsa_service.metrics import RETRIES
+from rsa_service.retry import HTTPFailure, RetryPolicy, decide
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def _http_error(method: str, url: str, answer: _Answer) -> BackendError:
 
 def _transport_error(method: str, url: str, exc: aiohttp.ClientError | TimeoutError) -> BackendError:
     message = f"{method} {url}: {type(exc).__name__}: {exc or 'no detail'}"
-    if not is_transient_transport_error(exc):  # TLS failures included: a certificate does not heal on retry
+    if not AIOHTTP_ERRORS.is_transient(exc):  # TLS failures included: a certificate does not heal on retry
         return BackendUnavailableError(message)
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return _Unreachable(message)
@@ -180,7 +181,7 @@ def _count_retry(state: RetryCallState) -> None:
     """tenacity's `before_sleep`: one more retry, by what the failed attempt ran into."""
     exc = state.outcome.exception() if state.outcome is not None else None
     if exc is not None:
-        RETRIES.labels(retry_cause(exc)).inc()
+        RETRIES.labels(AIOHTTP_ERRORS.cause(exc)).inc()
 
 
 def _compact_json(body: Any) -> str:
@@ -349,10 +350,10 @@ class RemoteBackend:
             yield
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None, *, generation: bool) -> Any:
-        """One logical call, retried per `backends.retry`: the parsed JSON of the successful answer."""
+        """One logical call, retried per `rsa_service.retry`: the parsed JSON of the successful answer."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._policy.max_retries + 1) | self._never_answered,
-            wait=self._policy.tenacity_wait,
+            wait=tenacity_wait(self._policy),
             retry=retry_if_exception_type(TransientBackendError),
             before_sleep=_count_retry,
             reraise=True,

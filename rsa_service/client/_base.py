@@ -15,9 +15,9 @@ from typing import Any, Final
 
 import httpx2
 
-from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_after
 from rsa_service.client._errors import APIConnectionError, APITimeoutError, RSAError, WaitTimeout
 from rsa_service.core.params import RSAParams
+from rsa_service.retry import HTTPFailure, RetryPolicy, TransportErrors, decide, retry_after
 from rsa_service.wire import Event, Job, JobCreate, JobStatus
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -26,6 +26,12 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_POLL_S = 1.0
 # An event stream is idle between events; the server pings every 15 s, so a read waits for a few pings.
 EVENTS_READ_TIMEOUT_S = 60.0
+HTTPX2_ERRORS = TransportErrors(
+    transient=(httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError, TimeoutError),
+    connect_timeouts=(httpx2.ConnectTimeout,),
+    timeouts=(httpx2.TimeoutException,),
+    connection=(httpx2.TransportError,),
+)
 
 
 class NotGiven:
@@ -112,7 +118,7 @@ class BaseClient:
         return self.policy.wait_s(attempt, decision.retry_after_s) if decision.verdict == "retry" else None
 
     def _retry_after_error(self, attempt: int, exc: httpx2.HTTPError) -> float | None:
-        if attempt > self.policy.max_retries or not is_transient_transport_error(exc):
+        if attempt > self.policy.max_retries or not HTTPX2_ERRORS.is_transient(exc):
             return None
         return self.policy.wait_s(attempt)
 

@@ -11,8 +11,9 @@ opinion wins:
 4. everything else (400/401/403/404/422, ...) is permanent.
 
 Transport failures (timeouts, refused or reset connections, a peer that hangs up mid-response) are transient.
-Waits without a server hint back off exponentially with jitter, capped. `retry_cause` names what a retry was
-about (for the `rsa_backend_retries_total` metric).
+Which exceptions those are is the caller's to say (`TransportErrors`), so this module imports no HTTP client and
+the SDK can use it without loading the remote backend's. Waits without a server hint back off exponentially with
+jitter, capped.
 """
 
 from __future__ import annotations
@@ -25,10 +26,6 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-import aiohttp
-import httpx2
-from tenacity import RetryCallState
-
 Verdict = Literal["retry", "fail", "context_length"]
 RetryCause = Literal["status", "timeout", "connection"]
 
@@ -38,16 +35,6 @@ PERMANENT_5XX = frozenset({501, 505})
 _CONTEXT_LENGTH = re.compile(
     r"context[ _](?:length|size|window)|maximum context|exceeds? the (?:available )?context|too many tokens",
     re.IGNORECASE,
-)
-# httpx2's (the SDK) and aiohttp's (the remote backend). A TLS failure is a connection error to aiohttp, but it
-# does not heal on retry.
-TRANSIENT_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
-    httpx2.TimeoutException,
-    httpx2.NetworkError,
-    httpx2.RemoteProtocolError,
-    aiohttp.ClientConnectionError,
-    aiohttp.ClientPayloadError,
-    TimeoutError,
 )
 
 
@@ -106,24 +93,40 @@ def decide(failure: HTTPFailure) -> Decision:
     return _permanent(failure)
 
 
-def is_transient_transport_error(exc: BaseException) -> bool:
-    """Timeouts, refused/reset connections and truncated responses: the request may well succeed next time."""
-    return isinstance(exc, TRANSIENT_TRANSPORT_ERRORS) and not isinstance(exc, aiohttp.ClientSSLError)
+ErrorTypes = tuple[type[BaseException], ...]
 
 
-def retry_cause(exc: BaseException) -> RetryCause:
-    """A retried failure's cause: a read/write/pool timeout, a connection that failed or broke, else a status.
+@dataclass(frozen=True)
+class TransportErrors:
+    """What one HTTP client's exceptions mean; each user of these rules describes its own client.
 
-    Looks at `exc` or the transport error it was raised from (the backends translate those with `from`).
+    `transient`: the request may well succeed next time (timeouts, refused or reset connections, truncated
+    responses), except for `never_heal` among them (a TLS failure is a connection error, but a certificate does
+    not heal). The other three classify a retry for the metrics; the first that matches wins.
     """
-    transport = exc.__cause__ if exc.__cause__ is not None else exc
-    if isinstance(transport, httpx2.ConnectTimeout | aiohttp.ConnectionTimeoutError):
-        return "connection"
-    if isinstance(transport, httpx2.TimeoutException | TimeoutError):
-        return "timeout"
-    if isinstance(transport, httpx2.TransportError | aiohttp.ClientError):
-        return "connection"
-    return "status"
+
+    transient: ErrorTypes
+    never_heal: ErrorTypes = ()
+    connect_timeouts: ErrorTypes = ()
+    timeouts: ErrorTypes = ()
+    connection: ErrorTypes = ()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.transient) and not isinstance(exc, self.never_heal)
+
+    def cause(self, exc: BaseException) -> RetryCause:
+        """A retried failure's cause: a connect timeout or a broken connection, another timeout, else a status.
+
+        Looks at `exc` or the transport error it was raised from (the backends translate those with `from`).
+        """
+        transport = exc.__cause__ if exc.__cause__ is not None else exc
+        if isinstance(transport, self.connect_timeouts):
+            return "connection"
+        if isinstance(transport, (*self.timeouts, TimeoutError)):
+            return "timeout"
+        if isinstance(transport, self.connection):
+            return "connection"
+        return "status"
 
 
 def retry_after(headers: Mapping[str, str], *, now_s: float | None = None) -> float | None:
@@ -163,9 +166,3 @@ class RetryPolicy:
         ceiling = min(self.max_wait_s, self.backoff_base_s * 2 ** (attempt - 1))
         # Equal jitter: never zero (a burst of 429s must spread out), never above the ceiling.
         return ceiling * (0.5 + random.random() / 2)
-
-    def tenacity_wait(self, state: RetryCallState) -> float:
-        """A tenacity `wait=`: honours the `retry_after_s` a failed attempt's exception carries, if any."""
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        return self.wait_s(state.attempt_number, getattr(exc, "retry_after_s", None))
