@@ -11,15 +11,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rsa_service.jobs.errors import JobNotFound, StoreUnavailable
 from rsa_service.jobs.models import NewerFormat
-from rsa_service.jobs.store import JobNotFound
 from rsa_service.wire import FieldError, ProblemDetails
 
 log = logging.getLogger(__name__)
@@ -129,8 +128,8 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
         return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=exc.headers)
 
-    @app.exception_handler(redis.RedisError)
-    async def _redis(request: Request, exc: redis.RedisError) -> ProblemResponse:
+    @app.exception_handler(StoreUnavailable)
+    async def _redis(request: Request, exc: StoreUnavailable) -> ProblemResponse:
         log.error("redis error on %s: %s", request.url.path, exc)
         detail = "the job store is unavailable; retry shortly"
         return problem(503, detail, kind="store-unavailable", instance=request.url.path, headers={"Retry-After": "1"})

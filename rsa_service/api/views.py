@@ -9,8 +9,9 @@ from fastapi import Response
 from pydantic import BaseModel
 
 from rsa_service.core.steps import StepResult, step_key
+from rsa_service.jobs.errors import JobNotFound
 from rsa_service.jobs.models import JobRecord, JobSpec
-from rsa_service.jobs.store import JobNotFound, JobStore
+from rsa_service.jobs.store import JobStore
 from rsa_service.wire import Job, Progress, StepRecord
 
 # The progress commit.lua and emit.lua keep in the job hash, and the fields a job resource shows besides it.
@@ -60,10 +61,7 @@ async def _completed(store: JobStore, records: Sequence[JobRecord], kept: list[P
     folded = [record for record, progress in zip(records, kept, strict=True) if progress is None]
     streams: Iterator[list[tuple[str, dict[str, str]]]] = iter(())
     if folded:
-        async with store.redis.pipeline(transaction=False) as pipe:
-            for record in folded:
-                pipe.xrange(store.keys.job(record.id).events)
-            streams = iter(await pipe.execute())
+        streams = iter(await store.event_entries([record.id for record in folded]))
     return [
         progress if progress is not None else progress_from_events(record.spec, next(streams))
         for record, progress in zip(records, kept, strict=True)

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
-import redis
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -17,8 +16,8 @@ from rsa_service.backends import BackendError
 from rsa_service.cli.options import JobOptions, describe_validation
 from rsa_service.core.params import check_problem
 from rsa_service.core.prompts import PromptTemplates
+from rsa_service.jobs.errors import JobNotFound, StoreUnavailable
 from rsa_service.jobs.models import JobSpec
-from rsa_service.jobs.store import JobNotFound
 from rsa_service.runtime import event_loop_factory
 from rsa_service.settings import Settings, default_backend, params_defaults
 
@@ -57,7 +56,7 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
         fail(describe_validation(exc))
     except (ValueError, BackendError, JobNotFound) as exc:
         fail(str(exc))
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except StoreUnavailable as exc:
         fail(f"cannot reach Redis: {exc}", EXIT_FAILED)
     except RuntimeError as exc:
         fail(str(exc), EXIT_FAILED)

@@ -7,9 +7,10 @@ The store is the only module that talks to Redis; the runner sees backends only 
 from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store, redis_client
 from rsa_service.jobs.embedded import EmbeddedRedis
+from rsa_service.jobs.errors import JobNotFound, LeaseLost, StoreError, StoreUnavailable, TooManyActive
 from rsa_service.jobs.execution import JobFailed, JobRunner, check_fits
 from rsa_service.jobs.models import JobRecord, JobSpec, NewerFormat
-from rsa_service.jobs.store import JobNotFound, JobStore, LeaseLost, StoreError, TooManyActive, new_job_id
+from rsa_service.jobs.store import JobStore, new_job_id
 from rsa_service.jobs.worker import Worker
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "LeaseLost",
     "NewerFormat",
     "StoreError",
+    "StoreUnavailable",
     "TooManyActive",
     "Worker",
     "check_fits",

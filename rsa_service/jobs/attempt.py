@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import psutil
-import redis
 
 from rsa_service.backends.base import Backend
 from rsa_service.jobs.connect import raise_if_cancelled
+from rsa_service.jobs.errors import LeaseLost, StoreUnavailable
 from rsa_service.jobs.execution import JobRunner
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore, LeaseLost
+from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore
 from rsa_service.observability import log_context, span
 from rsa_service.wire import JobResult
 
@@ -81,7 +81,7 @@ async def keep_lease(store: JobStore, lease: Lease) -> None:
         asked_at = lease.clock()
         try:
             await store.renew(lease.job_id, lease.fence, lease_ms=int(lease.lease_s * 1000))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except StoreUnavailable as exc:
             log.warning("job %s: cannot renew the lease (%s); retrying", lease.job_id, exc)
             continue
         except LeaseLost:

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from rsa_service.jobs.store import JobNotFound, JobStore, new_job_id
+from rsa_service.jobs.errors import JobNotFound, translate_redis_errors
+from rsa_service.jobs.store import JobStore, new_job_id
 
 PENDING_TTL_S = 30
 KEY_TTL_S = 24 * 3600
@@ -49,6 +50,7 @@ def fingerprint(body: object) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+@translate_redis_errors
 async def create_once(
     store: JobStore,
     tenant: str,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rsa_service.jobs.store import LeaseLost
+from rsa_service.jobs.errors import LeaseLost
 
 
 @dataclass

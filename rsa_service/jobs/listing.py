@@ -11,6 +11,7 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rsa_service.jobs.errors import translate_redis_errors
 from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore
 from rsa_service.wire import JobStatus
@@ -64,6 +65,7 @@ async def _records(store: JobStore, tenant: str, ids: Sequence[str]) -> list[Job
     return [JobRecord.from_hash(job_id, f) if f else None for job_id, f in zip(ids, hashes, strict=True)]
 
 
+@translate_redis_errors
 async def list_jobs(
     store: JobStore,
     tenant: str,

@@ -1,15 +1,8 @@
 """The job store: every state change is one Lua script over one job's keys (see `lua/`).
 
-Exceptions, translated here from redis-py so callers never see transport details:
-
-    StoreError
-    ├── JobNotFound        no such job (or it expired after finishing)
-    ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
-    ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
-    └── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
-
-(`models.NewerFormat`, a ValueError, says a job was written by a newer release than this one.)
-Transitions are counted in `rsa_service.metrics` as they return: no extra round trip.
+Every public method raises only the store's own errors (`jobs.errors`): redis-py's are translated at this
+boundary into `StoreUnavailable`, so nothing above the store catches `redis.*`. Transitions are counted in
+`rsa_service.metrics` as they return: no extra round trip.
 """
 
 from __future__ import annotations
@@ -26,6 +19,14 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from rsa_service.core.steps import StepResult
+from rsa_service.jobs.errors import (
+    JobNotFound,
+    LeaseLost,
+    NotDeadLettered,
+    StoreError,
+    TooManyActive,
+    at_store_boundary,
+)
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
 from rsa_service.jobs.models import JobRecord, JobSpec
 from rsa_service.metrics import CLAIMS, JOBS_FINISHED, RECLAIMS
@@ -40,40 +41,6 @@ BUILD_TIMEOUT_MS = 30_000  # a build of a tenant's active set not finished by th
 STATUS_BATCH = 1000  # job statuses read per round trip while building or pruning an active set
 
 ClaimOutcome = Literal["claimed", "busy", "terminal", "poisoned", "newer", "missing"]
-
-
-class StoreError(Exception):
-    """Base of the store's errors."""
-
-
-class JobNotFound(StoreError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id} not found")
-        self.job_id = job_id
-
-
-class LeaseLost(StoreError):
-    def __init__(self, job_id: str, fence: int) -> None:
-        super().__init__(f"job {job_id}: fence {fence} is stale (cancelled, released or taken over)")
-        self.job_id = job_id
-        self.fence = fence
-
-
-class NotDeadLettered(StoreError):
-    def __init__(self, job_id: str, status: str, title: str) -> None:
-        why = f"{status} ({title})" if title else status
-        super().__init__(
-            f"job {job_id} is {why}: only dead-lettered jobs (failed as poison after their attempts) can be requeued"
-        )
-        self.job_id = job_id
-        self.status = status
-
-
-class TooManyActive(StoreError):
-    def __init__(self, tenant: str, limit: int) -> None:
-        super().__init__(f"tenant {tenant} already has {limit} unfinished jobs (the limit)")
-        self.tenant = tenant
-        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -116,6 +83,7 @@ def _load_scripts() -> dict[str, str]:
 _SCRIPT_SOURCES = _load_scripts()
 
 
+@at_store_boundary
 class JobStore:
     """Async access to jobs in one Redis namespace. Safe to share across tasks."""
 
@@ -279,6 +247,13 @@ class JobStore:
             ({name: value for name, value in zip(names, values, strict=True) if value is not None}, int(steps))
             for values, steps in zip(replies[::2], replies[1::2], strict=True)
         ]
+
+    async def event_entries(self, job_ids: Sequence[str]) -> list[list[tuple[str, dict[str, str]]]]:
+        """Every event of each job as stored (stream id, fields), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.xrange(self.keys.job(job_id).events)
+            return list(await pipe.execute())
 
     async def events(
         self, job_id: str, *, after: str = "0-0", block_ms: int | None = None, count: int = 500

@@ -19,15 +19,14 @@ import random
 import secrets
 from collections import Counter
 
-import redis
-
 from rsa_service.backends import Backend
 from rsa_service.jobs.attempt import DEFAULT_LEASE_S, process_owner_id, run_attempt
 from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import raise_if_cancelled
+from rsa_service.jobs.errors import JobNotFound, StoreUnavailable
 from rsa_service.jobs.gate import Gate, SharedRate
 from rsa_service.jobs.models import JobRecord, NewerFormat
-from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobNotFound, JobStore
+from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore
 from rsa_service.observability import log_context
 from rsa_service.settings import Settings
 from rsa_service.wire import Problem
@@ -41,7 +40,6 @@ QUEUE_POLL_S = 0.5  # how long one blocking pop waits; also how fast a stop is n
 JANITOR_INTERVAL_MAX_S = 5.0
 OUTAGE_BACKOFF_BASE_S = 0.1
 OUTAGE_BACKOFF_MAX_S = 5.0
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def outage_backoff_s(failures: int) -> float:
@@ -122,7 +120,7 @@ class Worker:
                 if job_id is not None:
                     await self._start(job_id)
                 failures = 0
-            except REDIS_ERRORS as exc:
+            except StoreUnavailable as exc:
                 failures += 1
                 log.warning("worker %s: Redis unreachable (%s); retrying", self.owner, exc)
                 await _sleep_unless(stop, outage_backoff_s(failures))
@@ -174,7 +172,7 @@ class Worker:
                 self.outcomes[outcome.end] += 1
                 if outcome.end != "busy":
                     log.info("job %s: attempt ended %s %s", job_id, outcome.end, outcome.detail)
-            except* REDIS_ERRORS as group:
+            except* StoreUnavailable as group:
                 log.warning(
                     "job %s: Redis lost mid-attempt (%s); it resumes after its lease", job_id, group.exceptions[0]
                 )
@@ -201,7 +199,7 @@ class Worker:
                 )
                 if found:
                     log.info("janitor: queued %d jobs again: %s", len(found), " ".join(found))
-            except REDIS_ERRORS as exc:
+            except StoreUnavailable as exc:
                 log.debug("janitor: Redis unreachable (%s)", exc)
             await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
 

@@ -13,9 +13,10 @@ import pytest
 
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import StepResult, Usage
+from rsa_service.jobs.errors import NotDeadLettered
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, UNVERSIONED_FORMAT
 from rsa_service.jobs.models import NewerFormat
-from rsa_service.jobs.store import JobStore, NotDeadLettered
+from rsa_service.jobs.store import JobStore
 from tests.jobs.helpers import PROBLEM, SMALL, finished, job_spec, running
 from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_thread
 

@@ -8,8 +8,9 @@ import contextlib
 import pytest
 
 from rsa_service.jobs.attempt import keep_lease
+from rsa_service.jobs.errors import LeaseLost
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.store import JobStore, LeaseLost
+from rsa_service.jobs.store import JobStore
 from tests.jobs.helpers import job_spec
 
 
