@@ -9,7 +9,8 @@ const jobId = root.dataset.jobId;
 const clusters = new Clusters();
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 // What tests and benchmarks read: render time, connections made, step events applied.
-const probe = { renderMs: null, connections: 0, stepEvents: 0 };
+const probe = { renderMs: null, connections: 0, stepEvents: 0, duplicates: 0 };
+const delivered = new Set(); // positions the stream has delivered: one seen twice would be a replayed event
 window.rsaJob = probe;
 let job = null;
 let graph = null;
@@ -46,21 +47,23 @@ function showJob(next) {
   root.dataset.status = job.status;
 }
 
-let jobTimer = null;
-function refreshJob(delay = 200) {
-  clearTimeout(jobTimer);
-  jobTimer = setTimeout(async () => showJob(await api(jobPath())), delay);
+// Re-reads are throttled, not debounced: a steady stream of events must not postpone them for ever.
+function throttled(read, delay) {
+  let timer = null;
+  return (now = false) => {
+    if (timer && !now) return;
+    clearTimeout(timer);
+    timer = setTimeout(async () => { timer = null; await read(); }, now ? 0 : delay);
+  };
 }
 
+const refreshJob = throttled(async () => showJob(await api(jobPath())), 700);
+
 // New answer spellings get their cluster from the server (math-equivalence lives there); batched.
-let clusterTimer = null;
-function refreshClusters(delay = 250) {
-  clearTimeout(clusterTimer);
-  clusterTimer = setTimeout(async () => {
-    const fresh = await api(jobPath("/graph"));
-    if (clusters.merge(fresh.clusters)) { graph.repaintAll(); redrawCharts(); }
-  }, delay);
-}
+const refreshClusters = throttled(async () => {
+  const fresh = await api(jobPath("/graph"));
+  if (clusters.merge(fresh.clusters)) { graph.repaintAll(); redrawCharts(); }
+}, 250);
 
 function redrawCharts() {
   const nodes = [...graph.nodes.values()].map((e) => e.data).filter((d) => d.slot >= 0);
@@ -88,14 +91,16 @@ function queue(node) {
 
 function onEvent(event) {
   if (event.type === "step") {
+    const key = keyOf(event.data.round, event.data.slot);
+    if (delivered.has(key)) probe.duplicates += 1;
+    delivered.add(key);
     probe.stepEvents += 1;
     root.dataset.stepEvents = String(probe.stepEvents);
     queue(event.data);
-  } else if (event.type === "round") {
     refreshJob();
   } else {
-    refreshJob(0);
-    if (TERMINAL.has(event.type)) refreshClusters(0);
+    refreshJob(event.type !== "round");
+    if (TERMINAL.has(event.type)) refreshClusters(true);
   }
 }
 
