@@ -11,9 +11,9 @@ from fastapi import APIRouter
 from rsa_service.api.errors import ApiError, problem_responses
 from rsa_service.api.routes_jobs import Store, Tenant
 from rsa_service.api.views import owned_record, step_record
-from rsa_service.client.models import AnswerCluster, GraphNode, JobGraph, StepRecord
 from rsa_service.core.answers import cluster
 from rsa_service.core.steps import StepResult
+from rsa_service.wire import AnswerCluster, GraphNode, JobGraph, StepRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

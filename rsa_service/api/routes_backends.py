@@ -7,10 +7,10 @@ from fastapi import APIRouter, Request
 
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import problem_responses
-from rsa_service.api.settings import ApiSettings, default_backend
-from rsa_service.client.models import BackendInfo, BackendList
-from rsa_service.config import Settings, params_defaults
+from rsa_service.api.server_settings import ApiSettings, default_backend
 from rsa_service.core.params import RSAParams
+from rsa_service.settings import Settings, params_defaults
+from rsa_service.wire import BackendInfo, BackendList
 
 router = APIRouter(prefix="/v1", tags=["backends"])
 

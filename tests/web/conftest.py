@@ -13,9 +13,9 @@ import httpx2
 import pytest
 
 from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings, named_backends
+from rsa_service.api.server_settings import ApiSettings, named_backends
 from rsa_service.api.workers import in_process_workers
-from rsa_service.config import Settings
+from rsa_service.settings import Settings
 from tests.api.conftest import KEY_A, KEY_B, serve_app
 from tests.conftest import RedisServer
 from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_thread

@@ -9,9 +9,9 @@ const NEUTRAL = [
   ["straggler", "…", "straggler (cut at the deadline)"],
 ];
 
-// Per round: counts by cluster and by neutral mark, over the round's committed slots.
-export function roundCounts(nodes, clusters, stages) {
-  const rounds = Array.from({ length: stages }, (_, round) => ({ round, total: 0, byCluster: new Map(), marks: {} }));
+// Per round (`sizes[r]` slots): counts by cluster and by neutral mark, over the round's committed slots.
+export function roundCounts(nodes, clusters, sizes) {
+  const rounds = sizes.map((size, round) => ({ round, size, total: 0, byCluster: new Map(), marks: {} }));
   for (const d of nodes) {
     const row = rounds[d.round];
     if (!row) continue;
@@ -54,39 +54,39 @@ export function drawLegend(list, nodes, clusters) {
   list.replaceChildren(...items);
 }
 
-export function drawDistribution(box, rounds, clusters, population) {
+export function drawDistribution(box, rounds, clusters) {
   const rows = rounds.filter((r) => r.total > 0).map((r) => {
     const bar = el("div", { class: "bar", role: "img" });
     const words = [];
     const sorted = [...r.byCluster.entries()].sort((a, b) => b[1] - a[1]);
     for (const [cluster, count] of sorted) {
-      bar.append(segment(clusters.styleClass(cluster), cluster.letter, count, population, `${cluster.label}: ${count}`));
+      bar.append(segment(clusters.styleClass(cluster), cluster.letter, count, r.size, `${cluster.label}: ${count}`));
       words.push(`${cluster.label} ×${count}`);
     }
     for (const [style, letter, name] of NEUTRAL) {
       const count = r.marks[style];
       if (!count) continue;
-      bar.append(segment(style, letter, count, population, `${name}: ${count}`));
+      bar.append(segment(style, letter, count, r.size, `${name}: ${count}`));
       words.push(`${name} ×${count}`);
     }
     bar.setAttribute("aria-label", `Round ${r.round}: ${words.join(", ")}`);
     const top = sorted.length ? sorted[0][1] : 0;
     return el("div", { class: "dist-row", "data-round": r.round },
       el("span", { class: "dist-label", text: `Round ${r.round}` }), bar,
-      el("span", { class: "dist-agree", text: `${Math.round((100 * top) / population)}%` }));
+      el("span", { class: "dist-agree", text: `${Math.round((100 * top) / r.size)}%` }));
   });
   box.replaceChildren(...rows);
 }
 
-function segment(style, letter, count, population, title) {
-  const share = (100 * count) / population;
+function segment(style, letter, count, size, title) {
+  const share = (100 * count) / size;
   const node = el("span", { class: `seg ${style}`, title, text: share >= 6 ? letter : "" });
   node.style.flexBasis = `${share}%`; // through CSSOM: the pages' CSP refuses style attributes
   return node;
 }
 
-// Agreement (the modal cluster's share of N) per finished-or-running round, as a small line chart.
-export function drawAgreement(chart, rounds, population) {
+// Agreement (the modal cluster's share of the round's slots) per round begun, as a small line chart.
+export function drawAgreement(chart, rounds) {
   const W = 320, H = 140, L = 36, R = 12, T = 10, B = 26;
   const stages = rounds.length;
   const xs = (i) => L + (stages > 1 ? (i * (W - L - R)) / (stages - 1) : (W - L - R) / 2);
@@ -101,7 +101,7 @@ export function drawAgreement(chart, rounds, population) {
     parts.push(node("text", { x: xs(r.round), y: H - 8, "text-anchor": "middle", class: "tick" }, `${r.round}`));
     if (!r.total) continue;
     const top = Math.max(0, ...r.byCluster.values());
-    points.push([xs(r.round), ys(top / population), top / population]);
+    points.push([xs(r.round), ys(top / r.size), top / r.size]);
   }
   if (points.length) {
     parts.push(node("polyline", { points: points.map(([x, y]) => `${x},${y}`).join(" "), class: "line" }));

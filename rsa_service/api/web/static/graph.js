@@ -15,7 +15,7 @@ function svg(tag, attrs) {
 export const keyOf = (round, slot) => `${round}:${slot}`;
 
 export class LineageGraph {
-  // `shape`: {population, stages, final} (final: whether an extra selection step follows the last stage).
+  // `shape`: {population, stages, sizes} (sizes[r]: slots of round r; `aggregate`'s last stage may have fewer).
   constructor(root, shape, clusters, { onOpen, onFocus }) {
     this.root = root;
     this.shape = shape;
@@ -29,7 +29,7 @@ export class LineageGraph {
     this.selected = null;
     this.rowH = shape.population <= 8 ? 44 : shape.population <= 16 ? 30 : shape.population <= 32 ? 20 : 15;
     this.radius = Math.min(this.rowH * 0.4, 14);
-    this.columns = shape.stages + (shape.final ? 1 : 0);
+    this.columns = shape.stages;
     const width = LEFT * 2 + (this.columns - 1) * COLUMN_W;
     const height = TOP + shape.population * this.rowH + 8;
     root.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -41,9 +41,8 @@ export class LineageGraph {
     this.nodeLayer = svg("g", { class: "nodes" });
     const heads = svg("g", { class: "heads" });
     for (let c = 0; c < this.columns; c++) {
-      const final = shape.final && c === this.columns - 1;
       const text = svg("text", { x: this.x(c), y: 16, "text-anchor": "middle", class: "head" });
-      text.textContent = final ? "Final" : `Round ${c}`;
+      text.textContent = `Round ${c}`;
       heads.append(text);
     }
     root.replaceChildren(heads, this.edgeLayer, this.nodeLayer);
@@ -52,13 +51,11 @@ export class LineageGraph {
 
   x(round) { return LEFT + round * COLUMN_W; }
 
-  y(slot) {
-    if (slot < 0) return TOP + (this.shape.population * this.rowH) / 2;
-    return TOP + slot * this.rowH + this.rowH / 2;
+  // A round with fewer slots than N sits centred in its column.
+  y(round, slot) {
+    const size = this.shape.sizes[round] ?? this.shape.population;
+    return TOP + (slot + (this.shape.population - size) / 2) * this.rowH + this.rowH / 2;
   }
-
-  // The round a node's candidates come from: the previous one, or the last stage for the final selection step.
-  parentRound(data) { return data.slot < 0 ? this.shape.stages - 1 : data.round - 1; }
 
   // Add many nodes at once (one DOM insertion), or update those already drawn.
   addAll(list) {
@@ -73,7 +70,7 @@ export class LineageGraph {
     const key = keyOf(data.round, data.slot);
     const known = this.nodes.get(key);
     if (known) { known.data = data; this.paint(known); return false; }
-    const cx = this.x(data.round), cy = this.y(data.slot);
+    const cx = this.x(data.round), cy = this.y(data.round, data.slot);
     const g = svg("g", { class: "node", "data-round": data.round, "data-slot": data.slot, "data-key": key,
       transform: `translate(${cx},${cy})` });
     const circle = svg("circle", { r: this.radius });
@@ -85,10 +82,10 @@ export class LineageGraph {
     this.paint(entry);
     nodeParent.append(g);
     const lines = [];
-    const from = this.parentRound(data);
+    const from = data.round - 1;
     for (const candidate of data.candidates || []) {
       const parent = keyOf(from, candidate);
-      const line = svg("line", { x1: this.x(from) + this.radius, y1: this.y(candidate),
+      const line = svg("line", { x1: this.x(from) + this.radius, y1: this.y(from, candidate),
         x2: cx - this.radius, y2: cy, "data-from": parent, "data-to": key });
       lines.push(line);
       edgeParent.append(line);
@@ -129,8 +126,7 @@ export class LineageGraph {
     walk(key, (k) => {
       const entry = this.nodes.get(k);
       if (!entry) return [];
-      const from = this.parentRound(entry.data);
-      return (entry.data.candidates || []).map((c) => keyOf(from, c));
+      return (entry.data.candidates || []).map((c) => keyOf(entry.data.round - 1, c));
     });
     walk(key, (k) => this.children.get(k) || []);
     return seen;
@@ -178,7 +174,8 @@ export class LineageGraph {
     for (const d of candidates) {
       if (dSlot && (d.round !== round || Math.sign(d.slot - slot) !== dSlot)) continue;
       if (dRound && Math.sign(d.round - round) !== dRound) continue;
-      const cost = dSlot ? Math.abs(d.slot - slot) : Math.abs(d.round - round) * 1000 + Math.abs(this.y(d.slot) - this.y(slot));
+      const cost = dSlot ? Math.abs(d.slot - slot)
+        : Math.abs(d.round - round) * 1000 + Math.abs(this.y(d.round, d.slot) - this.y(round, slot));
       if (!best || cost < best.cost) best = { d, cost };
     }
     if (best) {
@@ -204,7 +201,7 @@ export class LineageGraph {
 }
 
 export function describe(d, cluster) {
-  const where = d.slot < 0 ? "final selection" : `round ${d.round}, slot ${d.slot}`;
+  const where = `round ${d.round}, slot ${d.slot}`;
   const what = d.status !== "ok" ? d.status : d.answer == null ? "no answer" :
     `answer ${d.answer}${cluster ? ` (cluster ${cluster.letter})` : ""}`;
   const cut = d.finish_reason === "length" ? ", truncated" : "";

@@ -18,7 +18,10 @@ let pending = [];
 let flushing = false;
 
 const jobPath = (suffix = "") => `/v1/jobs/${encodeURIComponent(jobId)}${suffix}`;
-const position = (d) => (d.slot < 0 ? "final" : `r${d.round}:s${d.slot}`);
+const position = (d) => `r${d.round}:s${d.slot}`;
+// Slots of each round: N, except `aggregate`'s last stage, which runs `final_n` aggregations.
+const sizes = (p) => Array.from({ length: p.rounds + 1 },
+  (_, r) => (p.select === "aggregate" && r === p.rounds ? p.final_n ?? 1 : p.population));
 
 function fact(list, term, value) {
   list.append(el("div", {}, el("dt", { text: term }), el("dd", { text: value })));
@@ -66,11 +69,11 @@ const refreshClusters = throttled(async () => {
 }, 250);
 
 function redrawCharts() {
-  const nodes = [...graph.nodes.values()].map((e) => e.data).filter((d) => d.slot >= 0);
-  const counts = roundCounts(nodes, clusters, job.params.rounds + 1);
+  const nodes = [...graph.nodes.values()].map((e) => e.data);
+  const counts = roundCounts(nodes, clusters, sizes(job.params));
   drawLegend(document.getElementById("legend"), nodes, clusters);
-  drawDistribution(document.getElementById("distribution"), counts, clusters, job.params.population);
-  drawAgreement(document.getElementById("agreement"), counts, job.params.population);
+  drawDistribution(document.getElementById("distribution"), counts, clusters);
+  drawAgreement(document.getElementById("agreement"), counts);
 }
 
 // Step events are applied once a frame, in one DOM insertion.
@@ -119,8 +122,7 @@ async function openDetail(data) {
   const cluster = clusters.of(step.answer);
   const facts = document.getElementById("detail-facts");
   facts.replaceChildren();
-  document.getElementById("detail-title").textContent =
-    step.slot < 0 ? "Final selection" : `Round ${step.round}, slot ${step.slot}`;
+  document.getElementById("detail-title").textContent = `Round ${step.round}, slot ${step.slot}`;
   fact(facts, "Answer", step.answer == null ? "none" : `${step.answer}${cluster ? ` (cluster ${cluster.letter})` : ""}`);
   fact(facts, "Status", step.status + (step.error ? `: ${step.error}` : ""));
   fact(facts, "Finish reason", step.finish_reason);
@@ -128,7 +130,7 @@ async function openDetail(data) {
   fact(facts, "Tail", `${number.format(step.tail_tokens)} of ${number.format(step.source_tokens)} tokens`);
   fact(facts, "Attempts", String(step.attempts));
   fact(facts, "Duration", `${step.duration_s.toFixed(2)} s`);
-  const from = step.slot < 0 ? job.params.rounds : step.round - 1;
+  const from = step.round - 1;
   const shown = document.getElementById("detail-candidates");
   shown.replaceChildren(...(step.candidates.length ? ["Shown the tails of: ",
     ...step.candidates.map((c) => el("button", { type: "button", class: "chip", "data-key": keyOf(from, c),
@@ -159,7 +161,7 @@ async function main() {
   showJob(job);
   document.getElementById("problem").textContent = snapshot.problem;
   clusters.merge(snapshot.clusters);
-  const shape = { population: job.params.population, stages: job.params.rounds + 1, final: job.params.select === "aggregate" };
+  const shape = { population: job.params.population, stages: job.params.rounds + 1, sizes: sizes(job.params) };
   graph = new LineageGraph(document.getElementById("graph"), shape, clusters, {
     onOpen: (data) => openDetail(data),
     onFocus: announce,
