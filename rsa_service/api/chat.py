@@ -25,15 +25,15 @@ from rsa_service.api.routes_jobs import build_spec, create_job, resolve_backend
 from rsa_service.api.sse import follow
 from rsa_service.api.views import steps_total
 from rsa_service.backends import BackendError, ChatMessage, GenerationRequest, split_spec
-from rsa_service.client.models import JobCreate
-from rsa_service.config import backend_api_key
 from rsa_service.core.answers import equivalent
 from rsa_service.core.steps import RoundStats, StepResult
 from rsa_service.core.summary import round_steps
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.idempotency import fingerprint
-from rsa_service.jobs.models import JobRecord, JobResult
+from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore, new_job_id
+from rsa_service.settings import backend_api_key
+from rsa_service.wire import JobCreate, JobResult
 
 router = APIRouter(tags=["chat"])
 DEFAULT_PASS_THROUGH_TOKENS = 4096

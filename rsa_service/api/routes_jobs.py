@@ -9,15 +9,15 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses
-from rsa_service.api.settings import ApiSettings, default_backend
+from rsa_service.api.server_settings import ApiSettings, default_backend
 from rsa_service.api.views import json_response, owned_record, progress_many, read_job, step_records, to_job
-from rsa_service.client.models import Job, JobCreate, JobPage, StepList
-from rsa_service.config import Settings, params_defaults
 from rsa_service.core.params import RSAParams, check_problem
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
 from rsa_service.jobs.listing import BadCursor, list_jobs
-from rsa_service.jobs.models import TERMINAL_STATUSES, JobSpec, JobStatus
+from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobStore, Priority, TooManyActive, new_job_id
+from rsa_service.settings import Settings, params_defaults
+from rsa_service.wire import TERMINAL_STATUSES, Job, JobCreate, JobPage, JobStatus, StepList
 
 MAX_PAGE = 100
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -8,10 +8,10 @@ from collections.abc import Iterator, Sequence
 from fastapi import Response
 from pydantic import BaseModel
 
-from rsa_service.client.models import Job, Progress, StepRecord
 from rsa_service.core.steps import StepResult, step_key
 from rsa_service.jobs.models import JobRecord, JobSpec
 from rsa_service.jobs.store import JobNotFound, JobStore
+from rsa_service.wire import Job, Progress, StepRecord
 
 # The progress commit.lua and emit.lua keep in the job hash, and the fields a job resource shows besides it.
 PROGRESS_FIELDS = ("progress_steps", "progress_round", "progress_completion_tokens", "progress_prompt_tokens")

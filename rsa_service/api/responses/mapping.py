@@ -32,11 +32,11 @@ from rsa_service.api.responses.models import (
     StoredRequest,
     SummaryText,
 )
-from rsa_service.client.models import JobCreate
 from rsa_service.core.params import RSAParams
 from rsa_service.core.steps import RoundStats, StepResult
 from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobNotFound
+from rsa_service.wire import JobCreate
 
 JOB_PREFIX = "job_"
 RESPONSE_PREFIX = "resp_"

@@ -34,7 +34,7 @@ from rsa_service.api.responses.models import (
 )
 from rsa_service.api.responses.streaming import event_stream
 from rsa_service.api.routes_jobs import build_spec, create_idempotent, delete_finished
-from rsa_service.api.settings import ApiSettings
+from rsa_service.api.server_settings import ApiSettings
 from rsa_service.api.views import VIEW_FIELDS, json_response
 from rsa_service.jobs.events import follow
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, fingerprint

@@ -25,8 +25,9 @@ from rsa_service.api.responses.mapping import (
 from rsa_service.api.responses.models import ReasoningItem, StoredRequest, SummaryText
 from rsa_service.core.steps import RoundStats
 from rsa_service.jobs.events import follow
-from rsa_service.jobs.models import Event, JobRecord
+from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore
+from rsa_service.wire import Event
 
 TEXT_CHUNK_CHARS = 64  # the answer is already whole when the job ends; deltas keep OpenAI's shape
 REASONING_INDEX = 0

@@ -33,7 +33,7 @@ from rsa_service.core.summary import round_steps, summarise
 from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
+from rsa_service.jobs.models import JobRecord, JobSpec
 from rsa_service.jobs.store import JobStore
 from rsa_service.metrics import (
     GENERATION_LATENCY,
@@ -46,6 +46,7 @@ from rsa_service.metrics import (
     TOKENS,
 )
 from rsa_service.observability import log_context, span
+from rsa_service.wire import JobResult, Problem
 
 log = logging.getLogger(__name__)
 
