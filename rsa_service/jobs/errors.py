@@ -59,9 +59,8 @@ class TooManyActive(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """Redis could not be reached, timed out, or refused the command (loading, read-only replica, out of memory).
-
-    The original redis-py error is the `__cause__`."""
+    """Redis could not be reached, timed out, or refused the command (loading, read-only replica, out of memory);
+    the message names redis-py's error."""
 
 
 def translate_redis_errors(function: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -72,7 +71,9 @@ def translate_redis_errors(function: Callable[P, Awaitable[T]]) -> Callable[P, C
         try:
             return await function(*args, **kwargs)
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"the job store is unavailable: {exc or type(exc).__name__}") from exc
+            # Not chained: the redis error's tracebacks hold the failed connection, whose socket would then outlive
+            # the request until a garbage collection.
+            raise StoreUnavailable(f"the job store is unavailable ({type(exc).__name__}: {exc})") from None
 
     return translated
 
