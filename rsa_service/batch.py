@@ -53,6 +53,8 @@ class RoundAnswers(BaseModel):
     answer: str | None
     agreement: float
     answers: list[AnswerCount]
+    tokens: Usage = Field(default_factory=Usage)
+    shortcuts: int = 0
 
 
 class ResultLine(BaseModel):
@@ -206,7 +208,14 @@ def result_line(problem: BatchProblem, job: Job | None, error: str | None = None
         return ResultLine(id=problem.id, status="failed", expected=problem.answer, error=error)
     result = job.result
     rounds = [
-        RoundAnswers(round=r.round, answer=r.answer, agreement=r.agreement, answers=r.answers)
+        RoundAnswers(
+            round=r.round,
+            answer=r.answer,
+            agreement=r.agreement,
+            answers=r.answers,
+            tokens=r.tokens,
+            shortcuts=r.shortcuts,
+        )
         for r in (result.rounds if result else [])
     ]
     problem_error = job.error or (result.error if result else None)
