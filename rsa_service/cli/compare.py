@@ -12,7 +12,7 @@ from rsa_service.batch import BatchProblem, finished_lines, run_batch
 from rsa_service.cli.batch import batch_client
 from rsa_service.cli.common import stderr
 from rsa_service.cli.options import JobOptions
-from rsa_service.comparison import CONFIGURATIONS, Comparison, Configuration, baselines, configuration
+from rsa_service.comparison import CONFIGURATIONS, PLAIN, Comparison, Configuration, baselines, configuration
 from rsa_service.core.params import RSAParams
 
 
@@ -25,6 +25,7 @@ async def run_comparison(
     baseline_temperature: float,
     concurrency: int,
     workers: int,
+    names: list[str],
 ) -> Comparison:
     """The one-sample baseline first (it also warms the model up, so no configuration's wall time pays for that),
     then plain RSA, then the adaptive configurations; all through one in-process service."""
@@ -33,7 +34,8 @@ async def run_comparison(
     single["temperature"] = baseline_temperature
     configurations: list[Configuration] = []
     async with batch_client(None, job, workers) as (client, name):
-        for label, settings in [("single", single), *((n, shared | flat | c) for n, c in CONFIGURATIONS.items())]:
+        chosen = [(n, shared | flat | c) for n, c in CONFIGURATIONS.items() if n == PLAIN or n in names or not names]
+        for label, settings in [("single", single), *chosen]:
             stderr.print(f"{label}: {len(problems)} problems", highlight=False)
             path = out / f"{label}.jsonl"
             started = time.monotonic()

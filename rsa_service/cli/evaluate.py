@@ -16,10 +16,10 @@ from rsa_service.cli.batch import batch_client
 from rsa_service.cli.common import NO_BACKEND, CLIError, run_async, stderr, stdout
 from rsa_service.cli.compare import comparison_table, run_comparison
 from rsa_service.cli.options import JobOptions, with_job_options
-from rsa_service.comparison import Comparison
-from rsa_service.config import Settings, default_backend, params_defaults
+from rsa_service.comparison import CONFIGURATIONS, Comparison
 from rsa_service.evaluation import EvalReport, evaluate
 from rsa_service.plot import accuracy_svg
+from rsa_service.settings import Settings, default_backend, params_defaults
 from rsa_service.tinymodel import HELDOUT_PATH
 
 
@@ -32,6 +32,7 @@ async def _evaluate(
     concurrency: int,
     workers: int,
     compare: bool = False,
+    configurations: list[str] | None = None,
 ) -> EvalReport | Comparison:
     backend = job.backend or default_backend(Settings())
     if backend is None:
@@ -40,7 +41,9 @@ async def _evaluate(
     problems = read_problems(file)[:limit]
     flat: dict[str, Any] = params.model_dump(exclude_defaults=True) | job.overrides
     if compare:
-        return await run_comparison(problems, params, flat, job, out, baseline_temperature, concurrency, workers)
+        return await run_comparison(
+            problems, params, flat, job, out, baseline_temperature, concurrency, workers, configurations or []
+        )
     baseline = flat | {"population": 1, "subset": 1, "rounds": 0, "temperature": baseline_temperature}
     started = time.monotonic()
     async with batch_client(None, job, workers) as (client, name):
@@ -95,6 +98,13 @@ def eval_command(
         bool,
         typer.Option("--compare", help="Plain Markovian RSA beside the adaptive settings, same problems and seed."),
     ] = False,
+    configuration: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--configuration",
+            help=f"With --compare: run only these beside plain RSA ({', '.join(CONFIGURATIONS)}); repeatable.",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="With --compare: write accuracy vs generated tokens as SVG here.")
     ] = None,
@@ -102,14 +112,19 @@ def eval_command(
     job: JobOptions,
 ) -> None:
     """Evaluate Markovian RSA on a problem file: accuracy per stage, pass@N, majority vote, a one-sample baseline."""
-    if plot is not None and not compare:
-        raise typer.BadParameter("--plot needs --compare", param_hint="--plot")
+    if (plot is not None or configuration) and not compare:
+        raise typer.BadParameter("needs --compare", param_hint="--plot/--configuration")
+    unknown = sorted(set(configuration or []) - set(CONFIGURATIONS))
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; known: {list(CONFIGURATIONS)}", param_hint="--configuration")
     source = file or HELDOUT_PATH
     with tempfile.TemporaryDirectory(prefix="rsa-eval-") as scratch:
         folder = out or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         report = run_async(
-            lambda: _evaluate(source, limit, job, folder, baseline_temperature, concurrency, workers, compare)
+            lambda: _evaluate(
+                source, limit, job, folder, baseline_temperature, concurrency, workers, compare, configuration
+            )
         )
     if plot is not None and isinstance(report, Comparison):
         plot.write_text(accuracy_svg(report), encoding="utf-8")

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings
+from rsa_service.api.server_settings import ApiSettings
 from rsa_service.api.workers import in_process_workers
-from rsa_service.config import Settings
 from rsa_service.core.steps import Usage
+from rsa_service.settings import Settings
 from tests.api.conftest import KEY_A, LiveAPI, serve_app
 from tests.conftest import RedisServer
 from tests.modelserver import AGGREGATION_MARKERS, ModelServerConfig, ModelServerHandle, serve_in_thread

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from rsa_service.config import Settings
 from rsa_service.core.plan import generation_seed
 from rsa_service.core.steps import Usage
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.store import JobStore
 from rsa_service.jobs.worker import Worker
+from rsa_service.settings import Settings
 from tests.jobs.helpers import LEASE_S, finished, job_spec, running, wait_until
 from tests.modelserver import AGGREGATION_MARKERS, ModelServerConfig, serve_in_thread
 
