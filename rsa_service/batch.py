@@ -236,6 +236,15 @@ def same_answer(answer: str | None, expected: str) -> bool:
     return answer is not None and equivalent(answer, expected)
 
 
+def stage_answers(line: ResultLine, stage: int) -> RoundAnswers | None:
+    """The answers of `stage`. A job that completed before it (an early stop) keeps its last round's answers for
+    the stages it skipped, since its answer stands; a job that failed scores nothing for a stage it never reached."""
+    reached = [r for r in line.rounds if r.round <= stage]
+    if not reached or (reached[-1].round < stage and line.status != "completed"):
+        return None
+    return reached[-1]
+
+
 def trace_accuracy(stage: RoundAnswers | None, expected: str, population: int) -> float:
     """Share of a stage's traces whose answer is equivalent to `expected` (a missing stage scores 0)."""
     if stage is None or not population:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rsa_service.batch import ResultLine, RoundAnswers, same_answer, trace_accuracy
+from rsa_service.batch import ResultLine, same_answer, stage_answers, trace_accuracy
 from rsa_service.core.steps import Usage
 
 PLAIN = "plain"
@@ -62,18 +62,12 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _stage(line: ResultLine, stage: int) -> RoundAnswers | None:
-    """The answers of `stage`, or of the last round before it when the job stopped early."""
-    reached = [r for r in line.rounds if r.round <= stage]
-    return reached[-1] if reached else None
-
-
 def configuration(
     name: str, settings: dict[str, Any], lines: Sequence[ResultLine], *, stages: int, wall_s: float
 ) -> Configuration:
     graded = [line for line in lines if line.expected is not None]
     stage_accuracy = [
-        _mean([trace_accuracy(_stage(line, stage), line.expected or "", line.population) for line in graded])
+        _mean([trace_accuracy(stage_answers(line, stage), line.expected or "", line.population) for line in graded])
         for stage in range(stages)
     ]
     calls = sum(line.population - r.shortcuts for line in lines for r in line.rounds)
