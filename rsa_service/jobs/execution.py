@@ -485,6 +485,7 @@ class JobRunner:
             "round": step.round,
             "slot": step.slot,
             "status": step.status,
+            "candidates": step.candidates,
             "answer": step.answer,
             "finish_reason": step.finish_reason,
             "completion_tokens": step.usage.completion_tokens,
