@@ -29,7 +29,7 @@ from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_o
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.events import follow
 from rsa_service.jobs.models import JobResult, JobSpec
-from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore
 from rsa_service.runtime import settle_heap
 from rsa_service.tinymodel import HELDOUT_PATH

@@ -21,7 +21,7 @@ from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.events import follow
 from rsa_service.jobs.models import Event, JobRecord, JobStatus
-from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobNotFound, JobStore, NotDeadLettered
 from rsa_service.jobs.worker import Worker
 from rsa_service.metrics import serve_metrics

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rsa_service.core.conversation import Conversation
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import RoundStats, Usage
@@ -40,6 +41,11 @@ class JobSpec(BaseModel):
     backend: str = Field(description="A backend spec or an operator-configured backend name.")
     model: str | None = None
     templates: PromptTemplates
+    conversation: Conversation = Field(
+        default=(),
+        description="The chat the problem came in (its last user message), sent whole in round 0; empty: the "
+        "problem alone.",
+    )
 
 
 class Problem(BaseModel):
