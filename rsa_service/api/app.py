@@ -18,13 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rsa_service.api import chat, errors, health, routes_jobs, sse
 from rsa_service.api.auth import LOCAL_TENANT, KeyRing
 from rsa_service.api.errors import ApiError
-from rsa_service.api.metrics import Metrics, MetricsMiddleware
-from rsa_service.api.settings import ApiSettings, named_backends
-from rsa_service.config import Settings
+from rsa_service.api.http_metrics import Metrics, MetricsMiddleware
+from rsa_service.api.server_settings import ApiSettings, named_backends
 from rsa_service.core.prompts import PromptTemplates
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.store import JobStore
+from rsa_service.settings import Settings
 
 log = logging.getLogger(__name__)
 

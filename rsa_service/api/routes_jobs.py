@@ -9,18 +9,18 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses
-from rsa_service.api.settings import ApiSettings, default_backend
+from rsa_service.api.server_settings import ApiSettings, default_backend
 from rsa_service.api.views import json_response, owned_record, progress_many, read_job, step_records, to_job
 from rsa_service.backends.base import BackendError, ContextLengthError
-from rsa_service.client.models import FieldError, Job, JobCreate, JobPage, StepList
-from rsa_service.config import Settings, params_defaults
 from rsa_service.core.conversation import Conversation
 from rsa_service.core.params import RSAParams, check_problem
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
 from rsa_service.jobs.listing import BadCursor, list_jobs
-from rsa_service.jobs.models import TERMINAL_STATUSES, JobSpec, JobStatus
+from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore, TooManyActive, new_job_id
+from rsa_service.settings import Settings, params_defaults
+from rsa_service.wire import TERMINAL_STATUSES, FieldError, Job, JobCreate, JobPage, JobStatus, StepList
 
 log = logging.getLogger(__name__)
 

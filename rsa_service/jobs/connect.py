@@ -15,9 +15,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from rsa_service.config import Settings
 from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.store import JobStore
+from rsa_service.settings import Settings
 
 REDIS_RETRIES = 8  # with the backoff below: about 5 s of outage hidden from callers
 REDIS_BACKOFF_BASE_S = 0.05

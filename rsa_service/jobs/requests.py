@@ -54,7 +54,7 @@ async def check_fits(backend: Backend, spec: JobSpec) -> None:
             max_tokens=budget,
             context_length=context,
         )
-    if params.rounds == 0 and params.select != "aggregate":
+    if params.rounds == 0:
         return
     k = min(params.subset, params.population)
     template = spec.templates.render(spec.problem, ["."] * k)

@@ -27,8 +27,9 @@ from redis.commands.core import AsyncScript
 
 from rsa_service.core.steps import StepResult
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
-from rsa_service.jobs.models import TERMINAL_STATUSES, Event, JobRecord, JobResult, JobSpec, Problem
+from rsa_service.jobs.models import JobRecord, JobSpec
 from rsa_service.metrics import CLAIMS, JOBS_FINISHED, RECLAIMS
+from rsa_service.wire import TERMINAL_STATUSES, Event, JobResult, Problem
 
 EVENTS_MAXLEN = 10_000
 DEFAULT_RETENTION_S = 7 * 24 * 3600
@@ -287,7 +288,7 @@ class JobStore:
         if not answer:
             return []
         _, entries = answer[0]
-        return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+        return [_event(entry_id, fields) for entry_id, fields in entries]
 
     # ---- ownership ----------------------------------------------------------------------------------------
 
@@ -481,3 +482,8 @@ class JobStore:
         """Redis server time: one clock for every worker, whatever their hosts' clocks say."""
         seconds, micros = await self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> Event:
+    """One entry of a job's Redis event stream as its wire model."""
+    return Event(id=entry_id, type=fields.get("type", "message"), data=json.loads(fields.get("data") or "{}"))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings, named_backends
-from rsa_service.config import Settings
+from rsa_service.api.server_settings import ApiSettings, named_backends
+from rsa_service.settings import Settings
 from tests.api.conftest import KEY_A, serve_app
 from tests.conftest import RedisServer
 from tests.modelserver import ModelServerHandle

@@ -9,8 +9,9 @@ import pytest
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import StepResult
-from rsa_service.jobs.models import JobResult, JobSpec, Problem
+from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import ADMITTED_GRACE_MS, JobNotFound, JobStore, LeaseLost, TooManyActive
+from rsa_service.wire import JobResult, Problem
 
 
 def spec() -> JobSpec:

@@ -1,7 +1,7 @@
-"""The wire models of the REST API: what the server sends and the SDK parses, defined once for both.
+"""The wire models of the REST API: what the server sends, the SDK parses and the job store keeps, defined once.
 
-`JobResult`, `Problem`, `Progress` and `Event` are the job store's own models, so `rsa reason --json`, a REST job's
-`result` and the SDK's `job.result` are one type.
+The API, the SDK and the job layer all import this module and it imports none of them, so `rsa reason --json`, a
+REST job's `result` and the SDK's `job.result` are one type without the SDK pulling in the server.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from rsa_service.core.params import RSAParams
-from rsa_service.core.steps import StepResult
-from rsa_service.jobs.models import Event, JobResult, JobStatus, Problem, Progress
+from rsa_service.core.steps import RoundStats, StepResult, Usage
 
 __all__ = [
+    "TERMINAL_STATUSES",
     "Event",
     "FieldError",
     "Job",
@@ -28,6 +28,50 @@ __all__ = [
     "StepList",
     "StepRecord",
 ]
+
+JobStatus = Literal["queued", "in_progress", "cancelling", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the one error shape everywhere."""
+
+    type: str = "about:blank"
+    title: str
+    status: int = 500
+    detail: str | None = None
+    step: str | None = None
+
+
+class JobResult(BaseModel):
+    """The outcome object: `rsa reason --json`, the REST job's `result`, the SDK's `job.result`."""
+
+    job_id: str
+    status: JobStatus
+    answer: str | None
+    select: str
+    rounds: list[RoundStats]
+    usage: Usage
+    stopped_reason: str | None = None
+    wall_s: float | None = None
+    error: Problem | None = None
+
+
+class Progress(BaseModel):
+    round: int = 0
+    stages: int
+    steps_done: int = 0
+    steps_total: int
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+
+
+class Event(BaseModel):
+    """One entry of a job's event stream; `id` is the Redis stream id (the SSE event id)."""
+
+    id: str
+    type: str
+    data: dict[str, Any]
 
 
 class FieldError(BaseModel):
@@ -90,7 +134,7 @@ class Job(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status in TERMINAL_STATUSES
 
 
 class JobPage(BaseModel):
@@ -105,7 +149,7 @@ class JobPage(BaseModel):
 class StepRecord(StepResult):
     """A committed step with its position and the exact prompt it was generated from (rebuilt for audit)."""
 
-    position: str = Field(description="`r{round}:s{slot}`, or `final` for the selection step.")
+    position: str = Field(description="`r{round}:s{slot}`.")
     prompt: str | None = Field(description="The user message sent; null for a straggler record.")
 
 
