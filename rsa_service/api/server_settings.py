@@ -41,6 +41,10 @@ class ApiSettings(BaseSettings):
     sse_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on event streams.")
     sse_block_ms: int = Field(default=1000, gt=0, description="How long one Redis read waits for new events.")
     readiness_timeout_s: float = Field(default=3.0, gt=0)
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description='Responses API model names for configured backends, JSON: {"zaya1-rsa": "default"}.',
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -38,6 +38,10 @@ _PARAM_FLAGS: dict[str, tuple[type, typer.models.OptionInfo]] = {
         int,
         typer.Option("--max-total-tokens", help="Stop once this many tokens are spent."),
     ),
+    "max_output_tokens": (
+        int,
+        typer.Option("--max-output-tokens", help="Stop once the generations have produced this many tokens."),
+    ),
     "max_wall_s": (float, typer.Option("--max-wall-s", help="Stop after this many seconds.")),
     "round_deadline_s": (float, typer.Option("--round-deadline-s", help="Per-round deadline (seconds).")),
     "straggler_policy": (str, typer.Option("--stragglers", help="At the deadline: wait | quorum.")),

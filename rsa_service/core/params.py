@@ -60,6 +60,9 @@ class RSAParams(BaseModel):
     select_top_k: int | None = Field(default=40, gt=0)
     # Budgets and stopping rules; None disables each.
     max_total_tokens: int | None = Field(default=None, gt=0, description="Stop once this many tokens are spent.")
+    max_output_tokens: int | None = Field(
+        default=None, gt=0, description="Stop once the generations have produced this many tokens."
+    )
     max_wall_s: float | None = Field(default=None, gt=0, description="Stop after this much wall time.")
     round_deadline_s: float | None = Field(default=None, gt=0, description="Per-round deadline for stragglers.")
     straggler_policy: StragglerPolicy = "wait"

@@ -436,6 +436,7 @@ class JobRunner:
             "round": step.round,
             "slot": step.slot,
             "status": step.status,
+            "candidates": step.candidates,
             "answer": step.answer,
             "finish_reason": step.finish_reason,
             "completion_tokens": step.usage.completion_tokens,
@@ -454,3 +455,8 @@ class JobRunner:
             spent = sum(s.usage.total for s in self._steps.values())
             if spent >= budget:
                 raise _Stop(f"token budget of {budget} reached ({spent} tokens spent)")
+        output_budget = self.params.max_output_tokens
+        if output_budget is not None:
+            produced = sum(s.usage.completion_tokens for s in self._steps.values())
+            if produced >= output_budget:
+                raise _Stop(f"output token budget of {output_budget} reached ({produced} tokens generated)")

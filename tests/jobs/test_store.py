@@ -38,6 +38,14 @@ async def test_create_queues_a_hint_and_reads_back(store: JobStore) -> None:
         await store.get("job_nope")
 
 
+async def test_background_jobs_are_claimed_after_interactive_ones(store: JobStore) -> None:
+    late = await store.create(spec(), priority="background", extra={"note": "kept"})
+    first = await store.create(spec())
+    second = await store.create(spec())
+    assert [await store.next_queued(0.1) for _ in range(4)] == [first, second, late, None]
+    assert await store.redis.hget(store.keys.job(late).meta, "note") == "kept"
+
+
 async def test_claim_is_exclusive_while_the_lease_lives(store: JobStore) -> None:
     job_id = await store.create(spec())
     first = await store.claim(job_id, "w1", lease_ms=10_000)
