@@ -10,8 +10,8 @@ import pytest
 
 from rsa_service.config import Settings
 from rsa_service.jobs.backends import BackendPool
-from rsa_service.jobs.connect import redis_client
 from rsa_service.jobs.gate import SharedRate
+from rsa_service.jobs.redis_urls import redis_client
 from rsa_service.jobs.store import JobStore
 from tests.conftest import RedisServer
 from tests.jobs.helpers import finished, job_spec, running, status_of, step_events, wait_until
