@@ -96,15 +96,16 @@ async def observe_store(store: JobStore) -> None:
             now_ms = await store.now_ms()
             async with store.redis.pipeline(transaction=False) as pipe:
                 pipe.llen(keys.queue)
+                pipe.llen(keys.background_queue)
                 pipe.zcard(keys.pending)
                 pipe.zcount(keys.leases, f"({now_ms}", "+inf")
                 pipe.zcount(keys.leases, "-inf", now_ms)
                 pipe.scard(keys.dead)
-                queued, waiting, live, expired, dead = await pipe.execute()
+                queued, queued_background, waiting, live, expired, dead = await pipe.execute()
     except Exception as exc:  # a scrape reports what it can; Redis errors show in the worker's own logs
         log.debug("metrics: cannot read the store (%s)", exc)
         return
-    QUEUE_DEPTH.set(queued)
+    QUEUE_DEPTH.set(queued + queued_background)
     JOBS_WAITING.set(waiting)
     LEASES.labels("live").set(live)
     LEASES.labels("expired").set(expired)

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from rsa_service.backends.base import BackendOptions
-from rsa_service.config import Settings, backend_options
+from rsa_service.settings import Settings, backend_options
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses
-from rsa_service.api.settings import ApiSettings, default_backend
+from rsa_service.api.server_settings import ApiSettings, default_backend
 from rsa_service.api.views import json_response, owned_record, progress_many, read_job, step_records, to_job
-from rsa_service.client.models import Job, JobCreate, JobPage, StepList
-from rsa_service.config import Settings, params_defaults
 from rsa_service.core.params import RSAParams, check_problem
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
 from rsa_service.jobs.listing import BadCursor, list_jobs
-from rsa_service.jobs.models import TERMINAL_STATUSES, JobSpec, JobStatus
-from rsa_service.jobs.store import JobStore, TooManyActive, new_job_id
+from rsa_service.jobs.models import JobSpec
+from rsa_service.jobs.store import JobStore, Priority, TooManyActive, new_job_id
+from rsa_service.settings import Settings, params_defaults
+from rsa_service.wire import TERMINAL_STATUSES, Job, JobCreate, JobPage, JobStatus, StepList
 
 MAX_PAGE = 100
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -76,11 +77,29 @@ def build_spec(settings: ApiSettings, request: Request, body: JobCreate) -> JobS
     )
 
 
-async def create_job(request: Request, store: JobStore, owner: str, spec: JobSpec, job_id: str, fp: str) -> None:
+async def create_job(
+    request: Request,
+    store: JobStore,
+    owner: str,
+    spec: JobSpec,
+    job_id: str,
+    fp: str,
+    *,
+    priority: Priority = "interactive",
+    extra: Mapping[str, str] | None = None,
+) -> None:
     """Write the job durably, refusing (429) a tenant at its limit of unfinished jobs."""
     settings: ApiSettings = request.app.state.settings
     try:
-        await store.create(spec, tenant=owner, fingerprint=fp, job_id=job_id, max_active=settings.max_active_jobs)
+        await store.create(
+            spec,
+            tenant=owner,
+            fingerprint=fp,
+            job_id=job_id,
+            max_active=settings.max_active_jobs,
+            priority=priority,
+            extra=extra,
+        )
     except TooManyActive:
         raise ApiError(
             429,
@@ -109,23 +128,42 @@ async def create(
 ) -> Response:
     spec = build_spec(settings, request, body)
     fp = fingerprint(body.model_dump(mode="json", exclude_none=True))
-    if idempotency_key is None:
-        job_id = new_job_id()
-        await create_job(request, store, owner, spec, job_id, fp)
-    else:
-        try:
-            created = await create_once(
-                store, owner, idempotency_key, fp, lambda job_id: create_job(request, store, owner, spec, job_id, fp)
-            )
-        except KeyReused as exc:
-            raise ApiError(422, str(exc), kind="idempotency-key-reused") from None
-        except KeyInFlight as exc:
-            raise ApiError(409, str(exc), kind="idempotency-key-in-flight", headers={"Retry-After": "1"}) from None
-        job_id = created.job_id
-        if created.outcome == "replayed":
-            response.headers["Idempotent-Replayed"] = "true"
+    job_id = await create_idempotent(request, response, owner, idempotency_key, fp, spec)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return json_response(await read_job(store, job_id, owner), 202, dict(response.headers))
+
+
+async def create_idempotent(
+    request: Request,
+    response: Response,
+    owner: str,
+    idempotency_key: str | None,
+    fp: str,
+    spec: JobSpec,
+    **options: Any,
+) -> str:
+    """Create the job once per `Idempotency-Key` (a replay answers the first job, marked `Idempotent-Replayed`);
+    `options` go to `create_job`. Returns the job id."""
+    store: JobStore = request.app.state.store
+    if idempotency_key is None:
+        job_id = new_job_id()
+        await create_job(request, store, owner, spec, job_id, fp, **options)
+        return job_id
+    try:
+        created = await create_once(
+            store,
+            owner,
+            idempotency_key,
+            fp,
+            lambda job_id: create_job(request, store, owner, spec, job_id, fp, **options),
+        )
+    except KeyReused as exc:
+        raise ApiError(422, str(exc), kind="idempotency-key-reused") from None
+    except KeyInFlight as exc:
+        raise ApiError(409, str(exc), kind="idempotency-key-in-flight", headers={"Retry-After": "1"}) from None
+    if created.outcome == "replayed":
+        response.headers["Idempotent-Replayed"] = "true"
+    return created.job_id
 
 
 @router.get("", response_model=JobPage, responses=problem_responses(401, 422, 503), summary="List jobs")
@@ -163,6 +201,12 @@ async def cancel(job_id: str, owner: Tenant, store: Store) -> Job:
 
 @router.delete("/{job_id}", responses=problem_responses(401, 404, 409, 422, 503), summary="Delete a finished job")
 async def delete(job_id: str, owner: Tenant, store: Store) -> dict[str, object]:
+    await delete_finished(store, job_id, owner)
+    return {"id": job_id, "object": "job.deleted", "deleted": True}
+
+
+async def delete_finished(store: JobStore, job_id: str, owner: str) -> None:
+    """Delete a job of `owner` that has stopped; 409 while it runs (cancel it first), 404 for anyone else's."""
     record = await owned_record(store, job_id, owner)
     if record.status not in TERMINAL_STATUSES:
         raise ApiError(
@@ -172,7 +216,6 @@ async def delete(job_id: str, owner: Tenant, store: Store) -> dict[str, object]:
             headers={"x-should-retry": "false"},
         )
     await store.delete(job_id)
-    return {"id": job_id, "object": "job.deleted", "deleted": True}
 
 
 @router.get(

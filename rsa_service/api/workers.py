@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from rsa_service.config import Settings
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.store import JobStore
 from rsa_service.jobs.worker import Worker
+from rsa_service.settings import Settings
 
 
 def in_process_workers(

@@ -15,8 +15,8 @@ from rsa_service.batch import finished_lines, read_problems, run_batch
 from rsa_service.cli.batch import batch_client
 from rsa_service.cli.common import NO_BACKEND, CLIError, run_async, stderr, stdout
 from rsa_service.cli.options import JobOptions, with_job_options
-from rsa_service.config import Settings, default_backend, params_defaults
 from rsa_service.evaluation import EvalReport, evaluate
+from rsa_service.settings import Settings, default_backend, params_defaults
 from rsa_service.tinymodel import HELDOUT_PATH
 
 

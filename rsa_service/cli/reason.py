@@ -23,16 +23,17 @@ from rsa_service.cli.common import (
 )
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.cli.progress import LiveProgress, render_result
-from rsa_service.config import Settings, backend_options
 from rsa_service.core.answers import equivalent
 from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_owner_id, run_attempt
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.events import follow
-from rsa_service.jobs.models import JobResult, JobSpec
-from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.execution import check_fits
+from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobStore
 from rsa_service.runtime import settle_heap
+from rsa_service.settings import Settings, backend_options
 from rsa_service.tinymodel import HELDOUT_PATH
+from rsa_service.wire import JobResult
 
 CLAIM_RETRY_S = 1.0
 # The demo problem: one on which the bundled model's round-0 majority is wrong and aggregation recovers (with the
@@ -69,7 +70,7 @@ async def _claim_and_run(
 
 async def _show_progress(store: JobStore, job_id: str, spec: JobSpec) -> None:
     params = spec.params
-    with LiveProgress(stderr, params.population, params.rounds, aggregate=params.select == "aggregate") as view:
+    with LiveProgress(stderr, params) as view:
         async for event in follow(store, job_id):
             view.handle(event)
 

@@ -20,12 +20,12 @@ import redis
 
 from rsa_service.backends.base import Backend
 from rsa_service.jobs.connect import raise_if_cancelled
+from rsa_service.jobs.execution import JobRunner
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.models import JobResult
-from rsa_service.jobs.runner import JobRunner
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore, LeaseLost
 from rsa_service.observability import log_context, span
+from rsa_service.wire import JobResult
 
 log = logging.getLogger(__name__)
 

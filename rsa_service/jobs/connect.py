@@ -11,10 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from rsa_service.config import Settings
 from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.redis_urls import redis_client
 from rsa_service.jobs.store import JobStore
+from rsa_service.settings import Settings
 
 
 def raise_if_cancelled() -> None:

@@ -52,6 +52,11 @@ class Keys:
         return f"{self._hints}:queue"
 
     @property
+    def background_queue(self) -> str:
+        """Job id hints of background priority: a worker pops them only when `queue` is empty."""
+        return f"{self._hints}:queue:background"
+
+    @property
     def leases(self) -> str:
         return f"{self._hints}:leases"
 

@@ -22,14 +22,15 @@ from collections import Counter
 import redis
 
 from rsa_service.backends import Backend
-from rsa_service.config import Settings
 from rsa_service.jobs.attempt import DEFAULT_LEASE_S, process_owner_id, run_attempt
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import raise_if_cancelled
 from rsa_service.jobs.gate import Gate, SharedRate
-from rsa_service.jobs.models import JobRecord, NewerFormat, Problem
+from rsa_service.jobs.models import JobRecord, NewerFormat
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobNotFound, JobStore
 from rsa_service.observability import log_context
+from rsa_service.settings import Settings
+from rsa_service.wire import Problem
 
 log = logging.getLogger(__name__)
 

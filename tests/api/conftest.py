@@ -15,10 +15,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings, named_backends
+from rsa_service.api.server_settings import ApiSettings, named_backends
 from rsa_service.api.workers import in_process_workers
 from rsa_service.client import RSAClient
-from rsa_service.config import Settings
+from rsa_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_thread
 

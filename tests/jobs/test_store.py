@@ -9,8 +9,9 @@ import pytest
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import StepResult
-from rsa_service.jobs.models import JobResult, JobSpec, Problem
+from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import ADMITTED_GRACE_MS, JobNotFound, JobStore, LeaseLost, TooManyActive
+from rsa_service.wire import JobResult, Problem
 
 
 def spec() -> JobSpec:
@@ -35,6 +36,14 @@ async def test_create_queues_a_hint_and_reads_back(store: JobStore) -> None:
     assert [event.type for event in await store.events(job_id)] == ["queued"]
     with pytest.raises(JobNotFound):
         await store.get("job_nope")
+
+
+async def test_background_jobs_are_claimed_after_interactive_ones(store: JobStore) -> None:
+    late = await store.create(spec(), priority="background", extra={"note": "kept"})
+    first = await store.create(spec())
+    second = await store.create(spec())
+    assert [await store.next_queued(0.1) for _ in range(4)] == [first, second, late, None]
+    assert await store.redis.hget(store.keys.job(late).meta, "note") == "kept"
 
 
 async def test_claim_is_exclusive_while_the_lease_lives(store: JobStore) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 
 from rsa_service.backends import Backend, open_backend, split_spec
-from rsa_service.config import Settings, backend_options
+from rsa_service.settings import Settings, backend_options
 
 log = logging.getLogger(__name__)
 
