@@ -47,6 +47,10 @@ JOBS_CREATED = Counter("rsa_jobs_created_total", "Jobs created (replays excluded
 CLAIMS = Counter("rsa_job_claims_total", "Claim attempts by outcome.", ["outcome"])
 JOBS_FINISHED = Counter("rsa_jobs_finished_total", "Terminal transitions made by this process.", ["status"])
 RECLAIMS = Counter("rsa_janitor_requeued_total", "Jobs the janitor queued again (expired lease or lost queue hint).")
+COMMITS_UNREPLICATED = Counter(
+    "rsa_commits_unreplicated_total",
+    "Step commits that RSA_REDIS_MIN_REPLICAS replicas did not confirm in time (the attempt stops; the job resumes).",
+)
 
 # ---- generations and rounds (the runner) ------------------------------------------------------------------
 

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     backend_api_key: str | None = Field(default=None, repr=False, description="Bearer key for remote backends.")
     tokenizer: str | None = Field(default=None, description="The model's tokenizer.json: remote tails cut locally.")
     namespace: str = Field(default="rsa", description="Prefix of every Redis key.")
+    redis_min_replicas: int = Field(
+        default=0, ge=0, description="Acknowledge a step commit only once this many replicas have it (WAIT)."
+    )
+    redis_replica_timeout_ms: int = Field(
+        default=1000, gt=0, description="How long a commit waits for RSA_REDIS_MIN_REPLICAS replicas."
+    )
     backends: dict[str, str] = Field(
         default_factory=dict,
         description='Operator-configured backends by name, JSON: {"default": "openai:http://h:8000/v1"}.',

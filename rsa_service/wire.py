@@ -15,10 +15,15 @@ from rsa_service.core.steps import RoundStats, StepResult, Usage
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "AnswerCluster",
+    "BackendInfo",
+    "BackendList",
     "Event",
     "FieldError",
+    "GraphNode",
     "Job",
     "JobCreate",
+    "JobGraph",
     "JobPage",
     "JobResult",
     "JobStatus",
@@ -132,6 +137,7 @@ class Job(BaseModel):
     progress: Progress
     result: JobResult | None = None
     error: Problem | None = None
+    problem_excerpt: str | None = Field(default=None, description="The problem's opening characters, for listings.")
 
     @property
     def terminal(self) -> bool:
@@ -152,9 +158,63 @@ class StepRecord(StepResult):
 
     position: str = Field(description="`r{round}:s{slot}`.")
     prompt: str | None = Field(description="The user message sent; null for a straggler record.")
+    tail_field: Literal["reasoning", "text"] | None = Field(
+        default=None, description="Which of `reasoning` and `text` the tail was cut from; null if neither holds it."
+    )
+    tail_start: int | None = Field(default=None, description="Where the tail begins in that field (a character index).")
 
 
 class StepList(BaseModel):
     object: Literal["list"] = "list"
     job_id: str
     data: list[StepRecord]
+
+
+class GraphNode(BaseModel):
+    """One committed step as the lineage graph draws it: no texts, just where it sits and what it answered."""
+
+    round: int
+    slot: int
+    position: str
+    status: str
+    candidates: list[int] = Field(description="Previous-round slots whose tails this step was shown.")
+    answer: str | None
+    cluster: int | None = Field(description="Index into `clusters` (math-equivalent answers share one); null: none.")
+    finish_reason: str
+    completion_tokens: int
+    tail_tokens: int
+
+
+class AnswerCluster(BaseModel):
+    """Math-equivalent answers of one job: `label` is the first spelling seen, `answers` every spelling seen."""
+
+    id: int
+    label: str
+    answers: list[str]
+    count: int
+
+
+class JobGraph(BaseModel):
+    """A job's lineage so far. `last_event_id` was read before the steps, so following the event stream after it
+    misses nothing (a step may arrive twice: once here, once as an event)."""
+
+    object: Literal["job.graph"] = "job.graph"
+    job_id: str
+    problem: str
+    last_event_id: str | None
+    nodes: list[GraphNode]
+    clusters: list[AnswerCluster]
+
+
+class BackendInfo(BaseModel):
+    """A backend the operator configured, by name, with the parameter defaults a job on it gets."""
+
+    name: str
+    default: bool
+    params: dict[str, Any]
+
+
+class BackendList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BackendInfo]
+    limits: dict[str, int]

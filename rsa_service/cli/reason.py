@@ -28,8 +28,8 @@ from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_o
 from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.events import follow
-from rsa_service.jobs.execution import check_fits
 from rsa_service.jobs.models import JobSpec
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore
 from rsa_service.runtime import settle_heap
 from rsa_service.settings import Settings, backend_options

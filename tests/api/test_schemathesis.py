@@ -63,4 +63,5 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
             stdin=subprocess.DEVNULL,
         )
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
-    assert "16 passed" in run.stdout or "Tested: 16" in run.stdout
+    operations = sum(len(methods) for methods in app.openapi()["paths"].values())  # every one was run
+    assert f"{operations} passed" in run.stdout or f"Tested: {operations}" in run.stdout
