@@ -101,7 +101,9 @@ async def check_fits(backend: Backend, spec: JobSpec) -> None:
         )
 
 
-def _request(spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool) -> GenerationRequest:
+def _request(
+    spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool, lineage: str | None = None
+) -> GenerationRequest:
     params = spec.params
     return GenerationRequest(
         messages=(ChatMessage(role="user", content=content),),
@@ -111,6 +113,7 @@ def _request(spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_s
         top_k=params.select_top_k if final_select else params.top_k,
         min_p=None if final_select else params.min_p,
         seed=seed,
+        lineage=lineage,
     )
 
 
@@ -408,7 +411,9 @@ class JobRunner:
         stage = _stage(round_index, final_select)
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
-            request = _request(self.spec, content, max_tokens, seed, final_select=final_select)
+            # A slot's prompts across rounds share the problem and template: one lineage, one replica's cache.
+            lineage = f"{self.job.id}/s{slot}"
+            request = _request(self.spec, content, max_tokens, seed, final_select=final_select, lineage=lineage)
             started = self.clock()
             try:
                 generation = await self.backend.generate(request)
