@@ -2,7 +2,7 @@
 
 It answers like a reasoning model whose behaviour RSA can act on:
 
-- The *problem* is the first user message (or the prompt). Its correct answer is the `xyz` of an `ANSWER=xyz`
+- The *problem* is the last user message (or the prompt). Its correct answer is the `xyz` of an `ANSWER=xyz`
   in the text, else an integer in [0, 1000) from its sha256.
 - A fresh request answers correctly with probability `p_correct`, else with one of three wrong answers; the
   draw depends only on (problem, seed), so a seed fixes the outcome.
@@ -200,7 +200,7 @@ def problem_of(body: dict[str, Any]) -> str:
     messages = body.get("messages")
     if messages is None:
         return str(body.get("prompt", ""))
-    return next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+    return next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def correct_answer(problem: str) -> str:

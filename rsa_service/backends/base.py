@@ -17,6 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rsa_service.core.conversation import ChatMessage
 from rsa_service.core.steps import Usage
 from rsa_service.core.tails import Tail
 
@@ -24,13 +25,6 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 # A torch device, or `auto` for the best one present (the engine resolves it when it loads).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$"
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class GenerationRequest(BaseModel):
@@ -152,7 +146,21 @@ class PermanentBackendError(BackendError):
 
 
 class ContextLengthError(PermanentBackendError):
-    """The prompt plus the generation budget exceeds the model's context window."""
+    """The prompt plus the generation budget exceeds the model's context window. The sizes are set when known
+    (the pre-flight check knows them; a server's refusal may not say)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        max_tokens: int | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
 
 
 class BackendUnavailableError(BackendError):

@@ -27,8 +27,8 @@ from rsa_service.core.answers import equivalent
 from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_owner_id, run_attempt
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.events import follow
-from rsa_service.jobs.execution import check_fits
 from rsa_service.jobs.models import JobSpec
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore
 from rsa_service.runtime import settle_heap
 from rsa_service.settings import Settings, backend_options

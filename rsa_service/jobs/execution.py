@@ -17,14 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from rsa_service.backends.base import (
-    Backend,
-    BackendError,
-    ChatMessage,
-    ContextLengthError,
-    Generation,
-    GenerationRequest,
-)
+from rsa_service.backends.base import Backend, BackendError, Generation
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.plan import choose_candidates, generation_seed
 from rsa_service.core.reasoning import tail_source_text
@@ -33,7 +26,8 @@ from rsa_service.core.summary import round_steps, summarise
 from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.models import JobRecord, JobSpec
+from rsa_service.jobs.models import JobRecord
+from rsa_service.jobs.requests import generation_request
 from rsa_service.jobs.store import JobStore
 from rsa_service.metrics import (
     GENERATION_LATENCY,
@@ -51,7 +45,6 @@ from rsa_service.wire import JobResult, Problem
 log = logging.getLogger(__name__)
 
 EMPTY_OUTPUT_RETRIES = 2  # a generation that returns no text is sampled again with a fresh seed this many times
-CONTEXT_MARGIN_TOKENS_PER_TAIL = 16  # re-tokenising a tail inside a prompt may merge a few tokens differently
 
 
 class JobFailed(Exception):
@@ -68,53 +61,6 @@ class _Stop(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-async def check_fits(backend: Backend, spec: JobSpec) -> None:
-    """Refuse a configuration whose largest prompt plus budget cannot fit the model's context.
-
-    The Markovian bound: an aggregation prompt is at most |q| + K·τ + template overhead, however long the model
-    thought, so one count decides every round in advance.
-    """
-    context = (await backend.capabilities()).context_length
-    if context is None:
-        return
-    params = spec.params
-    first = await backend.count_tokens(_request(spec, spec.problem, params.max_tokens_for(0), 0, final_select=False))
-    if first + params.max_tokens_for(0) > context:
-        raise ContextLengthError(
-            f"the problem ({first} tokens) plus its budget ({params.max_tokens_for(0)}) exceeds the model's "
-            f"context of {context} tokens"
-        )
-    if params.rounds == 0:
-        return
-    k = min(params.subset, params.population)
-    prompt = spec.templates.render(spec.problem, ["."] * k)
-    overhead = await backend.count_tokens(_request(spec, prompt, 1, 0, final_select=False))
-    largest = overhead + k * (params.tail_tokens + CONTEXT_MARGIN_TOKENS_PER_TAIL)
-    budget = max(params.trace_tokens if params.rounds > 1 else 0, params.final_tokens)
-    if largest + budget > context:
-        raise ContextLengthError(
-            f"an aggregation prompt can reach {largest} tokens (problem and template {overhead} + "
-            f"K={k} × τ={params.tail_tokens}); with a budget of {budget} new tokens that exceeds the model's "
-            f"context of {context}. Lower tail_tokens, subset or the token budgets."
-        )
-
-
-def _request(
-    spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool, lineage: str | None = None
-) -> GenerationRequest:
-    params = spec.params
-    return GenerationRequest(
-        messages=(ChatMessage(role="user", content=content),),
-        max_tokens=max_tokens,
-        temperature=params.select_temperature if final_select else params.temperature,
-        top_p=params.select_top_p if final_select else params.top_p,
-        top_k=params.select_top_k if final_select else params.top_k,
-        min_p=None if final_select else params.min_p,
-        seed=seed,
-        lineage=lineage,
-    )
 
 
 def _usable(generation: Generation) -> bool:
@@ -412,8 +358,15 @@ class JobRunner:
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
             # A slot's prompts across rounds share the problem and template: one lineage, one replica's cache.
-            lineage = f"{self.job.id}/s{slot}"
-            request = _request(self.spec, content, max_tokens, seed, final_select=final_select, lineage=lineage)
+            request = generation_request(
+                self.spec,
+                content,
+                max_tokens,
+                seed,
+                round_index=round_index,
+                final_select=final_select,
+                lineage=f"{self.job.id}/s{slot}",
+            )
             started = self.clock()
             try:
                 generation = await self.backend.generate(request)

@@ -4,6 +4,7 @@ streamed creates, a dropped stream resumed by sequence number, cancel, delete, i
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -19,8 +20,9 @@ RSA = {"extra_body": {"rsa": SMALL}}
 
 
 @pytest.fixture
-def oai(api: LiveAPI) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.url + "/v1", api_key=KEY_A, max_retries=0)
+def oai(api: LiveAPI) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=api.url + "/v1", api_key=KEY_A, max_retries=0) as client:
+        yield client
 
 
 def strict(response: Response) -> Response:
@@ -187,10 +189,10 @@ def test_input_items_keep_instructions_and_earlier_turns(oai: openai.OpenAI) -> 
 
 def test_errors_are_the_clients_own_exception_types(api: LiveAPI, oai: openai.OpenAI) -> None:
     response = oai.responses.create(model="toy", input="Mine. ANSWER=1", background=True, **RSA)
-    other = openai.OpenAI(base_url=api.url + "/v1", api_key=KEY_B, max_retries=0)
-    for call in (other.responses.retrieve, other.responses.cancel, other.responses.delete):
-        with pytest.raises(openai.NotFoundError):
-            call(response.id)
+    with openai.OpenAI(base_url=api.url + "/v1", api_key=KEY_B, max_retries=0) as other:
+        for call in (other.responses.retrieve, other.responses.cancel, other.responses.delete):
+            with pytest.raises(openai.NotFoundError):
+                call(response.id)
     with pytest.raises(openai.NotFoundError):
         oai.responses.retrieve("resp_nothing")
     with pytest.raises(openai.UnprocessableEntityError) as bad:
