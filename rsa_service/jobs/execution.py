@@ -357,8 +357,15 @@ class JobRunner:
         stage = _stage(round_index, final_select)
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
+            # A slot's prompts across rounds share the problem and template: one lineage, one replica's cache.
             request = generation_request(
-                self.spec, content, max_tokens, seed, round_index=round_index, final_select=final_select
+                self.spec,
+                content,
+                max_tokens,
+                seed,
+                round_index=round_index,
+                final_select=final_select,
+                lineage=f"{self.job.id}/s{slot}",
             )
             started = self.clock()
             try:
