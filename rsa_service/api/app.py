@@ -28,7 +28,7 @@ from rsa_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Background = Callable[[JobStore], AbstractAsyncContextManager[object]]
+Background = Callable[[JobStore, BackendPool], AbstractAsyncContextManager[object]]
 PROXY_TIMEOUT = httpx2.Timeout(connect=10.0, read=1800.0, write=10.0, pool=10.0)
 
 
@@ -107,7 +107,7 @@ def create_app(
             state.http = await stack.enter_async_context(httpx2.AsyncClient(timeout=PROXY_TIMEOUT))
             stack.push_async_callback(state.backends.aclose)
             if background is not None:
-                await stack.enter_async_context(background(state.store))
+                await stack.enter_async_context(background(state.store, state.backends))
             if state.keyring.enabled:
                 log.info("auth on: %d API keys, each its own tenant", len(settings.api_keys))
             else:

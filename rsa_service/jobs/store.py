@@ -6,6 +6,7 @@ Exceptions, translated here from redis-py so callers never see transport details
     ├── JobNotFound        no such job (or it expired after finishing)
     ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
     ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+    ├── NotReplicated      a commit reached the primary but not RSA_REDIS_MIN_REPLICAS replicas in time
     └── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
 
 (`models.NewerFormat`, a ValueError, says a job was written by a newer release than this one.)
@@ -22,13 +23,15 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal, cast
 
-from redis.asyncio import Redis
+import redis
+from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
 
 from rsa_service.core.steps import StepResult
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
 from rsa_service.jobs.models import JobRecord, JobSpec
-from rsa_service.metrics import CLAIMS, JOBS_FINISHED, RECLAIMS
+from rsa_service.jobs.redis_urls import RedisClient
+from rsa_service.metrics import CLAIMS, COMMITS_UNREPLICATED, JOBS_FINISHED, RECLAIMS
 from rsa_service.wire import TERMINAL_STATUSES, Event, JobResult, Problem
 
 EVENTS_MAXLEN = 10_000
@@ -68,6 +71,15 @@ class NotDeadLettered(StoreError):
         )
         self.job_id = job_id
         self.status = status
+
+
+class NotReplicated(StoreError, redis.ConnectionError):
+    """Treated as a Redis outage by the worker (the attempt stops and the job resumes after its lease): the step is
+    on the primary, but a failover now could lose it, so the run does not build on it yet."""
+
+    def __init__(self, job_id: str, acknowledged: int, wanted: int) -> None:
+        super().__init__(f"job {job_id}: a commit reached {acknowledged} of {wanted} replicas in time")
+        self.job_id = job_id
 
 
 class TooManyActive(StoreError):
@@ -122,16 +134,20 @@ class JobStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         namespace: str = "rsa",
         retention_s: int = DEFAULT_RETENTION_S,
         events_maxlen: int = EVENTS_MAXLEN,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self.redis = redis
         self.keys = Keys(namespace)
         self.retention_s = retention_s
         self.events_maxlen = events_maxlen
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source) for name, source in _SCRIPT_SOURCES.items()
         }
@@ -371,22 +387,32 @@ class JobStore:
     # ---- progress -----------------------------------------------------------------------------------------
 
     async def commit(self, job_id: str, fence: int, step: StepResult, event: dict[str, Any]) -> bool:
-        """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off."""
-        outcome = int(
-            await self._run(
-                "commit",
-                job_id,
-                fence,
-                step.key,
-                step.model_dump_json(),
-                "step",
-                json.dumps(event),
-                self.events_maxlen,
-            )
-        )
+        """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off;
+        NotReplicated when `min_replicas` replicas did not confirm it in time."""
+        args = (fence, step.key, step.model_dump_json(), "step", json.dumps(event), self.events_maxlen)
+        if self.min_replicas:
+            outcome = await self._commit_replicated(job_id, args)
+        else:
+            outcome = int(await self._run("commit", job_id, *args))
         if outcome < 0:
             raise LeaseLost(job_id, fence)
         return outcome == 1
+
+    async def _commit_replicated(self, job_id: str, args: Sequence[object]) -> int:
+        """The commit script, then WAIT on the same connection (WAIT counts the replicas that have the writes of
+        its own connection, so the two go in one pipeline; on a cluster, to the node that owns the job's slot)."""
+        keys = self.keys.job(job_id).all
+        on_node: dict[str, Any] = {}
+        if isinstance(self.redis, RedisCluster):
+            on_node["target_nodes"] = self.redis.get_node_from_key(keys[0])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_SCRIPT_SOURCES["commit"], len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms, **on_node)
+            outcome, acknowledged = await pipe.execute()
+        if int(outcome) >= 0 and int(acknowledged) < self.min_replicas:
+            COMMITS_UNREPLICATED.inc()
+            raise NotReplicated(job_id, int(acknowledged), self.min_replicas)
+        return int(outcome)
 
     async def emit(self, job_id: str, fence: int, kind: str, data: dict[str, Any]) -> str:
         entry = await self._run("emit", job_id, fence, kind, json.dumps(data), self.events_maxlen)
