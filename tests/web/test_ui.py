@@ -77,8 +77,12 @@ def test_a_job_from_the_form_runs_live_and_shows_its_answer_and_tails(browser: A
 
     page.goto(f"{live_ui.url}/")
     row = page.wait_for_selector(f"tr[data-job-id='{job_id}']")
-    assert "Completed" in row.inner_text()
+    assert "Completed" in row.inner_text() and PROBLEM[:20] in row.inner_text()
     screenshot(page, "job-list")
+    page.select_option("#status-filter", "queued")
+    page.wait_for_selector(f"tr[data-job-id='{job_id}']", state="detached")
+    page.select_option("#status-filter", "completed")
+    page.wait_for_selector(f"tr[data-job-id='{job_id}']")
     page.set_viewport_size({"width": 390, "height": 844})
     screenshot(page, "job-list-phone", full_page=True)
 
