@@ -58,6 +58,10 @@ _PARAM_FLAGS: dict[str, tuple[type, typer.models.OptionInfo]] = {
             help="Carry agreeing candidates forward without a model call.",
         ),
     ),
+    "consensus_from_round": (
+        int,
+        typer.Option("--consensus-from-round", help="First round whose agreement may stop or short-cut."),
+    ),
     "initial_backend": (str, typer.Option("--initial-backend", help="Configured backend of round 0.")),
     "aggregation_backend": (
         str,
