@@ -89,6 +89,23 @@ STRAGGLERS = Counter("rsa_stragglers_total", "Slots cut at a round deadline.")
 
 RETRIES = Counter("rsa_backend_retries_total", "Backend requests retried, by cause.", ["cause"])
 
+# ---- replicas of a fleet backend (a backend name listing several base URLs) -------------------------------
+
+REPLICA_UP = Gauge(
+    "rsa_replica_up", "1 while a replica takes requests, 0 while it is out after failing.", ["backend", "replica"]
+)
+REPLICA_IN_FLIGHT = Gauge("rsa_replica_in_flight", "Generations in flight at a replica.", ["backend", "replica"])
+REPLICA_REQUESTS = Counter(
+    "rsa_replica_requests_total", "Generation requests by replica and outcome.", ["backend", "replica", "outcome"]
+)
+REPLICA_LATENCY = Histogram(
+    "rsa_replica_request_duration_seconds",
+    "One generation request at one replica (answered ones).",
+    ["backend", "replica"],
+    buckets=GENERATION_BUCKETS_S,
+)
+REPLICA_EJECTIONS = Counter("rsa_replica_ejections_total", "Times a replica was taken out.", ["backend", "replica"])
+
 # ---- the fleet, read from Redis at scrape time ------------------------------------------------------------
 
 QUEUE_DEPTH = Gauge("rsa_queue_depth", "Job ids in the queue (hints: may hold duplicates).")

@@ -22,7 +22,8 @@ GET /_requests, POST /_reset, GET|POST /_faults.
 GET /_requests → `{"requests": [...], "in_flight": n, "max_in_flight": n, "tokenize_calls": n, "spent": {...}}`;
 `spent` is `{"prompt_tokens", "completion_tokens"}` summed over every generation the model ran (answered,
 faulted after generating, or abandoned by its client), what a metered server bills; one entry
-per generation request, in arrival order: `{"key", "path", "time", "body", "fault", "status"}` where `key` is
+per generation request, in arrival order: `{"key", "path", "time", "body", "fault", "status", "session"}` where
+`session` is the X-Session-ID header (or null), `key` is
 the sha256 of the canonical JSON of `[messages or prompt, seed, max_tokens]`, `time` the arrival (unix
 seconds), `fault` the index of the fault rule applied (or null), `status` the status sent (null while in
 flight or when the connection was dropped). POST /_reset clears the log, counters and fault rules.
@@ -385,7 +386,9 @@ class FaultsAndLog:
         if path in GENERATION_PATHS:
             parsed = _json_or_empty(body)
             key = request_key(parsed)
+            session = Headers(scope=scope).get("x-session-id")
             entry = {"key": key, "path": path, "time": time.time(), "body": parsed, "fault": fault_index}
+            entry["session"] = session
             entry["status"] = None
             state.requests.append(entry)
         state.in_flight += entry is not None
@@ -673,10 +676,11 @@ def config_argv(config: ModelServerConfig) -> list[str]:
 
 @contextmanager
 def serve_in_subprocess(
-    config: ModelServerConfig | None = None, host: str = "127.0.0.1"
+    config: ModelServerConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> Iterator[ModelServerHandle]:
-    """Run a model server as `python -m tests.modelserver` on a free port; `handle.process` is the Popen."""
-    argv = [sys.executable, "-m", "tests.modelserver", "--host", host, "--port", "0"]
+    """Run a model server as `python -m tests.modelserver` on `port` (0: a free one; a given port brings a killed
+    server back where it was); `handle.process` is the Popen."""
+    argv = [sys.executable, "-m", "tests.modelserver", "--host", host, "--port", str(port)]
     argv += config_argv(config or ModelServerConfig())
     repo = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(argv, cwd=repo, stdout=subprocess.PIPE, text=True)

@@ -282,7 +282,9 @@ async def chat_completions(request: Request, chat: ChatRequest, owner: str = Dep
         return await _run_rsa(request, chat, owner)
     pool: BackendPool = request.app.state.backends
     name = resolve_backend(pool.settings, None)
-    scheme, location = split_spec(pool.resolve(name))
-    if scheme == "openai":
-        return await _proxy(request, location.rstrip("/"))
+    spec = pool.resolve(name)
+    if isinstance(spec, str):  # one server: proxied as is; a fleet's replicas are chosen by its backend
+        scheme, location = split_spec(spec)
+        if scheme == "openai":
+            return await _proxy(request, location.rstrip("/"))
     return await _generate(request, chat, name)

@@ -41,6 +41,11 @@ class GenerationRequest(BaseModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    lineage: str | None = Field(
+        default=None,
+        description="A stable id shared by requests of one trace lineage (their prompts share a prefix): a replica "
+        "fleet keeps them on one replica, and routers read it from the session header.",
+    )
 
 
 class Generation(BaseModel):
@@ -77,6 +82,12 @@ class BackendOptions(BaseModel):
     max_retries: int = Field(default=6, ge=0)
     retry_backoff_s: float = Field(default=0.5, gt=0, description="First backoff wait; doubles per retry, jittered.")
     retry_max_wait_s: float = Field(default=30.0, gt=0, description="Cap on one wait, Retry-After included.")
+    session_header: str = Field(
+        default="X-Session-ID",
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Remote: the header carrying a request's lineage id, for routers that keep a session on one "
+        "replica (prefix-cache reuse).",
+    )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         default="auto", description="In-process engine weights; auto: the checkpoint's own dtype."
     )

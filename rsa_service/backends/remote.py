@@ -274,8 +274,9 @@ class RemoteBackend:
         path = "/chat/completions" if chat else "/completions"
         url = self.base_url + path
         failures: list[BackendError] = []
+        headers = {self.options.session_header: request.lineage} if request.lineage else None
         try:
-            data = await self._call("POST", url, body, generation=True, failures=failures)
+            data = await self._call("POST", url, body, generation=True, headers=headers, failures=failures)
         except BackendError as exc:
             exc.usage = await self._spent_on(failures, request)
             raise
@@ -387,6 +388,7 @@ class RemoteBackend:
         body: dict[str, Any] | None = None,
         *,
         generation: bool,
+        headers: Mapping[str, str] | None = None,
         failures: list[BackendError] | None = None,
     ) -> Any:
         """One logical call, retried per `backends.retry`: the parsed JSON of the successful answer. Each failed
@@ -402,7 +404,7 @@ class RemoteBackend:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        return await self._attempt(method, url, body, generation=generation)
+                        return await self._attempt(method, url, body, generation=generation, headers=headers)
                     except BackendError as exc:
                         if failures is not None:
                             failures.append(exc)
@@ -419,10 +421,18 @@ class RemoteBackend:
             isinstance(failed, _Unreachable) and not self._answered and state.attempt_number >= FIRST_CONTACT_ATTEMPTS
         )
 
-    async def _attempt(self, method: str, url: str, body: dict[str, Any] | None, *, generation: bool) -> Any:
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        *,
+        generation: bool,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         async with self._gate(generation):
             try:
-                async with self._http().request(method, url, json=body, proxy=self._proxy) as response:
+                async with self._http().request(method, url, json=body, proxy=self._proxy, headers=headers) as response:
                     answer = _Answer(response.status, response.headers, await response.read())
                 self._answered = True
             except (aiohttp.ClientError, TimeoutError) as exc:

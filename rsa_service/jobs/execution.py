@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from rsa_service.backends.base import Backend, BackendError, Generation, GenerationRequest, aborted_usage
+from rsa_service.core.adaptive import shortcut_step, stop_reason, stops_enabled
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.plan import choose_candidates, generation_seed
 from rsa_service.core.reasoning import tail_source_text
@@ -79,7 +80,8 @@ class JobRunner:
     """One attempt at one job, under one lease. Create a fresh runner for every claim.
 
     `gate` admits each generation (a worker shares one across its jobs); without one, the job gets its own
-    with `concurrency` (default: the population) slots.
+    with `concurrency` (default: the population) slots. `routed` holds the open backends that the job's stage
+    routing names (`initial_backend` and friends); unrouted stages run on `backend`.
     """
 
     def __init__(
@@ -91,10 +93,12 @@ class JobRunner:
         *,
         gate: Gate | None = None,
         concurrency: int | None = None,
+        routed: Mapping[str, Backend] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.backend = backend
+        self.routed = dict(routed or {})
         self.job = job
         self.spec = job.spec
         self.params = job.spec.params
@@ -152,6 +156,7 @@ class JobRunner:
             select=summary.select,
             rounds=summary.rounds,
             usage=summary.usage,
+            usage_by_backend=summary.usage_by_backend,
             stopped_reason=summary.stopped_reason,
             wall_s=summary.wall_s,
             error=error,
@@ -196,9 +201,11 @@ class JobRunner:
                     step=step_key(round_index, next((s.slot for s in members if s.status != "ok"), 0)),
                 )
             )
-        threshold = self.params.stop_agreement
-        if threshold is not None and round_index < self.params.rounds and stats.agreement >= threshold:
-            raise _Stop(f"agreement {stats.agreement:.2f} reached {threshold:g} after round {round_index}")
+        previous = round_steps(self._steps, round_index - 1, self.params.population) if round_index else []
+        before = round_stats(round_index - 1, previous, self.params.population) if previous else None
+        reason = stop_reason(self.params, stats, before)
+        if reason is not None:
+            raise _Stop(reason)
 
     # ---- one round ----------------------------------------------------------------------------------------
 
@@ -209,7 +216,7 @@ class JobRunner:
     def _pipelined(self, round_index: int) -> bool:
         """Whether `round_index`'s slots may start before the previous round ends: not when a round's end can stop
         the job early (agreement), since the next round's steps would then have been generated for nothing."""
-        return 0 < round_index <= self.params.rounds and self.params.stop_agreement is None
+        return 0 < round_index <= self.params.rounds and not stops_enabled(self.params)
 
     def _start_ready(self, round_index: int, committed: int | None = None) -> None:
         """Start each slot of `round_index` whose candidates are already committed, before its round begins
@@ -309,19 +316,20 @@ class JobRunner:
                     slot=slot,
                     status="straggler",
                     error=f"still running after the {deadline:g}s round deadline",
-                    usage=await self._cut_usage(step_key(round_index, slot)),
+                    usage=await self._cut_usage(round_index, slot),
                 )
                 STRAGGLERS.inc()
                 await self._commit(straggler)
 
-    async def _cut_usage(self, key: str) -> Usage:
+    async def _cut_usage(self, round_index: int, slot: int) -> Usage:
         """What a cut step cost: its finished requests, and an upper bound for the one it was waiting on (the
         server aborts it and reports nothing)."""
-        spent, request = self._spending.pop(key, (Usage(), None))
+        spent, request = self._spending.pop(step_key(round_index, slot), (Usage(), None))
         if request is None:
             return spent
-        bound = await aborted_usage(self.backend, request)
-        self._count_tokens(bound)
+        name, backend = self._backend_for(round_index)
+        bound = await aborted_usage(backend, request)
+        self._count_tokens(name, bound)
         return spent + bound
 
     def _done_in(self, round_index: int) -> int:
@@ -352,6 +360,12 @@ class JobRunner:
         content, chosen = self._prompt(round_index, slot, survivors)
         final_select = self.params.final_sampling(round_index)
         max_tokens = self.params.max_tokens_for(round_index)
+        if self.params.consensus_shortcut and round_index:
+            candidates = [self._steps[step_key(round_index - 1, candidate)] for candidate in chosen]
+            carried = shortcut_step(self.params, round_index, slot, candidates)
+            if carried is not None:
+                await self._commit(carried)
+                return
         with log_context(slot=slot), span("generation", round=round_index, slot=slot):
             async with self.gate.slot():
                 self.lease.check()  # never start a generation under a lease that may have passed to another worker
@@ -371,29 +385,37 @@ class JobRunner:
         max_tokens: int,
         final_select: bool,
     ) -> StepResult:
-        base = StepResult(round=round_index, slot=slot, candidates=chosen)
+        name, backend = self._backend_for(round_index)
+        base = StepResult(round=round_index, slot=slot, candidates=chosen, backend=name)
         stage = _stage(round_index, final_select)
         spent = Usage()  # every attempt's tokens, empty outputs and failures included
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
+            # A slot's prompts across rounds share the problem and template: one lineage, one replica's cache.
             request = generation_request(
-                self.spec, content, max_tokens, seed, round_index=round_index, final_select=final_select
+                self.spec,
+                content,
+                max_tokens,
+                seed,
+                round_index=round_index,
+                final_select=final_select,
+                lineage=f"{self.job.id}/s{slot}",
             )
             failed = base.model_copy(update={"status": "failed", "seed": seed, "attempts": attempt + 1})
             self._spending[base.key] = (spent, request)
             started = self.clock()
             try:
-                generation = await self.backend.generate(request)
+                generation = await backend.generate(request)
             except BackendError as exc:
-                self._observe_generation(None, exc.usage, stage, self.clock() - started)
+                self._observe_generation(name, None, exc.usage, stage, self.clock() - started)
                 log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
                 return failed.model_copy(update={"error": str(exc), "usage": spent + exc.usage})
             spent += generation.spent
             self._spending[base.key] = (spent, None)
-            self._observe_generation(generation, generation.spent, stage, self.clock() - started)
+            self._observe_generation(name, generation, generation.spent, stage, self.clock() - started)
             if _usable(generation):
                 try:
-                    return await self._record(failed, generation, spent)
+                    return await self._record(failed, backend, generation, spent)
                 except BackendError as exc:  # the tail could not be cut: the trace is lost, its tokens are not
                     log.warning("job %s %s: cutting the tail failed: %s", self.job.id, base.key, exc)
                     return failed.model_copy(update={"error": str(exc), "usage": spent})
@@ -406,31 +428,40 @@ class JobRunner:
             }
         )
 
-    def _observe_generation(self, generation: Generation | None, spent: Usage, stage: str, seconds: float) -> None:
+    def _backend_for(self, round_index: int) -> tuple[str, Backend]:
+        """The name and open backend of the stage `round_index` belongs to (see `RSAParams.stage_of`)."""
+        name = self.params.stage_backend(round_index)
+        if name is None or name == self.spec.backend:
+            return self.spec.backend, self.backend
+        return name, self.routed[name]
+
+    def _observe_generation(
+        self, backend: str, generation: Generation | None, spent: Usage, stage: str, seconds: float
+    ) -> None:
         """One backend call that returned (`generation`) or failed (None), and what it `spent`; a cancelled one
         is counted when it is cut (`_cut_usage`)."""
-        backend = self.spec.backend
         GENERATION_LATENCY.labels(backend).observe(seconds)
-        self._count_tokens(spent)
+        self._count_tokens(backend, spent)
         if generation is None:
             GENERATIONS.labels(backend, "failed").inc()
             return
         GENERATIONS.labels(backend, "ok" if _usable(generation) else "empty").inc()
         PROMPT_TOKENS.labels(stage).observe(generation.usage.prompt_tokens)
 
-    def _count_tokens(self, spent: Usage) -> None:
-        backend = self.spec.backend
+    @staticmethod
+    def _count_tokens(backend: str, spent: Usage) -> None:
         TOKENS.labels(backend, "prompt").inc(spent.prompt_tokens)
         TOKENS.labels(backend, "completion").inc(spent.completion_tokens)
         ESTIMATED_TOKENS.labels(backend).inc(spent.estimated_tokens)
 
-    async def _record(self, attempt: StepResult, generation: Generation, spent: Usage) -> StepResult:
+    async def _record(self, attempt: StepResult, backend: Backend, generation: Generation, spent: Usage) -> StepResult:
         """`attempt` (its seed and attempt count set) as the ok step `generation` makes it; `spent` its usage."""
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
-        tail = await self._tail(source, generation) if attempt.round < self.params.rounds else None  # else unseen
+        tail = await self._tail(backend, source, generation) if attempt.round < self.params.rounds else None
         if tail is not None:
-            TAIL_TRIMMED_TOKENS.labels(self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
+            trimmed = max(0, tail.source_tokens - tail.tokens)
+            TAIL_TRIMMED_TOKENS.labels(attempt.backend or self.spec.backend).inc(trimmed)
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
         return attempt.model_copy(
             update={
@@ -446,7 +477,7 @@ class JobRunner:
             }
         )
 
-    async def _tail(self, source: str, generation: Generation) -> Tail:
+    async def _tail(self, backend: Backend, source: str, generation: Generation) -> Tail:
         """A trace no longer than τ is kept whole (the spec's rule) without counting it again.
 
         The generation's own token count bounds every part of it, so when it is within τ no backend call is
@@ -461,7 +492,7 @@ class JobRunner:
         else:
             rest = generation.text if source is generation.reasoning else generation.reasoning
             hint = estimate_part_tokens(source, rest, produced)
-        return await self.backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
+        return await backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
 
     async def _commit(self, step: StepResult) -> None:
         event = {
@@ -473,6 +504,7 @@ class JobRunner:
             "finish_reason": step.finish_reason,
             "completion_tokens": step.usage.completion_tokens,
             "tail_tokens": step.tail_tokens,
+            "shortcut_from": step.shortcut_from,
         }
         if await self.store.commit(self.job.id, self.fence, step, event):
             self._steps[step.key] = step

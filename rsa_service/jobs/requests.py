@@ -14,7 +14,14 @@ CONTEXT_MARGIN_TOKENS_PER_TAIL = 16  # re-tokenising a tail inside a prompt may 
 
 
 def generation_request(
-    spec: JobSpec, content: str, max_tokens: int, seed: int, *, round_index: int, final_select: bool = False
+    spec: JobSpec,
+    content: str,
+    max_tokens: int,
+    seed: int,
+    *,
+    round_index: int,
+    final_select: bool = False,
+    lineage: str | None = None,
 ) -> GenerationRequest:
     """The request for one step: round 0 sends the job's conversation; later prompts (`content`, the rendered
     templates) go under its system messages."""
@@ -31,6 +38,7 @@ def generation_request(
         top_k=params.select_top_k if final_select else params.top_k,
         min_p=None if final_select else params.min_p,
         seed=seed,
+        lineage=lineage,
     )
 
 
