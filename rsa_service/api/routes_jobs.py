@@ -44,18 +44,18 @@ Store = Annotated[JobStore, Depends(_store)]
 Options = Annotated[ApiSettings, Depends(_settings)]
 
 
-def resolve_backend(shared: Settings, name: str | None) -> str:
-    """The configured backend a request names (422 naming `backend` otherwise); never a URL or a path."""
+def resolve_backend(shared: Settings, name: str | None, field: str = "backend") -> str:
+    """The configured backend a request names (422 naming `field` otherwise); never a URL or a path."""
     configured = shared.backends
     if name is None:
         default = default_backend(shared)
         if default is None:
-            raise field_error("backend", f"required: name one of the configured backends {sorted(configured)}")
+            raise field_error(field, f"required: name one of the configured backends {sorted(configured)}")
         return default
     if any(mark in name for mark in (":", "/", "\\")):
-        raise field_error("backend", "must be the name of a configured backend, not a URL or path")
+        raise field_error(field, "must be the name of a configured backend, not a URL or path")
     if name not in configured:
-        raise field_error("backend", f"unknown backend {name!r}; configured: {sorted(configured)}")
+        raise field_error(field, f"unknown backend {name!r}; configured: {sorted(configured)}")
     return name
 
 
@@ -71,6 +71,9 @@ def build_spec(settings: ApiSettings, request: Request, body: JobCreate, convers
     overrides = body.model_dump(exclude_none=True, exclude={"problem", "backend", "model"})
     spec = request.app.state.shared.backends.get(backend)
     params = RSAParams.model_validate(params_defaults(spec) | overrides)  # cross-field errors → 422
+    for field in ("initial_backend", "aggregation_backend", "final_backend"):
+        if (routed := getattr(params, field)) is not None:
+            resolve_backend(request.app.state.shared, routed, field)
     try:
         params.check_limits(limits)
     except ValueError as exc:

@@ -98,3 +98,13 @@ def test_cli_paths_refuse_before_any_generation(
     assert line["status"] == "failed"
     assert_names_the_sizes(line["error"])
     assert generations(model_server) == []
+
+
+def test_responses_refuse_before_any_generation(make_api: ApiFactory) -> None:
+    api = make_api(workers=0)
+    api.model.reset()
+    oai = openai.OpenAI(base_url=api.url + "/v1", api_key=KEY_A, max_retries=0)
+    with oai, pytest.raises(openai.UnprocessableEntityError) as refused:
+        oai.responses.create(model="toy", input=PROBLEM, background=True, extra_body={"rsa": TOO_WIDE})
+    assert_names_the_sizes(str(refused.value.body))
+    assert generations(api.model) == []

@@ -75,6 +75,16 @@ def test_synchronous_create_answers_the_completed_response(oai: openai.OpenAI) -
     assert done.status == "completed" and done.completed_at is not None and done.output_text
 
 
+def test_a_budget_stop_is_incomplete(oai: openai.OpenAI) -> None:
+    stream = oai.responses.create(model="toy", input="Short. ANSWER=2", max_output_tokens=50, stream=True, **RSA)
+    events = events_of(stream)
+    stopped = strict(events[-1].response)
+    assert events[-1].type == "response.incomplete" and stopped.status == "incomplete"
+    assert stopped.incomplete_details is not None and stopped.incomplete_details.reason == "max_output_tokens"
+    assert stopped.usage is not None and stopped.usage.output_tokens >= 50
+    assert strict(oai.responses.retrieve(stopped.id)).model_dump() == stopped.model_dump()
+
+
 def test_effort_presets_and_top_level_settings_reach_the_job(api: LiveAPI, oai: openai.OpenAI) -> None:
     response = oai.responses.create(
         model="toy", input="q ANSWER=1", background=True, reasoning={"effort": "minimal"}, temperature=0.5
@@ -153,8 +163,11 @@ def test_cancel_stops_the_job_and_keeps_its_steps(api: LiveAPI, oai: openai.Open
     while (job := httpx2.get(job_url, headers=_auth(KEY_A)).json())["status"] != "cancelled":
         assert time.monotonic() < deadline, job["status"]
         time.sleep(0.05)
-    assert 2 <= job["progress"]["steps_done"] < 4 * 9
+    steps = httpx2.get(job_url + "/steps", headers=_auth(KEY_A)).json()["data"]
+    assert 2 <= len(steps) == job["progress"]["steps_done"] < 4 * 9  # the committed steps are kept
     assert strict(oai.responses.retrieve(response.id)).status == "cancelled"
+    last = events_of(oai.responses.retrieve(response.id, stream=True))[-1]
+    assert last.type == "response.failed" and last.response.status == "cancelled"
 
 
 def test_delete_removes_the_response_and_its_job(api: LiveAPI, oai: openai.OpenAI) -> None:
@@ -166,15 +179,26 @@ def test_delete_removes_the_response_and_its_job(api: LiveAPI, oai: openai.OpenA
     assert httpx2.get(f"{api.url}/v1/jobs/{job_id}", headers=_auth(KEY_A)).status_code == 404
 
 
-def test_input_items_keep_instructions_and_earlier_turns(oai: openai.OpenAI) -> None:
+def test_instructions_and_earlier_turns_reach_the_model_and_input_items(api: LiveAPI, oai: openai.OpenAI) -> None:
     turns = [
         {"role": "developer", "content": "Answer in a box."},
         {"role": "user", "content": "What is 2+2?"},
         {"role": "assistant", "content": "4"},
         {"role": "user", "content": [{"type": "input_text", "text": "And doubled? ANSWER=8"}]},
     ]
-    response = oai.responses.create(model="toy", input=turns, instructions="Be brief.", background=True, **RSA)
-    assert strict(response).instructions == "Be brief."
+    api.model.reset()
+    response = oai.responses.create(model="toy", input=turns, instructions="Be brief.", **RSA)
+    assert strict(response).instructions == "Be brief." and response.status == "completed"
+    sent = [request["body"]["messages"] for request in api.model.requests()]
+    first = [(m["role"], m["content"]) for m in sent[0]]
+    assert first == [
+        ("system", "Be brief."),
+        ("system", "Answer in a box."),
+        ("user", "What is 2+2?"),
+        ("assistant", "4"),
+        ("user", "And doubled? ANSWER=8"),
+    ]
+    assert sum(messages == sent[0] for messages in sent) == SMALL["population"]
     items = list(oai.responses.input_items.list(response.id, order="asc", limit=2))
     assert [(item.role, item.content[0].text) for item in items] == [
         ("developer", "Answer in a box."),
@@ -184,7 +208,6 @@ def test_input_items_keep_instructions_and_earlier_turns(oai: openai.OpenAI) -> 
     ]
     newest = oai.responses.input_items.list(response.id, limit=1)
     assert newest.data[0].content[0].text == "And doubled? ANSWER=8" and newest.has_more
-    oai.responses.cancel(response.id)
 
 
 def test_errors_are_the_clients_own_exception_types(api: LiveAPI, oai: openai.OpenAI) -> None:
@@ -211,3 +234,12 @@ def test_errors_are_the_clients_own_exception_types(api: LiveAPI, oai: openai.Op
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def test_a_job_created_under_jobs_is_a_response_too(api: LiveAPI, oai: openai.OpenAI) -> None:
+    body = {"problem": "From jobs. ANSWER=6", "backend": "toy", **SMALL}
+    job = httpx2.post(f"{api.url}/v1/jobs", json=body, headers=_auth(KEY_A)).json()
+    seen = strict(oai.responses.retrieve("resp_" + job["id"].removeprefix("job_")))
+    assert seen.model_extra["rsa"]["job_id"] == job["id"] and seen.model == "toy"  # type: ignore[index]
+    assert [item.content[0].text for item in oai.responses.input_items.list(seen.id)] == ["From jobs. ANSWER=6"]
+    oai.responses.cancel(seen.id)

@@ -13,11 +13,11 @@ from rsa_service.api.auth import tenant
 from rsa_service.api.errors import field_error, problem_responses
 from rsa_service.api.responses.mapping import (
     backend_of,
+    conversation_of,
     default_request,
     job_body,
     job_id_of,
     messages_of,
-    problem_of,
     response_id,
     stored_request,
     to_response,
@@ -33,9 +33,10 @@ from rsa_service.api.responses.models import (
     StoredRequest,
 )
 from rsa_service.api.responses.streaming import event_stream
-from rsa_service.api.routes_jobs import build_spec, create_idempotent, delete_finished
+from rsa_service.api.routes_jobs import build_spec, check_context, create_idempotent, delete_finished
 from rsa_service.api.server_settings import ApiSettings
 from rsa_service.api.views import VIEW_FIELDS, json_response
+from rsa_service.core.conversation import problem_of
 from rsa_service.jobs.events import follow
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, fingerprint
 from rsa_service.jobs.models import JobRecord
@@ -106,7 +107,9 @@ async def create(
     _check_window(body)
     messages = messages_of(body)
     backend = backend_of(body.model, request.app.state.shared.backends, settings.model_aliases)
-    spec = build_spec(settings, request, job_body(body, backend, problem_of(messages)))
+    conversation = conversation_of(body, messages)
+    spec = build_spec(settings, request, job_body(body, backend, problem_of(conversation)), conversation)
+    await check_context(request, spec)
     kept = stored_request(body, messages)
     job_id = await create_idempotent(
         request,
