@@ -196,10 +196,21 @@ async function main() {
   });
   if (!TERMINAL.has(job.status)) {
     await follow(jobId, snapshot.last_event_id, onEvent, {
-      onConnect: (controller) => {
+      onConnect: () => {
         probe.connections += 1;
-        probe.abort = () => controller.abort();
         root.dataset.connections = String(probe.connections);
+      },
+      finished: async () => {
+        const latest = await api(jobPath()).catch(() => null);
+        if (!latest || !TERMINAL.has(latest.status)) return false;
+        showJob(latest); // it ended while we were away: take what it committed meanwhile from the graph
+        const fresh = await api(jobPath("/graph"));
+        clusters.merge(fresh.clusters);
+        graph.addAll(fresh.nodes.filter((d) => !graph.nodes.has(keyOf(d.round, d.slot))));
+        graph.repaintAll();
+        redrawCharts();
+        root.dataset.nodes = String(graph.nodes.size);
+        return true;
       },
     });
   }
