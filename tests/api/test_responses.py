@@ -75,6 +75,16 @@ def test_synchronous_create_answers_the_completed_response(oai: openai.OpenAI) -
     assert done.status == "completed" and done.completed_at is not None and done.output_text
 
 
+def test_a_budget_stop_is_incomplete(oai: openai.OpenAI) -> None:
+    stream = oai.responses.create(model="toy", input="Short. ANSWER=2", max_output_tokens=50, stream=True, **RSA)
+    events = events_of(stream)
+    stopped = strict(events[-1].response)
+    assert events[-1].type == "response.incomplete" and stopped.status == "incomplete"
+    assert stopped.incomplete_details is not None and stopped.incomplete_details.reason == "max_output_tokens"
+    assert stopped.usage is not None and stopped.usage.output_tokens >= 50
+    assert strict(oai.responses.retrieve(stopped.id)).model_dump() == stopped.model_dump()
+
+
 def test_effort_presets_and_top_level_settings_reach_the_job(api: LiveAPI, oai: openai.OpenAI) -> None:
     response = oai.responses.create(
         model="toy", input="q ANSWER=1", background=True, reasoning={"effort": "minimal"}, temperature=0.5
@@ -153,8 +163,11 @@ def test_cancel_stops_the_job_and_keeps_its_steps(api: LiveAPI, oai: openai.Open
     while (job := httpx2.get(job_url, headers=_auth(KEY_A)).json())["status"] != "cancelled":
         assert time.monotonic() < deadline, job["status"]
         time.sleep(0.05)
-    assert 2 <= job["progress"]["steps_done"] < 4 * 9
+    steps = httpx2.get(job_url + "/steps", headers=_auth(KEY_A)).json()["data"]
+    assert 2 <= len(steps) == job["progress"]["steps_done"] < 4 * 9  # the committed steps are kept
     assert strict(oai.responses.retrieve(response.id)).status == "cancelled"
+    last = events_of(oai.responses.retrieve(response.id, stream=True))[-1]
+    assert last.type == "response.failed" and last.response.status == "cancelled"
 
 
 def test_delete_removes_the_response_and_its_job(api: LiveAPI, oai: openai.OpenAI) -> None:

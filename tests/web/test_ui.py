@@ -45,7 +45,7 @@ def test_a_job_from_the_form_runs_live_and_shows_its_answer_and_tails(browser: A
 
     page.fill("#f-population", "6")
     page.fill("#f-subset", "3")
-    page.fill("#f-rounds", "4")
+    page.fill("#f-rounds", "6")  # seven stages of 0.6 s: the page is up long before the last one
     page.click("#submit")
     page.wait_for_url("**/jobs/job_*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -53,9 +53,9 @@ def test_a_job_from_the_form_runs_live_and_shows_its_answer_and_tails(browser: A
     with live_ui.api() as client:
         job = client.get(f"/v1/jobs/{job_id}").json()
         tail = client.get(f"/v1/jobs/{job_id}/steps/r1:s2").json()
-    page.wait_for_selector("#job[data-nodes='30']", state="attached")
+    page.wait_for_selector("#job[data-nodes='42']", state="attached")
     found = positions(page)
-    assert sorted(found) == [(r, s) for r in range(5) for s in range(6)]
+    assert sorted(found) == [(r, s) for r in range(7) for s in range(6)]
     assert int(page.get_attribute("#job", "data-step-events") or 0) > 0  # nodes arrived over the stream
     assert page.inner_text("#final-answer") == job["result"]["answer"]
     legend = page.inner_text("#legend")
@@ -77,8 +77,12 @@ def test_a_job_from_the_form_runs_live_and_shows_its_answer_and_tails(browser: A
 
     page.goto(f"{live_ui.url}/")
     row = page.wait_for_selector(f"tr[data-job-id='{job_id}']")
-    assert "Completed" in row.inner_text()
+    assert "Completed" in row.inner_text() and PROBLEM[:20] in row.inner_text()
     screenshot(page, "job-list")
+    page.select_option("#status-filter", "queued")
+    page.wait_for_selector(f"tr[data-job-id='{job_id}']", state="detached")
+    page.select_option("#status-filter", "completed")
+    page.wait_for_selector(f"tr[data-job-id='{job_id}']")
     page.set_viewport_size({"width": 390, "height": 844})
     screenshot(page, "job-list-phone", full_page=True)
 
@@ -87,15 +91,15 @@ def test_a_dropped_event_stream_resumes_with_no_node_lost_or_doubled(browser: An
     port = int(live_ui.url.rsplit(":", 1)[1])
     proxy = CuttingProxy(port)
     try:
-        job_id = create(live_ui, population=4, subset=2, rounds=3)
+        job_id = create(live_ui, population=4, subset=2, rounds=6)  # running for seconds after the cut
         page = open_page(browser)
         page.goto(f"{proxy.url}/jobs/{job_id}")
         page.wait_for_function("() => Number(document.getElementById('job').dataset.stepEvents) >= 4")
         assert proxy.cut_event_streams() >= 1
         wait_status(page, "completed")
-        page.wait_for_selector("#job[data-nodes='16']", state="attached")
+        page.wait_for_selector("#job[data-nodes='28']", state="attached")
         found = positions(page)
-        assert len(found) == len(set(found)) == 16
+        assert len(found) == len(set(found)) == 28
         probe = page.evaluate("({c: window.rsaJob.connections, d: window.rsaJob.duplicates})")
         assert probe["c"] >= 2 and probe["d"] == 0
         resumed = proxy.event_requests()[1].lower()

@@ -192,8 +192,8 @@ def usage_of(record: JobRecord, steps: dict[str, StepResult], text: str) -> Resp
     if record.result is None:
         return None
     usage = record.result.usage
-    shown = next((step for step in steps.values() if text and step.text == text), None)
-    visible = shown.usage.completion_tokens if shown else 0
+    # The generation whose text the message shows; copies of it (a consensus short-cut) record no tokens.
+    visible = max((step.usage.completion_tokens for step in steps.values() if text and step.text == text), default=0)
     return ResponseUsage(
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,

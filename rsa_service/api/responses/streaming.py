@@ -3,7 +3,8 @@
 Each job event maps to the same response events every time it is read (the snapshots and texts they carry come
 from the job's spec, the event itself, and, at the end, the finished job, which no longer changes), so numbering
 them in order gives sequence numbers that any API replica reproduces: a client that resumes with
-`starting_after=N` gets exactly the events after N, whichever replica it reaches.
+`starting_after=N` gets exactly the events after N, whichever replica it reaches. OpenAI's stream has no event for
+a cancelled response: it ends with `response.failed` carrying the response in status `cancelled`.
 """
 
 from __future__ import annotations
