@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from rsa_service.backends.base import Backend, BackendError, Generation, GenerationRequest, aborted_usage
-from rsa_service.core.adaptive import shortcut_step, stop_reason, stops_enabled
+from rsa_service.core.adaptive import may_stop_after, shortcut_step, stop_reason
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.plan import choose_candidates, generation_seed
 from rsa_service.core.reasoning import tail_source_text
@@ -214,9 +214,9 @@ class JobRunner:
         return [step.slot for step in members if step.status == "ok" and step.tail]
 
     def _pipelined(self, round_index: int) -> bool:
-        """Whether `round_index`'s slots may start before the previous round ends: not when a round's end can stop
-        the job early (agreement), since the next round's steps would then have been generated for nothing."""
-        return 0 < round_index <= self.params.rounds and not stops_enabled(self.params)
+        """Whether `round_index`'s slots may start before the previous round ends: not when that round's end can
+        stop the job early, since the next round's steps would then have been generated for nothing."""
+        return 0 < round_index <= self.params.rounds and not may_stop_after(self.params, round_index - 1)
 
     def _start_ready(self, round_index: int, committed: int | None = None) -> None:
         """Start each slot of `round_index` whose candidates are already committed, before its round begins
