@@ -24,6 +24,7 @@ from rsa_service.config import Settings
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.connect import open_store
+from rsa_service.jobs.hub import StreamLimits, open_hub
 from rsa_service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ def create_app(
         async with AsyncExitStack() as stack:
             state = app.state
             state.store = store or await stack.enter_async_context(open_store(shared))
+            limits = StreamLimits(per_tenant=settings.max_streams_per_tenant, total=settings.max_streams)
+            state.hub = await stack.enter_async_context(open_hub(state.store, limits, settings.sse_block_ms))
             state.http = await stack.enter_async_context(httpx2.AsyncClient(timeout=PROXY_TIMEOUT))
             stack.push_async_callback(state.backends.aclose)
             if background is not None:

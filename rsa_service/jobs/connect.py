@@ -47,6 +47,19 @@ def redis_client(url: str, max_connections: int = REDIS_MAX_CONNECTIONS) -> Redi
     return Redis.from_pool(pool)
 
 
+def reader_client(redis: Redis, max_connections: int) -> Redis:
+    """A client to the same server as `redis` with a pool of its own, for blocking reads (event streams) that must
+    never hold the connections commands need."""
+    pool = redis.connection_pool
+    own = BlockingConnectionPool(
+        connection_class=pool.connection_class,
+        max_connections=max_connections,
+        timeout=REDIS_SOCKET_TIMEOUT_S,
+        **pool.connection_kwargs,
+    )
+    return Redis.from_pool(own)
+
+
 def raise_if_cancelled() -> None:
     """Raise the cancellation a library swallowed. Loops that retry Redis errors call it on every pass.
 
