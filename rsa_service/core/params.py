@@ -6,6 +6,7 @@ The RSA paper counts stages instead: its "T=10" is 1 initial stage + 9 aggregati
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -14,6 +15,7 @@ from rsa_service.core.reasoning import TailSource
 
 SelectMode = Literal["vote", "aggregate", "sample"]
 StragglerPolicy = Literal["wait", "quorum"]
+StageName = Literal["initial", "aggregation", "final"]
 
 
 class Limits(BaseModel):
@@ -42,6 +44,11 @@ class RSAParams(BaseModel):
     tail_tokens: int = Field(default=4_096, gt=0, description="τ: tokens of reasoning carried to the next round.")
     final_tokens: int = Field(default=40_960, gt=0, description="Max new tokens in the final stage.")
     select: SelectMode = "vote"
+    final_n: int = Field(
+        default=1,
+        gt=0,
+        description="With select=aggregate: low-temperature aggregations in the final stage, voted on.",
+    )
     tail_source: TailSource = "reasoning"
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -54,15 +61,48 @@ class RSAParams(BaseModel):
     select_top_k: int | None = Field(default=40, gt=0)
     # Budgets and stopping rules; None disables each.
     max_total_tokens: int | None = Field(default=None, gt=0, description="Stop once this many tokens are spent.")
+    max_output_tokens: int | None = Field(
+        default=None, gt=0, description="Stop once the generations have produced this many tokens."
+    )
     max_wall_s: float | None = Field(default=None, gt=0, description="Stop after this much wall time.")
     round_deadline_s: float | None = Field(default=None, gt=0, description="Per-round deadline for stragglers.")
     straggler_policy: StragglerPolicy = "wait"
-    quorum: float = Field(default=0.75, gt=0.0, le=1.0, description="Share of slots that lets a round proceed.")
-    stop_agreement: float | None = Field(
-        default=None,
+    quorum: float = Field(
+        default=0.75,
         gt=0.0,
         le=1.0,
-        description="Stop early once this share of a round agrees on its answer.",
+        description="With straggler_policy=quorum: share of a round's slots that must succeed for it to proceed.",
+    )
+    stop_agreement: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Stop early once this share of a round agrees on its answer (0: off).",
+    )
+    stop_stability: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Stop early once a round's modal answer, held by this share, is the previous round's (0: off).",
+    )
+    consensus_from_round: int = Field(
+        default=0,
+        ge=0,
+        description="First round whose agreement counts, to stop after it or to short-cut over its traces "
+        "(1: only aggregated answers, when independent samples can share one slip).",
+    )
+    consensus_shortcut: bool = Field(
+        default=False,
+        description="An aggregation slot whose K candidates all finished with one answer carries one of them "
+        "forward instead of calling the model.",
+    )
+    # Stage routing: names of operator-configured backends; None runs the stage on the job's backend.
+    initial_backend: str | None = Field(default=None, max_length=64, description="Backend of round 0.")
+    aggregation_backend: str | None = Field(
+        default=None, max_length=64, description="Backend of the aggregation rounds before the last."
+    )
+    final_backend: str | None = Field(
+        default=None, max_length=64, description="Backend of the last round and of the `aggregate` selection call."
     )
 
     @model_validator(mode="after")
@@ -73,6 +113,17 @@ class RSAParams(BaseModel):
             raise ValueError(
                 f"tail_tokens (τ={self.tail_tokens}) must be at most trace_tokens (β={self.trace_tokens}); "
                 "τ = β is full-chain RSA"
+            )
+        if self.select == "aggregate" and self.rounds == 0:
+            raise ValueError("select=aggregate needs rounds (T) of at least 1: its final stage aggregates round T-1")
+        if self.final_n > self.population:
+            raise ValueError(f"final_n ({self.final_n}) must be at most population (N={self.population})")
+        needed = self.required_survivors(0)
+        if self.straggler_policy == "quorum" and self.rounds > 0 and needed < self.subset:
+            raise ValueError(
+                f"quorum ({self.quorum:g} of N={self.population} = {needed} traces) must leave at least K="
+                f"{self.subset} survivors for an aggregation prompt: raise quorum to at least "
+                f"{self.subset / self.population:g} or lower subset"
             )
         return self
 
@@ -91,6 +142,49 @@ class RSAParams(BaseModel):
     @property
     def stages(self) -> int:
         return self.rounds + 1
+
+    def stage_of(self, round_index: int) -> StageName:
+        """Which routed stage a generation belongs to: round 0 is `initial` (also when T=0), the last round (with
+        `aggregate`, its final aggregations) is `final`, the rounds between are `aggregation`."""
+        if round_index == 0:
+            return "initial"
+        return "final" if round_index >= self.rounds else "aggregation"
+
+    def stage_backend(self, round_index: int) -> str | None:
+        """The backend name routed to `round_index`, or None for the job's own backend."""
+        stage = self.stage_of(round_index)
+        return {
+            "initial": self.initial_backend,
+            "aggregation": self.aggregation_backend,
+            "final": self.final_backend,
+        }[stage]
+
+    @property
+    def routed_backends(self) -> set[str]:
+        return {name for name in (self.initial_backend, self.aggregation_backend, self.final_backend) if name}
+
+    def population_of(self, round_index: int) -> int:
+        """Slots of one stage: N, except the final stage of `aggregate`, which runs `final_n` aggregations."""
+        return self.final_n if self.select == "aggregate" and round_index == self.rounds else self.population
+
+    @property
+    def total_generations(self) -> int:
+        return sum(self.population_of(index) for index in range(self.stages))
+
+    def final_sampling(self, round_index: int) -> bool:
+        """Whether a stage samples at the low selection temperature: the final aggregations of `aggregate`."""
+        return self.select == "aggregate" and round_index == self.rounds
+
+    def required_survivors(self, round_index: int) -> int:
+        """The one rule for how many of a stage's generations must succeed for the job to go on.
+
+        Under the quorum policy it is the quorum, which is also where a round's stragglers are cut (validated to
+        leave at least K survivors); otherwise half the stage. When fewer than K survive, an aggregation prompt
+        shows every survivor: K is lowered to the survivor count for that round.
+        """
+        slots = self.population_of(round_index)
+        share = self.quorum if self.straggler_policy == "quorum" else 0.5
+        return max(1, math.ceil(share * slots - 1e-9))  # 0.7 × 10 is 7.000000000000001 in floats
 
     def max_tokens_for(self, round_index: int) -> int:
         """β for intermediate stages; the final budget for the last stage (round T)."""

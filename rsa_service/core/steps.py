@@ -1,6 +1,6 @@
 """What one generation step records, and the per-round statistics derived from a round's steps.
 
-A step is addressed by its position: (round, slot) for the population, or the final selection step. The record
+A step is addressed by its position, (round, slot). The record
 holds everything needed to rebuild the next round without calling the model again.
 """
 
@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rsa_service.core.answers import cluster
 
-FINAL_STEP = "final"
 StepStatus = Literal["ok", "failed", "straggler"]
 
 
@@ -46,7 +45,7 @@ class StepResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     round: int = Field(ge=0)
-    slot: int
+    slot: int = Field(ge=0)
     status: StepStatus = "ok"
     candidates: list[int] = Field(default_factory=list, description="Previous-round slots shown in the prompt.")
     seed: int | None = None
@@ -61,10 +60,14 @@ class StepResult(BaseModel):
     error: str | None = None
     attempts: int = 1
     duration_s: float = 0.0
+    backend: str | None = Field(default=None, description="The backend that generated it (None: the job's own).")
+    shortcut_from: int | None = Field(
+        default=None, description="A consensus short-cut: the candidate carried forward, with no model call."
+    )
 
     @property
     def key(self) -> str:
-        return FINAL_STEP if self.slot < 0 else step_key(self.round, self.slot)
+        return step_key(self.round, self.slot)
 
     @property
     def truncated(self) -> bool:
@@ -87,6 +90,7 @@ class RoundStats(BaseModel):
     truncated: int
     failed: int
     stragglers: int = 0
+    shortcuts: int = Field(default=0, description="Slots that carried a candidate forward without a model call.")
     tokens: Usage
 
 
@@ -106,5 +110,6 @@ def round_stats(round_index: int, steps: Sequence[StepResult], population: int) 
         truncated=sum(1 for step in done if step.truncated),
         failed=sum(1 for step in steps if step.status == "failed"),
         stragglers=sum(1 for step in steps if step.status == "straggler"),
+        shortcuts=sum(1 for step in steps if step.shortcut_from is not None),
         tokens=tokens,
     )

@@ -22,13 +22,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from rsa_service.jobs.connect import reader_client
 from rsa_service.jobs.keys import Keys
-from rsa_service.jobs.models import TERMINAL_STATUSES, Event
-from rsa_service.jobs.store import JobStore
+from rsa_service.jobs.redis_urls import RedisClient, reader_client
+from rsa_service.jobs.store import JobStore, event_from_entry
+from rsa_service.wire import TERMINAL_STATUSES, Event
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +117,12 @@ class Subscription:
 
 
 class EventHub:
-    """Follows jobs' event streams for this process's subscribers. `redis` must not be the command client."""
+    """Follows jobs' event streams for this process's subscribers. `redis` must not be the command client's pool
+    (see `redis_urls.reader_client`)."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, limits: StreamLimits | None = None, block_ms: int = 1000) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: Keys, *, limits: StreamLimits | None = None, block_ms: int = 1000
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits or StreamLimits()
@@ -194,7 +196,7 @@ class EventHub:
         newest = await self.redis.xrevrange(self.keys.job(job_id).events, count=1)
         if not newest:
             return self._run(_Feed(job_id, "0-0"))
-        last = Event.from_entry(*newest[0])
+        last = event_from_entry(*newest[0])
         terminal = last if last.type in TERMINAL_STATUSES else None
         feed = _Feed(job_id, last.id, terminal=terminal)
         return feed if terminal is not None else self._run(feed)
@@ -218,7 +220,7 @@ class EventHub:
                 await asyncio.sleep(READ_RETRY_S)
                 continue
             for entry_id, fields in answer[0][1] if answer else ():
-                self._publish(feed, Event.from_entry(entry_id, fields))
+                self._publish(feed, event_from_entry(entry_id, fields))
 
     @staticmethod
     def _publish(feed: _Feed, event: Event) -> None:
@@ -268,7 +270,7 @@ class EventHub:
                 entries = await self.redis.xrange(key, min=f"({last[0]}-{last[1]}", count=READ_COUNT)
             for entry_id, fields in entries:
                 last = parse_event_id(entry_id)
-                yield Event.from_entry(entry_id, fields)
+                yield event_from_entry(entry_id, fields)
             if len(entries) < READ_COUNT:
                 return
 
@@ -302,4 +304,5 @@ async def open_hub(store: JobStore, limits: StreamLimits, block_ms: int = 1000) 
         yield hub
     finally:
         await hub.aclose()
-        await redis.aclose()
+        if redis is not store.redis:
+            await redis.aclose()

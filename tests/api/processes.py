@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2
 
 from tests.api.conftest import KEY_A, KEY_B
-from tests.conftest import RedisServer, _free_port
+from tests.redis_topologies import RedisServer, _free_port
 
 START_TIMEOUT_S = 60.0
 REPO = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ import redis
 from rsa_service.jobs.keys import Keys
 from tests.api.conftest import KEY_A, KEY_B, ApiFactory
 from tests.api.processes import rsa_serve
-from tests.conftest import RedisServer
 from tests.modelserver import ModelServerConfig, serve_in_subprocess
+from tests.redis_topologies import RedisServer
 
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}

@@ -26,7 +26,7 @@ from rsa_service.backends.engine.loader import load_model
 from rsa_service.backends.engine.model import ZayaForCausalLM, weight_of
 from rsa_service.backends.engine.quantize import Int8Weight, quantize_into, quantize_rows
 from rsa_service.backends.engine.runner import ModelRunner
-from rsa_service.config import Settings, backend_options
+from rsa_service.settings import Settings, backend_options
 
 pytestmark = pytest.mark.engine
 

@@ -17,23 +17,18 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from rsa_service.backends.base import (
-    Backend,
-    BackendError,
-    ChatMessage,
-    ContextLengthError,
-    Generation,
-    GenerationRequest,
-)
+from rsa_service.backends.base import Backend, BackendError, Generation
+from rsa_service.core.adaptive import shortcut_step, stop_reason, stops_enabled
 from rsa_service.core.answers import extract_boxed
-from rsa_service.core.plan import FINAL_SLOT, choose_subset, generation_seed
+from rsa_service.core.plan import choose_candidates, generation_seed
 from rsa_service.core.reasoning import tail_source_text
-from rsa_service.core.steps import FINAL_STEP, StepResult, round_stats, step_key
+from rsa_service.core.steps import StepResult, round_stats, step_key
 from rsa_service.core.summary import round_steps, summarise
 from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
+from rsa_service.jobs.models import JobRecord
+from rsa_service.jobs.requests import generation_request
 from rsa_service.jobs.store import JobStore
 from rsa_service.metrics import (
     GENERATION_LATENCY,
@@ -46,11 +41,11 @@ from rsa_service.metrics import (
     TOKENS,
 )
 from rsa_service.observability import log_context, span
+from rsa_service.wire import JobResult, Problem
 
 log = logging.getLogger(__name__)
 
 EMPTY_OUTPUT_RETRIES = 2  # a generation that returns no text is sampled again with a fresh seed this many times
-CONTEXT_MARGIN_TOKENS_PER_TAIL = 16  # re-tokenising a tail inside a prompt may merge a few tokens differently
 
 
 class JobFailed(Exception):
@@ -69,51 +64,6 @@ class _Stop(Exception):
         self.reason = reason
 
 
-async def check_fits(backend: Backend, spec: JobSpec) -> None:
-    """Refuse a configuration whose largest prompt plus budget cannot fit the model's context.
-
-    The Markovian bound: an aggregation prompt is at most |q| + K·τ + template overhead, however long the model
-    thought, so one count decides every round in advance.
-    """
-    context = (await backend.capabilities()).context_length
-    if context is None:
-        return
-    params = spec.params
-    first = await backend.count_tokens(_request(spec, spec.problem, params.max_tokens_for(0), 0))
-    if first + params.max_tokens_for(0) > context:
-        raise ContextLengthError(
-            f"the problem ({first} tokens) plus its budget ({params.max_tokens_for(0)}) exceeds the model's "
-            f"context of {context} tokens"
-        )
-    if params.rounds == 0 and params.select != "aggregate":
-        return
-    k = min(params.subset, params.population)
-    overhead = await backend.count_tokens(_request(spec, spec.templates.render(spec.problem, ["."] * k), 1, 0))
-    largest = overhead + k * (params.tail_tokens + CONTEXT_MARGIN_TOKENS_PER_TAIL)
-    budget = max(params.trace_tokens if params.rounds > 1 else 0, params.final_tokens)
-    if largest + budget > context:
-        raise ContextLengthError(
-            f"an aggregation prompt can reach {largest} tokens (problem and template {overhead} + "
-            f"K={k} × τ={params.tail_tokens}); with a budget of {budget} new tokens that exceeds the model's "
-            f"context of {context}. Lower tail_tokens, subset or the token budgets."
-        )
-
-
-def _request(
-    spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool = False
-) -> GenerationRequest:
-    params = spec.params
-    return GenerationRequest(
-        messages=(ChatMessage(role="user", content=content),),
-        max_tokens=max_tokens,
-        temperature=params.select_temperature if final_select else params.temperature,
-        top_p=params.select_top_p if final_select else params.top_p,
-        top_k=params.select_top_k if final_select else params.top_k,
-        min_p=None if final_select else params.min_p,
-        seed=seed,
-    )
-
-
 def _usable(generation: Generation) -> bool:
     return bool(generation.text.strip() or generation.reasoning.strip())
 
@@ -129,7 +79,8 @@ class JobRunner:
     """One attempt at one job, under one lease. Create a fresh runner for every claim.
 
     `gate` admits each generation (a worker shares one across its jobs); without one, the job gets its own
-    with `concurrency` (default: the population) slots.
+    with `concurrency` (default: the population) slots. `routed` holds the open backends that the job's stage
+    routing names (`initial_backend` and friends); unrouted stages run on `backend`.
     """
 
     def __init__(
@@ -141,10 +92,12 @@ class JobRunner:
         *,
         gate: Gate | None = None,
         concurrency: int | None = None,
+        routed: Mapping[str, Backend] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.backend = backend
+        self.routed = dict(routed or {})
         self.job = job
         self.spec = job.spec
         self.params = job.spec.params
@@ -199,6 +152,7 @@ class JobRunner:
             select=summary.select,
             rounds=summary.rounds,
             usage=summary.usage,
+            usage_by_backend=summary.usage_by_backend,
             stopped_reason=summary.stopped_reason,
             wall_s=summary.wall_s,
             error=error,
@@ -225,40 +179,40 @@ class JobRunner:
             for task in early.values():
                 task.cancel()
             await asyncio.gather(*early.values(), return_exceptions=True)
-        if self.params.select == "aggregate" and FINAL_STEP not in self._steps:
-            survivors = self._survivors(self.params.rounds)
-            await self._generate_and_commit(self.params.rounds + 1, FINAL_SLOT, survivors)
 
     async def _after_round(self, round_index: int) -> None:
-        members = round_steps(self._steps, round_index, self.params.population)
-        stats = await asyncio.to_thread(round_stats, round_index, members, self.params.population)
+        slots = self.params.population_of(round_index)
+        members = round_steps(self._steps, round_index, slots)
+        stats = await asyncio.to_thread(round_stats, round_index, members, slots)
         await self.store.emit(self.job.id, self.fence, "round", stats.model_dump(mode="json"))
         succeeded = sum(1 for step in members if step.status == "ok")
-        if succeeded < math.ceil(self.params.population / 2):
+        if succeeded < self.params.required_survivors(round_index):
             first_error = next((step.error for step in members if step.error), "no usable output")
             raise JobFailed(
                 Problem(
                     title="Generation failed",
                     status=502,
-                    detail=f"round {round_index}: only {succeeded} of {self.params.population} generations "
-                    f"succeeded; first error: {first_error}",
+                    detail=f"round {round_index}: only {succeeded} of {slots} generations succeeded, "
+                    f"{self.params.required_survivors(round_index)} needed; first error: {first_error}",
                     step=step_key(round_index, next((s.slot for s in members if s.status != "ok"), 0)),
                 )
             )
-        threshold = self.params.stop_agreement
-        if threshold is not None and round_index < self.params.rounds and stats.agreement >= threshold:
-            raise _Stop(f"agreement {stats.agreement:.2f} reached {threshold:g} after round {round_index}")
+        previous = round_steps(self._steps, round_index - 1, self.params.population) if round_index else []
+        before = round_stats(round_index - 1, previous, self.params.population) if previous else None
+        reason = stop_reason(self.params, stats, before)
+        if reason is not None:
+            raise _Stop(reason)
 
     # ---- one round ----------------------------------------------------------------------------------------
 
     def _survivors(self, round_index: int) -> list[int]:
-        members = round_steps(self._steps, round_index, self.params.population)
+        members = round_steps(self._steps, round_index, self.params.population_of(round_index))
         return [step.slot for step in members if step.status == "ok" and step.tail]
 
     def _pipelined(self, round_index: int) -> bool:
         """Whether `round_index`'s slots may start before the previous round ends: not when a round's end can stop
         the job early (agreement), since the next round's steps would then have been generated for nothing."""
-        return 0 < round_index <= self.params.rounds and self.params.stop_agreement is None
+        return 0 < round_index <= self.params.rounds and not stops_enabled(self.params)
 
     def _start_ready(self, round_index: int, committed: int | None = None) -> None:
         """Start each slot of `round_index` whose candidates are already committed, before its round begins
@@ -273,7 +227,7 @@ class JobRunner:
         if not self._pipelined(round_index):
             return
         choices, showing = self._plan(round_index)
-        for slot in range(self.params.population) if committed is None else showing[committed]:
+        for slot in range(self.params.population_of(round_index)) if committed is None else showing[committed]:
             if (round_index, slot) in self._early or step_key(round_index, slot) in self._steps:
                 continue
             parents = [self._steps.get(step_key(round_index - 1, candidate)) for candidate in choices[slot]]
@@ -288,10 +242,10 @@ class JobRunner:
         """Each slot's candidates when the whole previous round survives, and for each member of the previous
         round the slots that show it; hashed once per round."""
         if round_index not in self._plans:
-            population = range(self.params.population)
+            population = range(self.params.population)  # every stage that feeds another has N slots
             choices = [
-                choose_subset(self.params.seed, round_index, slot, population, self.params.subset)
-                for slot in population
+                choose_candidates(self.params.seed, round_index, slot, population, self.params.subset)
+                for slot in range(self.params.population_of(round_index))
             ]
             showing: list[list[int]] = [[] for _ in population]
             for slot, chosen in enumerate(choices):
@@ -306,7 +260,7 @@ class JobRunner:
         started_early = {slot: self._early.pop((r, slot)) for r, slot in list(self._early) if r == round_index}
         missing = [
             slot
-            for slot in range(self.params.population)
+            for slot in range(self.params.population_of(round_index))
             if step_key(round_index, slot) not in self._steps and slot not in started_early
         ]
         if not missing and not started_early:
@@ -343,7 +297,7 @@ class JobRunner:
         if deadline is None or self.params.straggler_policy == "wait":
             await asyncio.gather(*tasks.values())
             return
-        needed = math.ceil(self.params.quorum * self.params.population)
+        needed = self.params.required_survivors(round_index)
         _, pending = await asyncio.wait(tasks.values(), timeout=deadline)
         while pending and self._done_in(round_index) < needed:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -363,7 +317,7 @@ class JobRunner:
                 await self._commit(straggler)
 
     def _done_in(self, round_index: int) -> int:
-        members = round_steps(self._steps, round_index, self.params.population)
+        members = round_steps(self._steps, round_index, self.params.population_of(round_index))
         return sum(1 for step in members if step.status == "ok")
 
     # ---- one step -----------------------------------------------------------------------------------------
@@ -371,12 +325,11 @@ class JobRunner:
     def _prompt(self, round_index: int, slot: int, survivors: list[int]) -> tuple[str, list[int]]:
         if round_index == 0:
             return self.spec.problem, []
-        previous = round_index - 1 if slot != FINAL_SLOT else self.params.rounds
-        if slot != FINAL_SLOT and len(survivors) == self.params.population:
+        if len(survivors) == self.params.population:
             chosen = self._plan(round_index)[0][slot]  # the whole previous round survived: hashed already
         else:
-            chosen = choose_subset(self.params.seed, round_index, slot, survivors, self.params.subset)
-        tails = [self._steps[step_key(previous, candidate)].tail for candidate in chosen]
+            chosen = choose_candidates(self.params.seed, round_index, slot, survivors, self.params.subset)
+        tails = [self._steps[step_key(round_index - 1, candidate)].tail for candidate in chosen]
         return self.spec.templates.render(self.spec.problem, tails), chosen
 
     async def _generate_and_commit(self, round_index: int, slot: int, survivors: list[int]) -> None:
@@ -389,8 +342,14 @@ class JobRunner:
                 )
             )
         content, chosen = self._prompt(round_index, slot, survivors)
-        final_select = slot == FINAL_SLOT
-        max_tokens = self.params.final_tokens if final_select else self.params.max_tokens_for(round_index)
+        final_select = self.params.final_sampling(round_index)
+        max_tokens = self.params.max_tokens_for(round_index)
+        if self.params.consensus_shortcut and round_index:
+            candidates = [self._steps[step_key(round_index - 1, candidate)] for candidate in chosen]
+            carried = shortcut_step(self.params, round_index, slot, candidates)
+            if carried is not None:
+                await self._commit(carried)
+                return
         with log_context(slot=slot), span("generation", round=round_index, slot=slot):
             async with self.gate.slot():
                 self.lease.check()  # never start a generation under a lease that may have passed to another worker
@@ -407,23 +366,33 @@ class JobRunner:
         max_tokens: int,
         final_select: bool,
     ) -> StepResult:
-        base = StepResult(round=round_index, slot=slot, candidates=chosen)
+        name, backend = self._backend_for(round_index)
+        base = StepResult(round=round_index, slot=slot, candidates=chosen, backend=name)
         stage = _stage(round_index, final_select)
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
-            request = _request(self.spec, content, max_tokens, seed, final_select=final_select)
+            # A slot's prompts across rounds share the problem and template: one lineage, one replica's cache.
+            request = generation_request(
+                self.spec,
+                content,
+                max_tokens,
+                seed,
+                round_index=round_index,
+                final_select=final_select,
+                lineage=f"{self.job.id}/s{slot}",
+            )
             started = self.clock()
             try:
-                generation = await self.backend.generate(request)
+                generation = await backend.generate(request)
             except BackendError as exc:
-                self._observe_generation(None, stage, self.clock() - started)
+                self._observe_generation(name, None, stage, self.clock() - started)
                 log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
                 return base.model_copy(
                     update={"status": "failed", "error": str(exc), "seed": seed, "attempts": attempt + 1}
                 )
-            self._observe_generation(generation, stage, self.clock() - started)
+            self._observe_generation(name, generation, stage, self.clock() - started)
             if _usable(generation):
-                return await self._record(base, generation, seed, attempt + 1)
+                return await self._record(base, backend, generation, seed, attempt + 1)
         return base.model_copy(
             update={
                 "status": "failed",
@@ -432,9 +401,15 @@ class JobRunner:
             }
         )
 
-    def _observe_generation(self, generation: Generation | None, stage: str, seconds: float) -> None:
+    def _backend_for(self, round_index: int) -> tuple[str, Backend]:
+        """The name and open backend of the stage `round_index` belongs to (see `RSAParams.stage_of`)."""
+        name = self.params.stage_backend(round_index)
+        if name is None or name == self.spec.backend:
+            return self.spec.backend, self.backend
+        return name, self.routed[name]
+
+    def _observe_generation(self, backend: str, generation: Generation | None, stage: str, seconds: float) -> None:
         """One backend call that returned (`generation`) or failed (None); a cancelled one is not counted."""
-        backend = self.spec.backend
         GENERATION_LATENCY.labels(backend).observe(seconds)
         if generation is None:
             GENERATIONS.labels(backend, "failed").inc()
@@ -444,18 +419,14 @@ class JobRunner:
         TOKENS.labels(backend, "completion").inc(generation.usage.completion_tokens)
         PROMPT_TOKENS.labels(stage).observe(generation.usage.prompt_tokens)
 
-    def _feeds_a_round(self, round_index: int) -> bool:
-        """Only tails that a later prompt shows are cut: the last stage's feed nothing unless `aggregate` selects."""
-        return round_index < self.params.rounds or (
-            round_index == self.params.rounds and self.params.select == "aggregate"
-        )
-
-    async def _record(self, base: StepResult, generation: Generation, seed: int, attempts: int) -> StepResult:
+    async def _record(
+        self, base: StepResult, backend: Backend, generation: Generation, seed: int, attempts: int
+    ) -> StepResult:
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
-        tail = await self._tail(source, generation) if self._feeds_a_round(base.round) else None
+        tail = await self._tail(backend, source, generation) if base.round < self.params.rounds else None  # else unseen
         if tail is not None:
-            TAIL_TRIMMED_TOKENS.labels(self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
+            TAIL_TRIMMED_TOKENS.labels(base.backend or self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
         return base.model_copy(
             update={
@@ -472,7 +443,7 @@ class JobRunner:
             }
         )
 
-    async def _tail(self, source: str, generation: Generation) -> Tail:
+    async def _tail(self, backend: Backend, source: str, generation: Generation) -> Tail:
         """A trace no longer than τ is kept whole (the spec's rule) without counting it again.
 
         The generation's own token count bounds every part of it, so when it is within τ no backend call is
@@ -482,27 +453,31 @@ class JobRunner:
         produced = generation.usage.completion_tokens
         if produced <= self.params.tail_tokens:
             return Tail(text=source, tokens=produced, source_tokens=produced)
-        rest = generation.text if source is generation.reasoning else generation.reasoning
-        hint = estimate_part_tokens(source, rest, produced)
-        return await self.backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
+        if self.params.tail_source == "full":
+            hint = produced  # the source is the whole completion
+        else:
+            rest = generation.text if source is generation.reasoning else generation.reasoning
+            hint = estimate_part_tokens(source, rest, produced)
+        return await backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
 
     async def _commit(self, step: StepResult) -> None:
         event = {
             "round": step.round,
             "slot": step.slot,
             "status": step.status,
+            "candidates": step.candidates,
             "answer": step.answer,
             "finish_reason": step.finish_reason,
             "completion_tokens": step.usage.completion_tokens,
             "tail_tokens": step.tail_tokens,
+            "shortcut_from": step.shortcut_from,
         }
         if await self.store.commit(self.job.id, self.fence, step, event):
             self._steps[step.key] = step
         else:  # committed first by a task of this attempt (a straggler that finished as it was cut): keep that
             self._steps[step.key] = await self.store.step(self.job.id, step.key) or step
         self._check_token_budget()
-        if step.slot != FINAL_SLOT:
-            self._start_ready(step.round + 1, committed=step.slot)
+        self._start_ready(step.round + 1, committed=step.slot)
 
     def _check_token_budget(self) -> None:
         budget = self.params.max_total_tokens
@@ -510,3 +485,8 @@ class JobRunner:
             spent = sum(s.usage.total for s in self._steps.values())
             if spent >= budget:
                 raise _Stop(f"token budget of {budget} reached ({spent} tokens spent)")
+        output_budget = self.params.max_output_tokens
+        if output_budget is not None:
+            produced = sum(s.usage.completion_tokens for s in self._steps.values())
+            if produced >= output_budget:
+                raise _Stop(f"output token budget of {output_budget} reached ({produced} tokens generated)")
