@@ -45,7 +45,7 @@ def test_a_job_from_the_form_runs_live_and_shows_its_answer_and_tails(browser: A
 
     page.fill("#f-population", "6")
     page.fill("#f-subset", "3")
-    page.fill("#f-rounds", "4")
+    page.fill("#f-rounds", "6")  # seven stages of 0.6 s: the page is up long before the last one
     page.click("#submit")
     page.wait_for_url("**/jobs/job_*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -53,9 +53,9 @@ def test_a_job_from_the_form_runs_live_and_shows_its_answer_and_tails(browser: A
     with live_ui.api() as client:
         job = client.get(f"/v1/jobs/{job_id}").json()
         tail = client.get(f"/v1/jobs/{job_id}/steps/r1:s2").json()
-    page.wait_for_selector("#job[data-nodes='30']", state="attached")
+    page.wait_for_selector("#job[data-nodes='42']", state="attached")
     found = positions(page)
-    assert sorted(found) == [(r, s) for r in range(5) for s in range(6)]
+    assert sorted(found) == [(r, s) for r in range(7) for s in range(6)]
     assert int(page.get_attribute("#job", "data-step-events") or 0) > 0  # nodes arrived over the stream
     assert page.inner_text("#final-answer") == job["result"]["answer"]
     legend = page.inner_text("#legend")

@@ -42,7 +42,7 @@ export class LineageGraph {
     const heads = svg("g", { class: "heads" });
     for (let c = 0; c < this.columns; c++) {
       const text = svg("text", { x: this.x(c), y: 16, "text-anchor": "middle", class: "head" });
-      text.textContent = `Round ${c}`;
+      text.textContent = c === this.columns - 1 && c > 0 ? `Round ${c} · final` : `Round ${c}`;
       heads.append(text);
     }
     root.replaceChildren(heads, this.edgeLayer, this.nodeLayer);
