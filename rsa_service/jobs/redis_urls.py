@@ -138,6 +138,10 @@ def _sentinel_client(nodes: Nodes, common: dict[str, Any], max_connections: int)
 def _cluster_client(nodes: Nodes, common: dict[str, Any]) -> RedisCluster:
     if nodes.path:
         raise ValueError("RSA_REDIS_URL: a cluster has no database or name: redis+cluster://HOST:PORT[,HOST:PORT...]")
+    # No periodic health check: redis-py's cluster connections run it inside their own connection handshake, where
+    # under concurrent first use it wrote to a connection not yet open; a dead node fails the command instead, and
+    # the retry remaps the slots.
+    common = {name: value for name, value in common.items() if name != "health_check_interval"}
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes.hosts],
         username=nodes.username,
