@@ -61,7 +61,16 @@ GENERATION_LATENCY = Histogram(
     ["backend"],
     buckets=GENERATION_BUCKETS_S,
 )
-TOKENS = Counter("rsa_tokens_total", "Tokens as the backend counted them.", ["backend", "direction"])
+TOKENS = Counter(
+    "rsa_tokens_total",
+    "Tokens every generation spent, retried or failed, as the backend counted them.",
+    ["backend", "direction"],
+)
+ESTIMATED_TOKENS = Counter(
+    "rsa_estimated_tokens_total",
+    "Of rsa_tokens_total, an upper bound for requests aborted before the backend reported usage.",
+    ["backend"],
+)
 PROMPT_TOKENS = Histogram("rsa_prompt_tokens", "Prompt size of a generation.", ["stage"], buckets=PROMPT_TOKEN_BUCKETS)
 TAIL_TRIMMED_TOKENS = Counter(
     "rsa_tail_trimmed_tokens_total", "Tokens cut from traces when their tails were taken.", ["backend"]
