@@ -149,3 +149,24 @@ def _cluster_client(nodes: Nodes, common: dict[str, Any]) -> RedisCluster:
         ssl=nodes.tls,
         **common,
     )
+
+
+def reader_client(client: RedisClient, max_connections: int) -> RedisClient:
+    """A client to the same server as `client` with a pool of its own, for blocking reads (event streams) that must
+    never hold the connections its commands need. A cluster client is returned as it is: its per-node pools grow
+    as needed, so blocking reads cannot starve its commands."""
+    if isinstance(client, RedisCluster):
+        return client
+    pool = client.connection_pool
+    kwargs = {key: value for key, value in pool.connection_kwargs.items() if key != "connection_pool"}
+    options: dict[str, Any] = {
+        "connection_class": pool.connection_class,
+        "max_connections": max_connections,
+        "timeout": REDIS_SOCKET_TIMEOUT_S,
+    }
+    if isinstance(pool, SentinelConnectionPool):
+        manager = pool.sentinel_manager
+        own: BlockingConnectionPool = BlockingSentinelPool(pool.service_name, manager, **options, **kwargs)
+    else:
+        own = BlockingConnectionPool(**options, **kwargs)
+    return Redis.from_pool(own)

@@ -329,7 +329,7 @@ class JobStore:
         if not answer:
             return []
         _, entries = answer[0]
-        return [_event(entry_id, fields) for entry_id, fields in entries]
+        return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
 
     # ---- ownership ----------------------------------------------------------------------------------------
 
@@ -555,6 +555,6 @@ class JobStore:
         )
 
 
-def _event(entry_id: str, fields: dict[str, str]) -> Event:
+def event_from_entry(entry_id: str, fields: dict[str, str]) -> Event:
     """One entry of a job's Redis event stream as its wire model."""
     return Event(id=entry_id, type=fields.get("type", "message"), data=json.loads(fields.get("data") or "{}"))
