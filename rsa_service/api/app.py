@@ -23,6 +23,7 @@ from rsa_service.api.server_settings import ApiSettings, named_backends
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store
+from rsa_service.jobs.hub import StreamLimits, open_hub
 from rsa_service.jobs.store import JobStore
 from rsa_service.settings import Settings
 
@@ -104,6 +105,8 @@ def create_app(
         async with AsyncExitStack() as stack:
             state = app.state
             state.store = store or await stack.enter_async_context(open_store(shared))
+            limits = StreamLimits(per_tenant=settings.max_streams_per_tenant, total=settings.max_streams)
+            state.hub = await stack.enter_async_context(open_hub(state.store, limits, settings.sse_block_ms))
             state.http = await stack.enter_async_context(httpx2.AsyncClient(timeout=PROXY_TIMEOUT))
             stack.push_async_callback(state.backends.aclose)
             if background is not None:

@@ -40,6 +40,8 @@ class ApiSettings(BaseSettings):
     poll_after_s: int = Field(default=2, gt=0, description="Retry-After hint on a running job.")
     sse_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on event streams.")
     sse_block_ms: int = Field(default=1000, gt=0, description="How long one Redis read waits for new events.")
+    max_streams_per_tenant: int = Field(default=100, gt=0, description="Open event streams per tenant, per process.")
+    max_streams: int = Field(default=1000, gt=0, description="Open event streams per process, all tenants.")
     readiness_timeout_s: float = Field(default=3.0, gt=0)
     model_aliases: dict[str, str] = Field(
         default_factory=dict,

@@ -52,14 +52,15 @@ def shortcut_step(
     )
 
 
-def stops_enabled(params: RSAParams) -> bool:
-    """Whether a round's end may stop the run (a threshold of 0 or None is off)."""
-    return bool(params.stop_agreement or params.stop_stability)
+def may_stop_after(params: RSAParams, round_index: int) -> bool:
+    """Whether the end of `round_index` may stop the run (a threshold of 0 or None is off)."""
+    enabled = bool(params.stop_agreement or params.stop_stability)
+    return enabled and params.consensus_from_round <= round_index < params.rounds
 
 
 def stop_reason(params: RSAParams, stats: RoundStats, previous: RoundStats | None) -> str | None:
     """Why the run ends after the round `stats` describes (never after the last), or None to go on."""
-    if stats.round >= params.rounds or stats.round < params.consensus_from_round:
+    if not may_stop_after(params, stats.round):
         return None
     agreement, stability = params.stop_agreement, params.stop_stability
     if agreement and stats.agreement >= agreement:

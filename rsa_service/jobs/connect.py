@@ -35,6 +35,8 @@ async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
     url = settings.redis_url or await asyncio.to_thread(embedded.start)  # type: ignore[union-attr]
     client = redis_client(url)
     try:
+        # Before any concurrent use: redis-py's cluster client, first used by many tasks at once, maps the slots in
+        # each of them and closes connections the others are writing to.
         await client.ping()
         yield JobStore(
             client,

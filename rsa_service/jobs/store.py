@@ -202,7 +202,14 @@ class JobStore:
         )
         if not created:
             raise StoreError(f"job {job_id} already exists")
-        await self.enqueue(job_id, created_ms=int(created), tenant=tenant, queue=queue, priority=priority)
+        await self.enqueue(
+            job_id,
+            created_ms=int(created),
+            tenant=tenant,
+            queue=queue,
+            priority=priority,
+            generations=spec.params.total_generations,
+        )
         return job_id
 
     async def _admit(self, tenant: str, job_id: str, limit: int) -> None:
@@ -267,9 +274,11 @@ class JobStore:
         tenant: str | None = None,
         queue: bool = True,
         priority: Priority = "interactive",
+        generations: int | None = None,
     ) -> None:
         """Hint a worker to the job. Priority orders first claims only: a job queued again after it started
-        (released, or its lease expired) resumes at interactive priority, being already under way."""
+        (released, or its lease expired) resumes at interactive priority, being already under way. `generations`:
+        the job's total, counted in the demand hint (`Keys.demand`) until it ends."""
         score = created_ms if created_ms is not None else time.time_ns() // 1_000_000
         async with self.redis.pipeline(transaction=False) as pipe:
             if queue:
@@ -277,6 +286,8 @@ class JobStore:
             pipe.zadd(self.keys.pending, {job_id: score})
             if tenant is not None:
                 pipe.zadd(self.keys.listing(tenant), {job_id: score})
+            if generations is not None:
+                pipe.hset(self.keys.demand, job_id, generations)
             await pipe.execute()
 
     async def get(self, job_id: str) -> JobRecord:
@@ -318,7 +329,7 @@ class JobStore:
         if not answer:
             return []
         _, entries = answer[0]
-        return [_event(entry_id, fields) for entry_id, fields in entries]
+        return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
 
     # ---- ownership ----------------------------------------------------------------------------------------
 
@@ -472,7 +483,7 @@ class JobStore:
             raise NotDeadLettered(job_id, status=rest[0], title=rest[1])
         await self.redis.srem(self.keys.dead, job_id)
         await self._admit(rest[0], job_id, 0)
-        await self.enqueue(job_id)
+        await self.enqueue(job_id, generations=(await self.get(job_id)).spec.params.total_generations)
         return rest[0]
 
     async def dead_lettered(self) -> list[str]:
@@ -486,7 +497,8 @@ class JobStore:
         await self.redis.zrem(self.keys.listing(record.tenant), job_id)
 
     async def _forget(self, job_id: str, tenant: str | None = None, *, dead: bool = False) -> None:
-        """Drop a job from the worker hints and, given its `tenant`, from the tenant's unfinished-job count."""
+        """Drop a job from the worker hints and, given its `tenant` (it ended), from the tenant's unfinished-job
+        count and the demand hint."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.leases, job_id)
             pipe.zrem(self.keys.pending, job_id)
@@ -494,6 +506,8 @@ class JobStore:
                 pipe.sadd(self.keys.dead, job_id)
             if tenant is not None:
                 pipe.zrem(self.keys.active(tenant), job_id)
+            if tenant is not None or dead:  # it ended: nothing left to do
+                pipe.hdel(self.keys.demand, job_id)
             await pipe.execute()
 
     # ---- hints for workers --------------------------------------------------------------------------------
@@ -523,7 +537,24 @@ class JobStore:
         seconds, micros = await self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
+    async def outstanding_generations(self) -> int:
+        """Generations not yet committed of the jobs queued or running: what the workers have left to do (the
+        autoscaling signal). Jobs that ended without being forgotten, or expired, are skipped."""
+        totals = await self.redis.hgetall(self.keys.demand)
+        if not totals:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in totals:
+                pipe.hget(self.keys.job(job_id).meta, "status")
+                pipe.hlen(self.keys.job(job_id).steps)
+            replies = await pipe.execute()
+        return sum(
+            max(int(total) - int(committed), 0)
+            for total, status, committed in zip(totals.values(), replies[::2], replies[1::2], strict=True)
+            if status is not None and status not in TERMINAL_STATUSES
+        )
 
-def _event(entry_id: str, fields: dict[str, str]) -> Event:
+
+def event_from_entry(entry_id: str, fields: dict[str, str]) -> Event:
     """One entry of a job's Redis event stream as its wire model."""
     return Event(id=entry_id, type=fields.get("type", "message"), data=json.loads(fields.get("data") or "{}"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rsa_service.core.adaptive import shortcut_step, stop_reason, stops_enabled
+from rsa_service.core.adaptive import may_stop_after, shortcut_step, stop_reason
 from rsa_service.core.params import RSAParams
 from rsa_service.core.steps import RoundStats, StepResult, Usage, round_stats
 from rsa_service.core.summary import summarise
@@ -55,17 +55,18 @@ def test_agreement_counts_only_from_the_first_trusted_round() -> None:
     assert shortcut_step(later, 2, 0, agreeing) is not None
     assert shortcut_step(SHORTCUT.model_copy(update={"consensus_shortcut": False}), 1, 0, agreeing) is None
     assert stop_reason(later, stats(0, "5", "5", "5", "5"), None) is None
+    assert [may_stop_after(later, r) for r in range(3)] == [False, True, False]  # round 1 may start early
     assert stop_reason(later, stats(1, "5", "5", "5", "5"), None) is not None
 
 
 def test_agreement_stop_never_after_the_last_round_and_zero_is_off() -> None:
     params = RSAParams(**PARAMS, stop_agreement=1.0)
-    assert stops_enabled(params)
+    assert [may_stop_after(params, r) for r in range(3)] == [True, True, False]
     assert stop_reason(params, stats(0, "5", "5", "5", "5"), None) is not None
     assert stop_reason(params, stats(0, "5", "5", "5", "6"), None) is None
     assert stop_reason(params, stats(2, "5", "5", "5", "5"), None) is None  # the last round always ends the run
     off = RSAParams(**PARAMS, stop_agreement=0)
-    assert not stops_enabled(off)
+    assert not may_stop_after(off, 0)
     assert stop_reason(off, stats(0, "5", "5", "5", "5"), None) is None
 
 

@@ -93,7 +93,7 @@ def conversation_of(create: ResponseCreate, messages: list[InputMessage]) -> Con
     return conversation_from([*system, *((message.role, message.text) for message in messages)])
 
 
-def job_body(create: ResponseCreate, backend: str, problem: str) -> JobCreate:
+def job_body(create: ResponseCreate, backend: str, problem: str) -> JobCreate:  # type: ignore[valid-type]
     """The job a create body asks for: effort preset, then the top-level sampling fields, then `rsa` overrides."""
     overrides = create.rsa or {}
     unknown = sorted(set(overrides) - set(RSAParams.model_fields))

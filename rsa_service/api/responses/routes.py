@@ -211,6 +211,7 @@ async def input_items(
 
 
 def _listed(resource_id: str, index: int, message: InputMessage) -> ListedItem:
-    kind = "output_text" if message.role == "assistant" else "input_text"
-    parts = [ListedPart(type=kind, text=message.text, annotations=[] if kind == "output_text" else None)]
+    said = message.role == "assistant"
+    part = ListedPart(type="output_text", text=message.text, annotations=[]) if said else None
+    parts = [part or ListedPart(type="input_text", text=message.text)]
     return ListedItem(id=f"msg_{resource_id.removeprefix('resp_')}_{index}", role=message.role, content=parts)
