@@ -107,3 +107,19 @@ async def test_aborted_requests_count_an_upper_bound_marked_estimated(store: Job
     [straggler] = [s for s in (await store.steps(record.id)).values() if s.status == "straggler"]
     assert straggler.usage.estimated_tokens == straggler.usage.total == prompt + budget
     assert exact_part(usage) == spent["prompt_tokens"] + spent["completion_tokens"] and metrics == usage
+
+
+async def test_a_trace_lost_after_generating_still_counts(store: JobStore) -> None:
+    """Tails cannot be cut (the tokenizer endpoint fails): every trace of round 0 is lost after the server
+    reported its usage, and the failed job still reports what was spent."""
+    pool = BackendPool(Settings(backend_max_retries=1, **FAST_RETRIES))
+    faults = [{"status": 500, "path": "/tokenize", "always": True}]
+    with serve_in_thread(ModelServerConfig(reasoning_words=200, faults=faults)) as server:
+        record, metrics = await run_job(store, server, pool, rounds=1)
+        spent = server.spent()
+    usage = record.result.usage
+    assert record.status == "failed" and "tokenize" in (record.error.detail or "")
+    assert (
+        (usage.prompt_tokens, usage.completion_tokens) == (spent["prompt_tokens"], spent["completion_tokens"]) != (0, 0)
+    )
+    assert metrics == usage
