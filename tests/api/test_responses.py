@@ -13,7 +13,8 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.api.conftest import KEY_A, KEY_B, SMALL, LiveAPI
+from rsa_service.jobs.store import JobStore
+from tests.api.conftest import KEY_A, KEY_B, SMALL, ApiFactory, LiveAPI
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 RSA: dict[str, object] = {"rsa": SMALL}
@@ -257,3 +258,13 @@ def test_a_job_created_under_jobs_is_a_response_too(api: LiveAPI, oai: openai.Op
     assert job_of(seen) == job["id"] and seen.model == "toy"
     assert [text_of(item) for item in oai.responses.input_items.list(seen.id)] == ["From jobs. ANSWER=6"]
     oai.responses.cancel(seen.id)
+
+
+async def test_a_long_completion_window_queues_behind_interactive_work(make_api: ApiFactory, store: JobStore) -> None:
+    api = make_api(workers=0)
+    async with openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=KEY_A, max_retries=0) as oai:
+        later = await oai.responses.create(
+            model="toy", input="Later. ANSWER=1", background=True, background_options={"completion_window": "8h"}
+        )
+        sooner = await oai.responses.create(model="toy", input="Sooner. ANSWER=2", background=True)
+    assert [await store.next_queued(0.1) for _ in range(3)] == [job_of(sooner), job_of(later), None]

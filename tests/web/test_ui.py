@@ -137,3 +137,10 @@ def test_cancel_from_the_job_page(browser: Any, live_ui: LiveUI) -> None:
     assert page.is_hidden("#cancel")
     with live_ui.api() as client:
         assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen but the graph
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, "job-phone", full_page=True)
+    page.emulate_media(media="print")  # print: the job without the navigation and buttons
+    assert page.is_hidden("header.top") and page.is_visible("#graph")
+    screenshot(page, "job-print", full_page=True)
