@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import REGISTRY
+from rich.console import Console
 
+from rsa_service.cli.progress import render_result
 from rsa_service.core.steps import Usage
 from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.store import JobStore
@@ -107,6 +109,9 @@ async def test_aborted_requests_count_an_upper_bound_marked_estimated(store: Job
     [straggler] = [s for s in (await store.steps(record.id)).values() if s.status == "straggler"]
     assert straggler.usage.estimated_tokens == straggler.usage.total == prompt + budget
     assert exact_part(usage) == spent["prompt_tokens"] + spent["completion_tokens"] and metrics == usage
+    console = Console(record=True, width=200)
+    render_result(console, record.result)  # what `rsa reason` prints marks the estimate
+    assert f"estimated: {usage.estimated_tokens:,} of the tokens" in console.export_text()
 
 
 async def test_a_trace_lost_after_generating_still_counts(store: JobStore) -> None:
