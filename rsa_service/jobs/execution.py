@@ -401,7 +401,7 @@ class JobRunner:
                 final_select=final_select,
                 lineage=f"{self.job.id}/s{slot}",
             )
-            failed = base.model_copy(update={"status": "failed", "seed": seed, "attempts": attempt + 1})
+            tried = base.model_copy(update={"seed": seed, "attempts": attempt + 1})
             self._spending[base.key] = (spent, request)
             started = self.clock()
             try:
@@ -409,16 +409,16 @@ class JobRunner:
             except BackendError as exc:
                 self._observe_generation(name, None, exc.usage, stage, self.clock() - started)
                 log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
-                return failed.model_copy(update={"error": str(exc), "usage": spent + exc.usage})
+                return tried.model_copy(update={"status": "failed", "error": str(exc), "usage": spent + exc.usage})
             spent += generation.spent
             self._spending[base.key] = (spent, None)
             self._observe_generation(name, generation, generation.spent, stage, self.clock() - started)
             if _usable(generation):
                 try:
-                    return await self._record(failed, backend, generation, spent)
+                    return await self._record(tried, backend, generation, spent)
                 except BackendError as exc:  # the tail could not be cut: the trace is lost, its tokens are not
                     log.warning("job %s %s: cutting the tail failed: %s", self.job.id, base.key, exc)
-                    return failed.model_copy(update={"error": str(exc), "usage": spent})
+                    return tried.model_copy(update={"status": "failed", "error": str(exc), "usage": spent})
         return base.model_copy(
             update={
                 "status": "failed",
@@ -455,7 +455,7 @@ class JobRunner:
         ESTIMATED_TOKENS.labels(backend).inc(spent.estimated_tokens)
 
     async def _record(self, attempt: StepResult, backend: Backend, generation: Generation, spent: Usage) -> StepResult:
-        """`attempt` (its seed and attempt count set) as the ok step `generation` makes it; `spent` its usage."""
+        """The step `generation` makes of `attempt` (its seed and attempt count set); `spent` is its usage."""
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
         tail = await self._tail(backend, source, generation) if attempt.round < self.params.rounds else None
@@ -465,7 +465,6 @@ class JobRunner:
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
         return attempt.model_copy(
             update={
-                "status": "ok",
                 "text": generation.text,
                 "reasoning": generation.reasoning,
                 "tail": tail.text if tail else "",
