@@ -47,6 +47,10 @@ JOBS_CREATED = Counter("rsa_jobs_created_total", "Jobs created (replays excluded
 CLAIMS = Counter("rsa_job_claims_total", "Claim attempts by outcome.", ["outcome"])
 JOBS_FINISHED = Counter("rsa_jobs_finished_total", "Terminal transitions made by this process.", ["status"])
 RECLAIMS = Counter("rsa_janitor_requeued_total", "Jobs the janitor queued again (expired lease or lost queue hint).")
+COMMITS_UNREPLICATED = Counter(
+    "rsa_commits_unreplicated_total",
+    "Step commits that RSA_REDIS_MIN_REPLICAS replicas did not confirm in time (the attempt stops; the job resumes).",
+)
 
 # ---- generations and rounds (the runner) ------------------------------------------------------------------
 
@@ -57,7 +61,16 @@ GENERATION_LATENCY = Histogram(
     ["backend"],
     buckets=GENERATION_BUCKETS_S,
 )
-TOKENS = Counter("rsa_tokens_total", "Tokens as the backend counted them.", ["backend", "direction"])
+TOKENS = Counter(
+    "rsa_tokens_total",
+    "Tokens every generation spent, retried or failed, as the backend counted them.",
+    ["backend", "direction"],
+)
+ESTIMATED_TOKENS = Counter(
+    "rsa_estimated_tokens_total",
+    "Of rsa_tokens_total, an upper bound for requests aborted before the backend reported usage.",
+    ["backend"],
+)
 PROMPT_TOKENS = Histogram("rsa_prompt_tokens", "Prompt size of a generation.", ["stage"], buckets=PROMPT_TOKEN_BUCKETS)
 TAIL_TRIMMED_TOKENS = Counter(
     "rsa_tail_trimmed_tokens_total", "Tokens cut from traces when their tails were taken.", ["backend"]
@@ -76,12 +89,33 @@ STRAGGLERS = Counter("rsa_stragglers_total", "Slots cut at a round deadline.")
 
 RETRIES = Counter("rsa_backend_retries_total", "Backend requests retried, by cause.", ["cause"])
 
+# ---- replicas of a fleet backend (a backend name listing several base URLs) -------------------------------
+
+REPLICA_UP = Gauge(
+    "rsa_replica_up", "1 while a replica takes requests, 0 while it is out after failing.", ["backend", "replica"]
+)
+REPLICA_IN_FLIGHT = Gauge("rsa_replica_in_flight", "Generations in flight at a replica.", ["backend", "replica"])
+REPLICA_REQUESTS = Counter(
+    "rsa_replica_requests_total", "Generation requests by replica and outcome.", ["backend", "replica", "outcome"]
+)
+REPLICA_LATENCY = Histogram(
+    "rsa_replica_request_duration_seconds",
+    "One generation request at one replica (answered ones).",
+    ["backend", "replica"],
+    buckets=GENERATION_BUCKETS_S,
+)
+REPLICA_EJECTIONS = Counter("rsa_replica_ejections_total", "Times a replica was taken out.", ["backend", "replica"])
+
 # ---- the fleet, read from Redis at scrape time ------------------------------------------------------------
 
 QUEUE_DEPTH = Gauge("rsa_queue_depth", "Job ids in the queue (hints: may hold duplicates).")
 JOBS_WAITING = Gauge("rsa_jobs_waiting", "Jobs created or queued again and not claimed yet.")
 LEASES = Gauge("rsa_leases", "Job leases by state (expired: the janitor re-queues those).", ["state"])
 JOBS_DEAD = Gauge("rsa_jobs_dead_lettered", "Poison jobs failed after too many attempts.")
+GENERATIONS_OUTSTANDING = Gauge(
+    "rsa_generations_outstanding",
+    "Generations not yet committed of the jobs queued or running: the workers' backlog (scale workers on it).",
+)
 
 
 async def observe_store(store: JobStore) -> None:
@@ -98,6 +132,7 @@ async def observe_store(store: JobStore) -> None:
                 pipe.zcount(keys.leases, "-inf", now_ms)
                 pipe.scard(keys.dead)
                 queued, queued_background, waiting, live, expired, dead = await pipe.execute()
+            outstanding = await store.outstanding_generations()
     except Exception as exc:  # a scrape reports what it can; Redis errors show in the worker's own logs
         log.debug("metrics: cannot read the store (%s)", exc)
         return
@@ -106,6 +141,7 @@ async def observe_store(store: JobStore) -> None:
     LEASES.labels("live").set(live)
     LEASES.labels("expired").set(expired)
     JOBS_DEAD.set(dead)
+    GENERATIONS_OUTSTANDING.set(outstanding)
 
 
 async def exposition(store: JobStore) -> bytes:

@@ -57,6 +57,7 @@ class JobResult(BaseModel):
     select: str
     rounds: list[RoundStats]
     usage: Usage
+    usage_by_backend: dict[str, Usage] = Field(default_factory=dict, description="Tokens per backend that ran.")
     stopped_reason: str | None = None
     wall_s: float | None = None
     error: Problem | None = None

@@ -1,9 +1,11 @@
 """POST /v1/chat/completions, OpenAI-compatible.
 
-With an `rsa` object in the body the request runs as a durable job (N, K, T, ... from that object; the last user
-message is the problem) and answers with an ordinary chat completion whose `usage` sums every generation, plus
-an `rsa` object (job id, per-round answers). `stream: true` sends progress as SSE comments, which OpenAI
-clients ignore, then the answer as chunks. Without `rsa` the request goes to the default backend untouched.
+With an `rsa` object in the body the request runs as a durable job (N, K, T, ... from that object) and answers
+with an ordinary chat completion whose `usage` sums every generation, plus an `rsa` object (job id, per-round
+answers). The job keeps the whole conversation: round 0 sends it, aggregation prompts carry its system messages,
+and the problem the templates show is the last user message (`core.conversation`). `stream: true` sends
+progress as SSE comments, which OpenAI clients ignore, then the answer as chunks. Without `rsa` the request goes
+to the default backend untouched.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from starlette.background import BackgroundTask
 
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses, validation_errors
-from rsa_service.api.routes_jobs import build_spec, create_job, resolve_backend
-from rsa_service.api.sse import follow
+from rsa_service.api.routes_jobs import build_spec, check_context, create_job, resolve_backend
 from rsa_service.api.views import steps_total
 from rsa_service.backends import BackendError, ChatMessage, GenerationRequest, split_spec
 from rsa_service.core.answers import equivalent
+from rsa_service.core.conversation import Conversation, conversation_from, problem_of
 from rsa_service.core.steps import RoundStats, StepResult
 from rsa_service.core.summary import round_steps
 from rsa_service.jobs.backend_pool import BackendPool
+from rsa_service.jobs.hub import Subscription
 from rsa_service.jobs.idempotency import fingerprint
 from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore, new_job_id
@@ -66,17 +69,19 @@ def _text(content: object) -> str:
     return ""
 
 
-def _problem_of(chat: ChatRequest) -> str:
-    users = [_text(m.content) for m in chat.messages if m.role == "user"]
-    if not users or not users[-1].strip():
-        raise field_error("messages", "needs a user message with text: it is the problem RSA works on")
-    return users[-1]
+def conversation_of(chat: ChatRequest) -> Conversation:
+    """The chat's messages as the job keeps them (422 naming `messages` when there is no problem in them)."""
+    try:
+        return conversation_from([(m.role, _text(m.content)) for m in chat.messages])
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise field_error(field, message) from None
 
 
-def _job_body(chat: ChatRequest) -> JobCreate:
+def _job_body(chat: ChatRequest, problem: str) -> JobCreate:
     extra = chat.model_extra or {}
     sampling = {name: extra[name] for name in SAMPLING_FIELDS if extra.get(name) is not None}
-    fields = {**sampling, **(chat.rsa or {}), "problem": _problem_of(chat), "model": chat.model}
+    fields = {**sampling, **(chat.rsa or {}), "problem": problem, "model": chat.model}
     try:
         return JobCreate.model_validate(fields)
     except ValidationError as exc:
@@ -156,11 +161,11 @@ async def _finished(store: JobStore, job_id: str) -> dict[str, Any]:
     return completion(record, text, record.created_ms // 1000)
 
 
-async def _progress_comments(store: JobStore, record: JobRecord, block_ms: int) -> AsyncIterator[str]:
+async def _progress_comments(record: JobRecord, events: Subscription) -> AsyncIterator[str]:
     total = steps_total(record.spec)
     done = 0
     yield f": rsa job {record.id} queued ({total} generations)\n\n"
-    async for event in follow(store, record.id, "0-0", block_ms):
+    async for event in events:
         if event.type == "step":
             done += 1
             yield f": step {event.data.get('round')}:{event.data.get('slot')} done ({done}/{total})\n\n"
@@ -169,8 +174,8 @@ async def _progress_comments(store: JobStore, record: JobRecord, block_ms: int) 
             yield f": round {stats.round} done: answer {stats.answer} (agreement {stats.agreement:.0%})\n\n"
 
 
-async def _stream_job(store: JobStore, record: JobRecord, block_ms: int) -> AsyncIterator[str]:
-    async for comment in _progress_comments(store, record, block_ms):
+async def _stream_job(store: JobStore, record: JobRecord, events: Subscription) -> AsyncIterator[str]:
+    async for comment in _progress_comments(record, events):
         yield comment
     try:
         full = await _finished(store, record.id)
@@ -185,15 +190,22 @@ async def _stream_job(store: JobStore, record: JobRecord, block_ms: int) -> Asyn
 async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
     settings = request.app.state.settings
     store: JobStore = request.app.state.store
-    body = _job_body(chat)
-    spec = build_spec(settings, request, body)
+    conversation = conversation_of(chat)
+    body = _job_body(chat, problem_of(conversation))
+    spec = build_spec(settings, request, body, conversation)
+    await check_context(request, spec)
     job_id = new_job_id()
     await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
     record = await store.get(job_id)
+    events = await request.app.state.hub.subscribe(job_id, tenant=owner)
     if chat.stream:
-        return StreamingResponse(_stream_job(store, record, settings.sse_block_ms), media_type="text/event-stream")
-    async for _ in follow(store, job_id, "0-0", settings.sse_block_ms):
-        pass
+        stream = _stream_job(store, record, events)
+        return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(events.aclose))
+    try:
+        async for _ in events:
+            pass
+    finally:
+        events.close()
     return JSONResponse(await _finished(store, job_id))
 
 
@@ -275,7 +287,9 @@ async def chat_completions(request: Request, chat: ChatRequest, owner: str = Dep
         return await _run_rsa(request, chat, owner)
     pool: BackendPool = request.app.state.backends
     name = resolve_backend(pool.settings, None)
-    scheme, location = split_spec(pool.resolve(name))
-    if scheme == "openai":
-        return await _proxy(request, location.rstrip("/"))
+    spec = pool.resolve(name)
+    if isinstance(spec, str):  # one server: proxied as is; a fleet's replicas are chosen by its backend
+        scheme, location = split_spec(spec)
+        if scheme == "openai":
+            return await _proxy(request, location.rstrip("/"))
     return await _generate(request, chat, name)

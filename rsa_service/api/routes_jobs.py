@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -11,14 +12,19 @@ from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses
 from rsa_service.api.server_settings import ApiSettings, default_backend
 from rsa_service.api.views import json_response, owned_record, progress_many, read_job, step_records, to_job
+from rsa_service.backends.base import BackendError, ContextLengthError
+from rsa_service.core.conversation import Conversation
 from rsa_service.core.params import RSAParams, check_problem
 from rsa_service.jobs.errors import TooManyActive
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
 from rsa_service.jobs.listing import BadCursor, list_jobs
 from rsa_service.jobs.models import JobSpec
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore, Priority, new_job_id
 from rsa_service.settings import Settings, params_defaults
-from rsa_service.wire import TERMINAL_STATUSES, Job, JobCreate, JobPage, JobStatus, StepList
+from rsa_service.wire import TERMINAL_STATUSES, FieldError, Job, JobCreate, JobPage, JobStatus, StepList
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -39,23 +45,24 @@ Store = Annotated[JobStore, Depends(_store)]
 Options = Annotated[ApiSettings, Depends(_settings)]
 
 
-def resolve_backend(shared: Settings, name: str | None) -> str:
-    """The configured backend a request names (422 naming `backend` otherwise); never a URL or a path."""
+def resolve_backend(shared: Settings, name: str | None, field: str = "backend") -> str:
+    """The configured backend a request names (422 naming `field` otherwise); never a URL or a path."""
     configured = shared.backends
     if name is None:
         default = default_backend(shared)
         if default is None:
-            raise field_error("backend", f"required: name one of the configured backends {sorted(configured)}")
+            raise field_error(field, f"required: name one of the configured backends {sorted(configured)}")
         return default
     if any(mark in name for mark in (":", "/", "\\")):
-        raise field_error("backend", "must be the name of a configured backend, not a URL or path")
+        raise field_error(field, "must be the name of a configured backend, not a URL or path")
     if name not in configured:
-        raise field_error("backend", f"unknown backend {name!r}; configured: {sorted(configured)}")
+        raise field_error(field, f"unknown backend {name!r}; configured: {sorted(configured)}")
     return name
 
 
-def build_spec(settings: ApiSettings, request: Request, body: JobCreate) -> JobSpec:
-    """Validate a create body against the operator's limits: 422 naming the first offending field."""
+def build_spec(settings: ApiSettings, request: Request, body: JobCreate, conversation: Conversation = ()) -> JobSpec:
+    """Validate a create body against the operator's limits: 422 naming the first offending field.
+    `conversation` is the chat the problem came in (see `core.conversation`), kept with the job."""
     limits = settings.limits
     try:
         problem = check_problem(body.problem, limits)
@@ -65,6 +72,9 @@ def build_spec(settings: ApiSettings, request: Request, body: JobCreate) -> JobS
     overrides = body.model_dump(exclude_none=True, exclude={"problem", "backend", "model"})
     spec = request.app.state.shared.backends.get(backend)
     params = RSAParams.model_validate(params_defaults(spec) | overrides)  # cross-field errors → 422
+    for field in ("initial_backend", "aggregation_backend", "final_backend"):
+        if (routed := getattr(params, field)) is not None:
+            resolve_backend(request.app.state.shared, routed, field)
     try:
         params.check_limits(limits)
     except ValueError as exc:
@@ -75,7 +85,27 @@ def build_spec(settings: ApiSettings, request: Request, body: JobCreate) -> JobS
         backend=backend,
         model=body.model or request.app.state.shared.model,
         templates=request.app.state.templates,
+        conversation=conversation,
     )
+
+
+async def check_context(request: Request, spec: JobSpec) -> None:
+    """The context check (`jobs.requests.check_fits`) before a job is created: 422 naming the prompt size, the
+    budget and the context when the largest prompt cannot fit. A backend that cannot be asked now does not
+    block the job; the job waits for it like any other."""
+    try:
+        backend = await request.app.state.backends.get(spec.backend, spec.model)
+        await check_fits(backend, spec)
+    except ContextLengthError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise ApiError(
+            422,
+            str(exc),
+            kind="context-length-exceeded",
+            errors=[FieldError(field=field, message=str(exc).removeprefix(f"{field}: "))],
+        ) from None
+    except BackendError as exc:
+        log.warning("backend %s: context check skipped, the backend did not answer: %s", spec.backend, exc)
 
 
 async def create_job(
@@ -128,6 +158,7 @@ async def create(
     idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
 ) -> Response:
     spec = build_spec(settings, request, body)
+    await check_context(request, spec)
     fp = fingerprint(body.model_dump(mode="json", exclude_none=True))
     job_id = await create_idempotent(request, response, owner, idempotency_key, fp, spec)
     response.headers["Location"] = f"/v1/jobs/{job_id}"

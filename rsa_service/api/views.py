@@ -121,7 +121,9 @@ async def owned_record(store: JobStore, job_id: str, tenant: str) -> JobRecord:
 def rebuilt_prompt(spec: JobSpec, steps: dict[str, StepResult], step: StepResult) -> str | None:
     """The user message `step` was generated from, rebuilt as the runner built it: the problem in round 0,
     else the templates over the tails of the candidates it recorded, from the previous round. None for a
-    straggler record, which never had a prompt of its own."""
+    straggler record or a consensus short-cut, which never sent a prompt."""
+    if step.shortcut_from is not None:
+        return None
     if step.round == 0:
         return spec.problem
     if not step.candidates:

@@ -17,6 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rsa_service.core.conversation import ChatMessage
 from rsa_service.core.steps import Usage
 from rsa_service.core.tails import Tail
 
@@ -24,13 +25,6 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 # A torch device, or `auto` for the best one present (the engine resolves it when it loads).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$"
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class GenerationRequest(BaseModel):
@@ -47,6 +41,11 @@ class GenerationRequest(BaseModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    lineage: str | None = Field(
+        default=None,
+        description="A stable id shared by requests of one trace lineage (their prompts share a prefix): a replica "
+        "fleet keeps them on one replica, and routers read it from the session header.",
+    )
 
 
 class Generation(BaseModel):
@@ -58,6 +57,14 @@ class Generation(BaseModel):
     reasoning: str = ""
     finish_reason: FinishReason
     usage: Usage
+    retry_usage: Usage = Field(
+        default_factory=Usage, description="Spent by the backend's own failed attempts before this answer."
+    )
+
+    @property
+    def spent(self) -> Usage:
+        """Everything this call cost: the answer and the attempts retried before it."""
+        return self.usage + self.retry_usage
 
 
 class BackendOptions(BaseModel):
@@ -75,6 +82,12 @@ class BackendOptions(BaseModel):
     max_retries: int = Field(default=6, ge=0)
     retry_backoff_s: float = Field(default=0.5, gt=0, description="First backoff wait; doubles per retry, jittered.")
     retry_max_wait_s: float = Field(default=30.0, gt=0, description="Cap on one wait, Retry-After included.")
+    session_header: str = Field(
+        default="X-Session-ID",
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Remote: the header carrying a request's lineage id, for routers that keep a session on one "
+        "replica (prefix-cache reuse).",
+    )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         default="auto", description="In-process engine weights; auto: the checkpoint's own dtype."
     )
@@ -124,15 +137,30 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class Probed(Protocol):
+    """A backend that can say whether its model server answers right now (readiness), apart from `capabilities`,
+    which may be remembered from an earlier answer."""
+
+    async def probe(self) -> None:
+        """Return when the server answers now; raise BackendError otherwise. Never cached, never retried."""
+        ...
+
+
 class BackendError(Exception):
-    """Base of every error a backend raises."""
+    """Base of every error a backend raises. `usage` is what the failed call still cost (a server may report
+    usage and the answer still be unusable; an aborted request counts an upper bound), zero when nothing ran."""
+
+    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage or Usage()
 
 
 class TransientBackendError(BackendError):
     """Worth retrying later: timeouts, dropped connections, 408/409/429/5xx."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_s: float | None = None, usage: Usage | None = None) -> None:
+        super().__init__(message, usage=usage)
         self.retry_after_s = retry_after_s
 
 
@@ -141,8 +169,46 @@ class PermanentBackendError(BackendError):
 
 
 class ContextLengthError(PermanentBackendError):
-    """The prompt plus the generation budget exceeds the model's context window."""
+    """The prompt plus the generation budget exceeds the model's context window. The sizes are set when known
+    (the pre-flight check knows them; a server's refusal may not say)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        max_tokens: int | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
 
 
 class BackendUnavailableError(BackendError):
     """The backend cannot be reached, or answers in a way that is not the expected protocol."""
+
+
+# Special tokens a chat template adds around one message, at most (role markers, separators).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+async def aborted_usage(backend: Backend, request: GenerationRequest) -> Usage:
+    """What an aborted request may have cost (see `Usage.upper_bound`): its prompt as the backend counts it and
+    its whole budget. When the backend cannot count now, the prompt's UTF-8 bytes plus a template allowance per
+    message bound it, since a byte-level tokenizer never makes more tokens than bytes."""
+    try:
+        prompt = await backend.count_tokens(request)
+    except BackendError:
+        texts = [m.content for m in request.messages] if request.messages is not None else [request.prompt or ""]
+        prompt = sum(len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE for text in texts)
+    return Usage.upper_bound(prompt, request.max_tokens)
+
+
+async def probe_backend(backend: Backend) -> None:
+    """Readiness of any backend: its `probe` when it has one, else its capabilities (an in-process engine)."""
+    if isinstance(backend, Probed):
+        await backend.probe()
+    else:
+        await backend.capabilities()

@@ -43,6 +43,7 @@ from rsa_service.backends.base import (
     PermanentBackendError,
     TransientBackendError,
     Usage,
+    aborted_usage,
 )
 from rsa_service.backends.token_counting import OffsetCounter, ServerCounter, TokenCounter
 from rsa_service.core.reasoning import THINK_OPEN, split_reasoning
@@ -74,6 +75,11 @@ _FINISH_REASONS: Mapping[str, FinishReason] = {
 
 class _Unreachable(TransientBackendError):
     """Could not connect at all; once retries are spent this becomes BackendUnavailableError."""
+
+
+class _Aborted(TransientBackendError):
+    """The request reached the server and no answer came back (a read timeout, a dropped connection): the server
+    may have generated up to the whole budget and reports nothing, so an upper bound is counted."""
 
 
 class _NotOpenAI(BackendUnavailableError):
@@ -174,7 +180,16 @@ def _transport_error(method: str, url: str, exc: aiohttp.ClientError | TimeoutEr
         return BackendUnavailableError(message)
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return _Unreachable(message)
-    return TransientBackendError(message)
+    return _Aborted(message)
+
+
+def _reported_usage(data: Any) -> Usage:
+    """The `usage` an answer reports even when the rest of it is unusable; zero when it has none."""
+    try:
+        reported = _Usage.model_validate(data.get("usage") if isinstance(data, dict) else None)
+    except ValidationError:
+        return Usage()
+    return Usage(prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens)
 
 
 def _count_retry(state: RetryCallState) -> None:
@@ -259,17 +274,35 @@ class RemoteBackend:
         body = self._request_body(request, model)
         path = "/chat/completions" if chat else "/completions"
         url = self.base_url + path
-        data = await self._call("POST", url, body, generation=True)
+        failures: list[BackendError] = []
+        headers = {self.options.session_header: request.lineage} if request.lineage else None
+        try:
+            data = await self._call("POST", url, body, generation=True, headers=headers, failures=failures)
+        except BackendError as exc:
+            exc.usage = await self._spent_on(failures, request)
+            raise
+        retry_usage = await self._spent_on(failures, request)
         try:
             completion = _Completion.model_validate(data)
         except ValidationError as exc:
-            raise _NotOpenAI(f"{url} answered JSON that is not an OpenAI completion: {exc}") from exc
+            spent = retry_usage + _reported_usage(data)
+            raise _NotOpenAI(f"{url} answered JSON that is not an OpenAI completion: {exc}", usage=spent) from exc
         choice = completion.choices[0]
         opened = not chat and (request.prompt or "").rstrip().endswith(THINK_OPEN)
         reasoning, answer = self._split(choice, opened=opened)
         usage = await self._usage(completion.usage, request, reasoning + answer)
         finish = _FINISH_REASONS.get(choice.finish_reason or "stop", "stop")
-        return Generation(text=answer, reasoning=reasoning, finish_reason=finish, usage=usage)
+        return Generation(text=answer, reasoning=reasoning, finish_reason=finish, usage=usage, retry_usage=retry_usage)
+
+    async def _spent_on(self, failures: list[BackendError], request: GenerationRequest) -> Usage:
+        """What the failed attempts of one generation cost: what the server reported, and an upper bound for
+        each attempt it never answered."""
+        spent = sum((failure.usage for failure in failures), Usage())
+        aborted = sum(isinstance(failure, _Aborted) for failure in failures)
+        if aborted:
+            bound = await aborted_usage(self, request)
+            spent += sum((bound for _ in range(aborted)), Usage())
+        return spent
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         counter = (await self._token_counters()).prompts
@@ -289,6 +322,9 @@ class RemoteBackend:
             separate_reasoning=self._separate_reasoning,
             exact_tokenizer=counter.exact,
         )
+
+    async def probe(self) -> None:
+        await self._attempt("GET", self.base_url + "/models", None, generation=False)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -349,8 +385,18 @@ class RemoteBackend:
                 await self._throttler.acquire()
             yield
 
-    async def _call(self, method: str, url: str, body: dict[str, Any] | None = None, *, generation: bool) -> Any:
-        """One logical call, retried per `rsa_service.retry`: the parsed JSON of the successful answer."""
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        *,
+        generation: bool,
+        headers: Mapping[str, str] | None = None,
+        failures: list[BackendError] | None = None,
+    ) -> Any:
+        """One logical call, retried per `rsa_service.retry`: the parsed JSON of the successful answer. Each failed
+        attempt is appended to `failures`, so a generation can count what its retries cost."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._policy.max_retries + 1) | self._never_answered,
             wait=tenacity_wait(self._policy),
@@ -361,7 +407,12 @@ class RemoteBackend:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(method, url, body, generation=generation)
+                    try:
+                        return await self._attempt(method, url, body, generation=generation, headers=headers)
+                    except BackendError as exc:
+                        if failures is not None:
+                            failures.append(exc)
+                        raise
         except _Unreachable as exc:
             raise BackendUnavailableError(f"cannot reach {url}: {exc}") from exc
         raise AssertionError("tenacity ended without a result")  # pragma: no cover
@@ -374,10 +425,18 @@ class RemoteBackend:
             isinstance(failed, _Unreachable) and not self._answered and state.attempt_number >= FIRST_CONTACT_ATTEMPTS
         )
 
-    async def _attempt(self, method: str, url: str, body: dict[str, Any] | None, *, generation: bool) -> Any:
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        *,
+        generation: bool,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         async with self._gate(generation):
             try:
-                async with self._http().request(method, url, json=body, proxy=self._proxy) as response:
+                async with self._http().request(method, url, json=body, proxy=self._proxy, headers=headers) as response:
                     answer = _Answer(response.status, response.headers, await response.read())
                 self._answered = True
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -37,7 +37,8 @@ async def batch_client(
     spec = job.backend or default_backend(settings)
     if not spec:
         raise CLIError(NO_BACKEND)
-    shared = settings.model_copy(update={"backends": {IN_PROCESS_BACKEND: spec}})
+    # The operator's named backends stay: stage routing names them.
+    shared = settings.model_copy(update={"backends": settings.backends | {IN_PROCESS_BACKEND: spec}})
     # Imported here: FastAPI costs a second of start-up that `rsa reason` and friends should not pay.
     from rsa_service.api.app import create_app
     from rsa_service.api.server_settings import ApiSettings

@@ -20,8 +20,8 @@ from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.errors import JobNotFound, NotDeadLettered
 from rsa_service.jobs.events import follow
-from rsa_service.jobs.execution import check_fits
 from rsa_service.jobs.models import JobRecord
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore
 from rsa_service.jobs.worker import Worker
 from rsa_service.metrics import serve_metrics

@@ -21,17 +21,30 @@ def step_key(round_index: int, slot: int) -> str:
 
 
 class Usage(BaseModel):
-    """Token usage as the model's tokenizer or server counted it."""
+    """Token usage as the model's tokenizer or server counted it: every request the backend ran, retried or
+    failed ones included. A request aborted before the server reported usage (a straggler cut, a read timeout)
+    counts an upper bound, its prompt plus its whole budget, and that part is also in `estimated_tokens`."""
 
     model_config = ConfigDict(frozen=True)
 
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
+    estimated_tokens: int = Field(
+        default=0, ge=0, description="Of the total, an upper bound for requests aborted without reported usage."
+    )
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
+            estimated_tokens=self.estimated_tokens + other.estimated_tokens,
+        )
+
+    @classmethod
+    def upper_bound(cls, prompt_tokens: int, max_tokens: int) -> Usage:
+        """An aborted request: its prompt and its whole budget, all marked estimated."""
+        return cls(
+            prompt_tokens=prompt_tokens, completion_tokens=max_tokens, estimated_tokens=prompt_tokens + max_tokens
         )
 
     @property
@@ -60,6 +73,10 @@ class StepResult(BaseModel):
     error: str | None = None
     attempts: int = 1
     duration_s: float = 0.0
+    backend: str | None = Field(default=None, description="The backend that generated it (None: the job's own).")
+    shortcut_from: int | None = Field(
+        default=None, description="A consensus short-cut: the candidate carried forward, with no model call."
+    )
 
     @property
     def key(self) -> str:
@@ -86,6 +103,7 @@ class RoundStats(BaseModel):
     truncated: int
     failed: int
     stragglers: int = 0
+    shortcuts: int = Field(default=0, description="Slots that carried a candidate forward without a model call.")
     tokens: Usage
 
 
@@ -105,5 +123,6 @@ def round_stats(round_index: int, steps: Sequence[StepResult], population: int) 
         truncated=sum(1 for step in done if step.truncated),
         failed=sum(1 for step in steps if step.status == "failed"),
         stragglers=sum(1 for step in steps if step.status == "straggler"),
+        shortcuts=sum(1 for step in steps if step.shortcut_from is not None),
         tokens=tokens,
     )

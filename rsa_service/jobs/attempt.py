@@ -102,6 +102,7 @@ async def run_attempt(
     concurrency: int | None = None,
     gate: Gate | None = None,
     steal_from: str = "",
+    routed: dict[str, Backend] | None = None,
 ) -> AttemptOutcome:
     claim = await store.claim(
         job_id, owner, lease_ms=int(lease_s * 1000), max_attempts=max_attempts, steal_from=steal_from
@@ -118,7 +119,7 @@ async def run_attempt(
         log.info("job %s: claimed by %s (fence %d, attempt %d)", job_id, owner, claim.fence, claim.attempts)
         try:
             job = await store.get(job_id)
-            runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency)
+            runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency, routed=routed)
             result = await _run_leased(store, runner, lease)
         except asyncio.CancelledError:
             await asyncio.shield(_hand_back(store, lease))

@@ -6,6 +6,7 @@
     ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
     ├── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
     └── StoreUnavailable   Redis did not answer or refused the command: retry later, nothing committed is lost
+        └── NotReplicated  a commit reached the primary but not RSA_REDIS_MIN_REPLICAS replicas in time
 
 (`models.NewerFormat`, a ValueError, says a job was written by a newer release than this one.)
 """
@@ -61,6 +62,15 @@ class TooManyActive(StoreError):
 class StoreUnavailable(StoreError):
     """Redis could not be reached, timed out, or refused the command (loading, read-only replica, out of memory);
     the message names redis-py's error."""
+
+
+class NotReplicated(StoreUnavailable):
+    """Treated as a Redis outage by the worker (the attempt stops and the job resumes after its lease): the step is
+    on the primary, but a failover now could lose it, so the run does not build on it yet."""
+
+    def __init__(self, job_id: str, acknowledged: int, wanted: int) -> None:
+        super().__init__(f"job {job_id}: a commit reached {acknowledged} of {wanted} replicas in time")
+        self.job_id = job_id
 
 
 def translate_redis_errors(function: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rsa_service.core.conversation import Conversation
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, UNVERSIONED_FORMAT
@@ -35,6 +36,11 @@ class JobSpec(BaseModel):
     backend: str = Field(description="A backend spec or an operator-configured backend name.")
     model: str | None = None
     templates: PromptTemplates
+    conversation: Conversation = Field(
+        default=(),
+        description="The chat the problem came in (its last user message), sent whole in round 0; empty: the "
+        "problem alone.",
+    )
 
 
 class JobRecord(BaseModel):

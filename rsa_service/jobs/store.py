@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
 
 from rsa_service.core.steps import StepResult
@@ -23,13 +23,15 @@ from rsa_service.jobs.errors import (
     JobNotFound,
     LeaseLost,
     NotDeadLettered,
+    NotReplicated,
     StoreError,
     TooManyActive,
     at_store_boundary,
 )
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
 from rsa_service.jobs.models import JobRecord, JobSpec
-from rsa_service.metrics import CLAIMS, JOBS_FINISHED, RECLAIMS
+from rsa_service.jobs.redis_urls import RedisClient
+from rsa_service.metrics import CLAIMS, COMMITS_UNREPLICATED, JOBS_FINISHED, RECLAIMS
 from rsa_service.wire import TERMINAL_STATUSES, Event, JobResult, Problem
 
 EVENTS_MAXLEN = 10_000
@@ -90,16 +92,20 @@ class JobStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         namespace: str = "rsa",
         retention_s: int = DEFAULT_RETENTION_S,
         events_maxlen: int = EVENTS_MAXLEN,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self.redis = redis
         self.keys = Keys(namespace)
         self.retention_s = retention_s
         self.events_maxlen = events_maxlen
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source) for name, source in _SCRIPT_SOURCES.items()
         }
@@ -154,7 +160,14 @@ class JobStore:
         )
         if not created:
             raise StoreError(f"job {job_id} already exists")
-        await self.enqueue(job_id, created_ms=int(created), tenant=tenant, queue=queue, priority=priority)
+        await self.enqueue(
+            job_id,
+            created_ms=int(created),
+            tenant=tenant,
+            queue=queue,
+            priority=priority,
+            generations=spec.params.total_generations,
+        )
         return job_id
 
     async def _admit(self, tenant: str, job_id: str, limit: int) -> None:
@@ -219,9 +232,11 @@ class JobStore:
         tenant: str | None = None,
         queue: bool = True,
         priority: Priority = "interactive",
+        generations: int | None = None,
     ) -> None:
         """Hint a worker to the job. Priority orders first claims only: a job queued again after it started
-        (released, or its lease expired) resumes at interactive priority, being already under way."""
+        (released, or its lease expired) resumes at interactive priority, being already under way. `generations`:
+        the job's total, counted in the demand hint (`Keys.demand`) until it ends."""
         score = created_ms if created_ms is not None else time.time_ns() // 1_000_000
         async with self.redis.pipeline(transaction=False) as pipe:
             if queue:
@@ -229,6 +244,8 @@ class JobStore:
             pipe.zadd(self.keys.pending, {job_id: score})
             if tenant is not None:
                 pipe.zadd(self.keys.listing(tenant), {job_id: score})
+            if generations is not None:
+                pipe.hset(self.keys.demand, job_id, generations)
             await pipe.execute()
 
     async def get(self, job_id: str) -> JobRecord:
@@ -282,7 +299,7 @@ class JobStore:
         if not answer:
             return []
         _, entries = answer[0]
-        return [_event(entry_id, fields) for entry_id, fields in entries]
+        return [event_from_entry(entry_id, fields) for entry_id, fields in entries]
 
     # ---- ownership ----------------------------------------------------------------------------------------
 
@@ -351,22 +368,39 @@ class JobStore:
     # ---- progress -----------------------------------------------------------------------------------------
 
     async def commit(self, job_id: str, fence: int, step: StepResult, event: dict[str, Any]) -> bool:
-        """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off."""
-        outcome = int(
-            await self._run(
-                "commit",
-                job_id,
-                fence,
-                step.key,
-                step.model_dump_json(),
-                "step",
-                json.dumps(event),
-                self.events_maxlen,
-            )
+        """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off;
+        NotReplicated when `min_replicas` replicas did not confirm it in time."""
+        args: tuple[str | int, ...] = (
+            fence,
+            step.key,
+            step.model_dump_json(),
+            "step",
+            json.dumps(event),
+            self.events_maxlen,
         )
+        if self.min_replicas:
+            outcome = await self._commit_replicated(job_id, args)
+        else:
+            outcome = int(await self._run("commit", job_id, *args))
         if outcome < 0:
             raise LeaseLost(job_id, fence)
         return outcome == 1
+
+    async def _commit_replicated(self, job_id: str, args: Sequence[str | int]) -> int:
+        """The commit script, then WAIT on the same connection (WAIT counts the replicas that have the writes of
+        its own connection, so the two go in one pipeline; on a cluster, to the node that owns the job's slot)."""
+        keys = self.keys.job(job_id).all
+        on_node: dict[str, Any] = {}
+        if isinstance(self.redis, RedisCluster):
+            on_node["target_nodes"] = self.redis.get_node_from_key(keys[0])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_SCRIPT_SOURCES["commit"], len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms, **on_node)
+            outcome, acknowledged = await pipe.execute()
+        if int(outcome) >= 0 and int(acknowledged) < self.min_replicas:
+            COMMITS_UNREPLICATED.inc()
+            raise NotReplicated(job_id, int(acknowledged), self.min_replicas)
+        return int(outcome)
 
     async def emit(self, job_id: str, fence: int, kind: str, data: dict[str, Any]) -> str:
         entry = await self._run("emit", job_id, fence, kind, json.dumps(data), self.events_maxlen)
@@ -426,7 +460,7 @@ class JobStore:
             raise NotDeadLettered(job_id, status=rest[0], title=rest[1])
         await self.redis.srem(self.keys.dead, job_id)
         await self._admit(rest[0], job_id, 0)
-        await self.enqueue(job_id)
+        await self.enqueue(job_id, generations=(await self.get(job_id)).spec.params.total_generations)
         return rest[0]
 
     async def dead_lettered(self) -> list[str]:
@@ -440,7 +474,8 @@ class JobStore:
         await self.redis.zrem(self.keys.listing(record.tenant), job_id)
 
     async def _forget(self, job_id: str, tenant: str | None = None, *, dead: bool = False) -> None:
-        """Drop a job from the worker hints and, given its `tenant`, from the tenant's unfinished-job count."""
+        """Drop a job from the worker hints and, given its `tenant` (it ended), from the tenant's unfinished-job
+        count and the demand hint."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.leases, job_id)
             pipe.zrem(self.keys.pending, job_id)
@@ -448,6 +483,8 @@ class JobStore:
                 pipe.sadd(self.keys.dead, job_id)
             if tenant is not None:
                 pipe.zrem(self.keys.active(tenant), job_id)
+            if tenant is not None or dead:  # it ended: nothing left to do
+                pipe.hdel(self.keys.demand, job_id)
             await pipe.execute()
 
     # ---- hints for workers --------------------------------------------------------------------------------
@@ -477,7 +514,24 @@ class JobStore:
         seconds, micros = await self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
+    async def outstanding_generations(self) -> int:
+        """Generations not yet committed of the jobs queued or running: what the workers have left to do (the
+        autoscaling signal). Jobs that ended without being forgotten, or expired, are skipped."""
+        totals = await self.redis.hgetall(self.keys.demand)
+        if not totals:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in map(str, totals):
+                pipe.hget(self.keys.job(job_id).meta, "status")
+                pipe.hlen(self.keys.job(job_id).steps)
+            replies = await pipe.execute()
+        return sum(
+            max(int(total) - int(committed), 0)
+            for total, status, committed in zip(totals.values(), replies[::2], replies[1::2], strict=True)
+            if status is not None and status not in TERMINAL_STATUSES
+        )
 
-def _event(entry_id: str, fields: dict[str, str]) -> Event:
+
+def event_from_entry(entry_id: str, fields: dict[str, str]) -> Event:
     """One entry of a job's Redis event stream as its wire model."""
     return Event(id=entry_id, type=fields.get("type", "message"), data=json.loads(fields.get("data") or "{}"))

@@ -142,10 +142,12 @@ class Worker:
             return  # a duplicate hint: claiming again here would fence off this worker's own attempt
         try:
             backend = await self.backends.get(record.spec.backend, record.spec.model)
+            # A routed stage runs another model: the job's `model` names its own backend's, not theirs.
+            routed = {name: await self.backends.get(name) for name in record.spec.params.routed_backends}
         except ValueError as exc:
             await self._fail_unrunnable(record, str(exc))
             return
-        task = asyncio.create_task(self._attempt(job_id, backend), name=job_id)
+        task = asyncio.create_task(self._attempt(job_id, backend, routed), name=job_id)
         self._attempts[task] = min(record.spec.params.population, self.gate.concurrency)
         task.add_done_callback(self._attempt_done)
 
@@ -157,7 +159,7 @@ class Worker:
         self._attempts.pop(task, None)
         self._room.set()
 
-    async def _attempt(self, job_id: str, backend: Backend) -> None:
+    async def _attempt(self, job_id: str, backend: Backend, routed: dict[str, Backend]) -> None:
         with log_context(job_id=job_id, worker=self.owner):
             try:
                 outcome = await run_attempt(
@@ -168,6 +170,7 @@ class Worker:
                     lease_s=self.lease_s,
                     max_attempts=self.max_attempts,
                     gate=self.gate,
+                    routed=routed,
                 )
                 self.outcomes[outcome.end] += 1
                 if outcome.end != "busy":

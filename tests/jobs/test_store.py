@@ -10,6 +10,7 @@ from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import StepResult
 from rsa_service.jobs.errors import JobNotFound, LeaseLost, TooManyActive
+from rsa_service.jobs.keys import STORE_FORMAT_VERSION
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import ADMITTED_GRACE_MS, JobStore
 from rsa_service.wire import JobResult, Problem
@@ -31,7 +32,8 @@ def result(job_id: str) -> JobResult:
 async def test_create_queues_a_hint_and_reads_back(store: JobStore) -> None:
     job_id = await store.create(spec(), tenant="acme")
     record = await store.get(job_id)
-    assert (record.status, record.tenant, record.fence, record.attempts, record.version) == ("queued", "acme", 0, 0, 1)
+    assert (record.status, record.tenant, record.fence, record.attempts) == ("queued", "acme", 0, 0)
+    assert record.version == STORE_FORMAT_VERSION
     assert record.spec == spec()
     assert await store.next_queued(0.1) == job_id
     assert [event.type for event in await store.events(job_id)] == ["queued"]
@@ -235,3 +237,18 @@ async def test_stale_entries_are_dropped_when_they_would_refuse(store: JobStore)
     assert await active(store) == {"job_being_written", kept}  # a create in flight keeps its place
     with pytest.raises(TooManyActive):
         await create(store, limit=2)
+
+
+async def test_outstanding_generations_count_what_is_left_to_do(store: JobStore) -> None:
+    job_id = await store.create(spec())
+    total = spec().params.total_generations
+    assert await store.outstanding_generations() == total
+    claim = await store.claim(job_id, "w1", lease_ms=10_000)
+    await store.commit(job_id, claim.fence, StepResult(round=0, slot=0, text="x"), {})
+    assert await store.outstanding_generations() == total - 1
+    await store.release(job_id, claim.fence)  # queued again: still to do
+    assert await store.outstanding_generations() == total - 1
+    claim = await store.claim(job_id, "w2", lease_ms=10_000)
+    await store.finish(job_id, claim.fence, result(job_id))
+    assert await store.outstanding_generations() == 0
+    assert not await store.redis.hexists(store.keys.demand, job_id)

@@ -18,8 +18,16 @@ from rsa_service.jobs.listing import list_jobs
 from rsa_service.jobs.store import JobStore
 
 PACKAGE = Path(__file__).resolve().parents[2] / "rsa_service"
-# The store and what it is built on: connecting, the embedded server, the error boundary itself.
-REDIS_MODULES = {"jobs/store.py", "jobs/errors.py", "jobs/connect.py", "jobs/embedded.py"}
+# The store and its peers at the Redis boundary: connecting, the embedded server, the error boundary itself, and the
+# event hub's stream readers (their own connections, retried in place).
+REDIS_MODULES = {
+    "jobs/store.py",
+    "jobs/errors.py",
+    "jobs/connect.py",
+    "jobs/redis_urls.py",
+    "jobs/embedded.py",
+    "jobs/hub.py",
+}
 
 
 @pytest.fixture

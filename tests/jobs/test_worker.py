@@ -9,8 +9,8 @@ import time
 import pytest
 
 from rsa_service.jobs.backend_pool import BackendPool
-from rsa_service.jobs.connect import redis_client
 from rsa_service.jobs.gate import SharedRate
+from rsa_service.jobs.redis_urls import redis_client
 from rsa_service.jobs.store import JobStore
 from rsa_service.settings import Settings
 from tests.conftest import RedisServer

@@ -32,6 +32,7 @@ from rsa_service.api.responses.models import (
     StoredRequest,
     SummaryText,
 )
+from rsa_service.core.conversation import ChatMessage, Conversation, conversation_from
 from rsa_service.core.params import RSAParams
 from rsa_service.core.steps import RoundStats, StepResult
 from rsa_service.jobs.errors import JobNotFound
@@ -86,11 +87,13 @@ def messages_of(create: ResponseCreate) -> list[InputMessage]:
     return messages
 
 
-def problem_of(messages: list[InputMessage]) -> str:
-    return next(message.text for message in reversed(messages) if message.role == "user")
+def conversation_of(create: ResponseCreate, messages: list[InputMessage]) -> Conversation:
+    """The chat the job keeps: `instructions` as a system message ahead of the input turns."""
+    system = [("system", create.instructions)] if create.instructions else []
+    return conversation_from([*system, *((message.role, message.text) for message in messages)])
 
 
-def job_body(create: ResponseCreate, backend: str, problem: str) -> JobCreate:
+def job_body(create: ResponseCreate, backend: str, problem: str) -> JobCreate:  # type: ignore[valid-type]
     """The job a create body asks for: effort preset, then the top-level sampling fields, then `rsa` overrides."""
     overrides = create.rsa or {}
     unknown = sorted(set(overrides) - set(RSAParams.model_fields))
@@ -133,11 +136,12 @@ def stored_request(create: ResponseCreate, messages: list[InputMessage]) -> Stor
 
 
 def default_request(record: JobRecord) -> StoredRequest:
-    """How a job created through /v1/jobs looks as a response: its problem as the one user turn."""
+    """How a job created through /v1/jobs or chat looks as a response: its conversation, else its problem."""
     params = record.spec.params
+    turns = record.spec.conversation or (ChatMessage(role="user", content=record.spec.problem),)
     return StoredRequest(
         model=record.spec.backend,
-        input=[InputMessage(role="user", content=record.spec.problem)],
+        input=[InputMessage(role=turn.role, content=turn.content) for turn in turns],
         background=True,
         temperature=params.temperature,
         top_p=params.top_p,
@@ -160,9 +164,13 @@ def budget_stopped(record: JobRecord) -> bool:
 
 
 def round_summary(stats: RoundStats, population: int, stages: int) -> str:
-    """One line a chat UI shows while it waits: `round 1 of 3: 12/16 agree on 204 (3,210 tokens)`."""
+    """One line a chat UI shows while it waits, with every answer held:
+    `round 1 of 3: 12/16 agree on 204; also 210 ×3, no answer ×1 (3,210 tokens)`."""
     held = f"{stats.answers[0].count}/{population} agree on {stats.answer}" if stats.answers else "no answer yet"
-    return f"round {stats.round + 1} of {stages}: {held} ({stats.tokens.completion_tokens:,} tokens)"
+    others = [f"{group.answer} ×{group.count}" for group in stats.answers[1:]]
+    others += [f"no answer ×{stats.no_answer}"] if stats.no_answer else []
+    also = f"; also {', '.join(others)}" if others else ""
+    return f"round {stats.round + 1} of {stages}: {held}{also} ({stats.tokens.completion_tokens:,} tokens)"
 
 
 def reasoning_item(record: JobRecord, rounds: list[RoundStats], status: str) -> ReasoningItem:
@@ -188,8 +196,8 @@ def usage_of(record: JobRecord, steps: dict[str, StepResult], text: str) -> Resp
     if record.result is None:
         return None
     usage = record.result.usage
-    shown = next((step for step in steps.values() if text and step.text == text), None)
-    visible = shown.usage.completion_tokens if shown else 0
+    # The generation whose text the message shows; copies of it (a consensus short-cut) record no tokens.
+    visible = max((step.usage.completion_tokens for step in steps.values() if text and step.text == text), default=0)
     return ResponseUsage(
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,

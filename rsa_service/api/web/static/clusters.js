@@ -12,7 +12,9 @@ export class Clusters {
   // Merge the server's clusters (`[{label, answers}]`); returns true when any spelling is newly placed.
   merge(serverClusters) {
     let changed = false;
-    for (const group of serverClusters) {
+    // New clusters take letters and colours largest first: the leading answer of a finished job is "A".
+    const bySize = [...serverClusters].sort((x, y) => y.count - x.count);
+    for (const group of bySize) {
       let entry = group.answers.map((s) => this.bySpelling.get(s)).find(Boolean);
       if (!entry) {
         const index = this.list.length;

@@ -72,15 +72,18 @@ export async function api(path, options = {}) {
   }
 }
 
-// Follow a job's server-sent events from `after`, reconnecting with Last-Event-ID after a dropped connection,
-// until a terminal event. `onEvent({id, type, data})` sees each event once, in order.
+const RETRYABLE = new Set([408, 425, 429, 500, 502, 503, 504]);
+
+// Follow a job's server-sent events from `after`, reconnecting with Last-Event-ID after a dropped connection
+// (or a busy server), until a terminal event or until `hooks.finished()` says the job ended without our seeing
+// it. `onEvent({id, type, data})` sees each event once, in order.
 export async function follow(jobId, after, onEvent, hooks = {}) {
   let last = after;
   const terminal = new Set(["completed", "failed", "cancelled"]);
   for (let attempt = 0; ; attempt++) {
     const controller = new AbortController();
     hooks.onConnect?.(controller, attempt);
-    let ended = false;
+    let wait = Math.min(500 * 2 ** Math.min(attempt, 4), 5000);
     try {
       const headers = { Accept: "text/event-stream", ...authHeaders() };
       if (last) headers["Last-Event-ID"] = last;
@@ -88,17 +91,24 @@ export async function follow(jobId, after, onEvent, hooks = {}) {
         headers, signal: controller.signal, cache: "no-store",
       });
       if (response.status === 401) { await askForKey("That key was not accepted."); continue; }
-      if (!response.ok) throw new ApiProblem(response.status, await response.json().catch(() => null));
-      for await (const event of sseEvents(response.body)) {
-        last = event.id || last;
-        onEvent(event);
-        if (terminal.has(event.type)) ended = true;
+      if (!response.ok) {
+        const problem = new ApiProblem(response.status, await response.json().catch(() => null));
+        if (!RETRYABLE.has(response.status)) throw problem;
+        wait = Math.max(wait, 1000 * Number(response.headers.get("Retry-After") || 0));
+      } else {
+        for await (const event of sseEvents(response.body)) {
+          last = event.id || last;
+          onEvent(event);
+          if (terminal.has(event.type)) return;
+        }
+        attempt = -1; // a stream that ran resets the back-off
+        wait = 500;
       }
     } catch (error) {
-      if (error instanceof ApiProblem && error.status < 500) throw error;
+      if (error instanceof ApiProblem) throw error; // not found, bad request: retrying will not help
     }
-    if (ended) return;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(500 * 2 ** attempt, 5000)));
+    if (await hooks.finished?.()) return;
+    await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }
 

@@ -9,7 +9,7 @@ const jobId = root.dataset.jobId;
 const clusters = new Clusters();
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 // What tests and benchmarks read: render time, connections made, step events applied.
-const probe = { renderMs: null, connections: 0, stepEvents: 0, duplicates: 0 };
+const probe = { renderMs: null, paintedAt: null, buildMs: null, connections: 0, stepEvents: 0, duplicates: 0, flushes: [] };
 const delivered = new Set(); // positions the stream has delivered: one seen twice would be a replayed event
 window.rsaJob = probe;
 let job = null;
@@ -85,10 +85,12 @@ function queue(node) {
     const batch = pending;
     pending = [];
     flushing = false;
+    const started = performance.now();
     graph.addAll(batch);
     if (batch.some((d) => d.answer != null && !clusters.of(d.answer))) refreshClusters();
     redrawCharts();
     root.dataset.nodes = String(graph.nodes.size);
+    probe.flushes.push({ nodes: batch.length, ms: performance.now() - started });
   });
 }
 
@@ -112,8 +114,11 @@ function announce(data, cluster) {
 }
 
 function markedTrace(node, text, tailStart) {
+  node.scrollTop = 0;
   if (tailStart == null) { node.textContent = text || "—"; return; }
-  node.replaceChildren(text.slice(0, tailStart), el("mark", { class: "tail", text: text.slice(tailStart) }));
+  const mark = el("mark", { class: "tail", text: text.slice(tailStart) });
+  node.replaceChildren(text.slice(0, tailStart), mark);
+  requestAnimationFrame(() => { node.scrollTop = Math.max(0, mark.offsetTop - node.offsetTop - 24); });
 }
 
 async function openDetail(data) {
@@ -160,6 +165,7 @@ async function main() {
   }
   showJob(job);
   document.getElementById("problem").textContent = snapshot.problem;
+  const building = performance.now();
   clusters.merge(snapshot.clusters);
   const shape = { population: job.params.population, stages: job.params.rounds + 1, sizes: sizes(job.params) };
   graph = new LineageGraph(document.getElementById("graph"), shape, clusters, {
@@ -167,10 +173,13 @@ async function main() {
     onFocus: announce,
   });
   graph.addAll(snapshot.nodes);
+  probe.graph = graph;
   redrawCharts();
+  probe.buildMs = performance.now() - building;
   root.dataset.nodes = String(graph.nodes.size);
   requestAnimationFrame(() => setTimeout(() => {
-    probe.renderMs = performance.now() - started;
+    probe.paintedAt = performance.now();
+    probe.renderMs = probe.paintedAt - started;
     root.dataset.renderMs = probe.renderMs.toFixed(1);
     root.setAttribute("aria-busy", "false");
   }));
@@ -187,10 +196,21 @@ async function main() {
   });
   if (!TERMINAL.has(job.status)) {
     await follow(jobId, snapshot.last_event_id, onEvent, {
-      onConnect: (controller) => {
+      onConnect: () => {
         probe.connections += 1;
-        probe.abort = () => controller.abort();
         root.dataset.connections = String(probe.connections);
+      },
+      finished: async () => {
+        const latest = await api(jobPath()).catch(() => null);
+        if (!latest || !TERMINAL.has(latest.status)) return false;
+        showJob(latest); // it ended while we were away: take what it committed meanwhile from the graph
+        const fresh = await api(jobPath("/graph"));
+        clusters.merge(fresh.clusters);
+        graph.addAll(fresh.nodes.filter((d) => !graph.nodes.has(keyOf(d.round, d.slot))));
+        graph.repaintAll();
+        redrawCharts();
+        root.dataset.nodes = String(graph.nodes.size);
+        return true;
       },
     });
   }
