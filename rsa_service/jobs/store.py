@@ -5,7 +5,7 @@ Exceptions, translated here from redis-py so callers never see transport details
     StoreError
     ├── JobNotFound        no such job (or it expired after finishing)
     ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
-    ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+    ├── NotDeadLettered    requeue refused: the job did not fail for a transient reason (poison, backend outage)
     ├── NotReplicated      a commit reached the primary but not RSA_REDIS_MIN_REPLICAS replicas in time
     └── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
 
@@ -67,7 +67,8 @@ class NotDeadLettered(StoreError):
     def __init__(self, job_id: str, status: str, title: str) -> None:
         why = f"{status} ({title})" if title else status
         super().__init__(
-            f"job {job_id} is {why}: only dead-lettered jobs (failed as poison after their attempts) can be requeued"
+            f"job {job_id} is {why}: only jobs that failed for a transient reason (as poison after their attempts, "
+            "or their backend down past the outage budget) can be resumed"
         )
         self.job_id = job_id
         self.status = status
@@ -472,9 +473,10 @@ class JobStore:
         return str(status)
 
     async def requeue(self, job_id: str) -> str:
-        """Run a dead-lettered job again from its committed steps, counted again against its tenant (whatever its
-        limit: an operator's decision); returns the tenant. JobNotFound, or NotDeadLettered for any job that is not
-        a poison failure (other failures would fail the same way again)."""
+        """Run a job that failed for a transient reason (dead-lettered as poison, or its backend down past the
+        outage budget) again from its committed steps, counted again against its tenant (whatever its limit: an
+        operator's or the owner's decision); returns the tenant. JobNotFound, or NotDeadLettered for any other job
+        (other failures would fail the same way again)."""
         outcome, *rest = [str(part) for part in await self._run("requeue", job_id, self.events_maxlen)]
         if outcome == "missing":
             await self.redis.srem(self.keys.dead, job_id)  # a stale hint: the job expired after failing
