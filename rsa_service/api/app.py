@@ -73,6 +73,7 @@ def create_app(
     app.state.templates = PromptTemplates.load(settings.prompts_dir)
     errors.install(app)
     app.state.gate = asyncio.Semaphore(settings.max_concurrent_requests)
+    app.state.readiness = health.Readiness(settings.readiness_cache_s, settings.readiness_timeout_s)
     for module in (routes_jobs, lineage, routes_backends):
         app.include_router(module.router, dependencies=[Depends(admitted)])
     for module in (sse, chat, responses, health):

@@ -46,7 +46,8 @@ class ApiSettings(BaseSettings):
     sse_block_ms: int = Field(default=1000, gt=0, description="How long one Redis read waits for new events.")
     max_streams_per_tenant: int = Field(default=100, gt=0, description="Open event streams per tenant, per process.")
     max_streams: int = Field(default=1000, gt=0, description="Open event streams per process, all tenants.")
-    readiness_timeout_s: float = Field(default=3.0, gt=0)
+    readiness_timeout_s: float = Field(default=3.0, gt=0, description="How long /readyz waits for each check.")
+    readiness_cache_s: float = Field(default=2.0, ge=0, description="/readyz reuses its checks for this long.")
     model_aliases: dict[str, str] = Field(
         default_factory=dict,
         description='Responses API model names for configured backends, JSON: {"zaya1-rsa": "default"}.',

@@ -210,6 +210,9 @@ class RemoteBackend:
             exact_tokenizer=counter.exact,
         )
 
+    async def probe(self) -> None:
+        await self._attempt("GET", self.base_url + "/models", None, generation=False)
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
