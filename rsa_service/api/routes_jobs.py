@@ -103,7 +103,7 @@ async def check_context(request: Request, spec: JobSpec) -> None:
             kind="context-length-exceeded",
             errors=[FieldError(field=field, message=str(exc).removeprefix(f"{field}: "))],
         ) from None
-    except BackendError as exc:
+    except (BackendError, ValueError) as exc:  # ValueError: the configured spec cannot be opened here
         log.warning("backend %s: context check skipped, the backend did not answer: %s", spec.backend, exc)
 
 

@@ -401,7 +401,14 @@ class JobStore:
     async def commit(self, job_id: str, fence: int, step: StepResult, event: dict[str, Any]) -> bool:
         """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off;
         NotReplicated when `min_replicas` replicas did not confirm it in time."""
-        args = (fence, step.key, step.model_dump_json(), "step", json.dumps(event), self.events_maxlen)
+        args: tuple[str | int, ...] = (
+            fence,
+            step.key,
+            step.model_dump_json(),
+            "step",
+            json.dumps(event),
+            self.events_maxlen,
+        )
         if self.min_replicas:
             outcome = await self._commit_replicated(job_id, args)
         else:
@@ -410,7 +417,7 @@ class JobStore:
             raise LeaseLost(job_id, fence)
         return outcome == 1
 
-    async def _commit_replicated(self, job_id: str, args: Sequence[object]) -> int:
+    async def _commit_replicated(self, job_id: str, args: Sequence[str | int]) -> int:
         """The commit script, then WAIT on the same connection (WAIT counts the replicas that have the writes of
         its own connection, so the two go in one pipeline; on a cluster, to the node that owns the job's slot)."""
         keys = self.keys.job(job_id).all
@@ -418,7 +425,7 @@ class JobStore:
         if isinstance(self.redis, RedisCluster):
             on_node["target_nodes"] = self.redis.get_node_from_key(keys[0])
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_SCRIPT_SOURCES["commit"], len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            pipe.eval(_SCRIPT_SOURCES["commit"], len(keys), *keys, *args)
             pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms, **on_node)
             outcome, acknowledged = await pipe.execute()
         if int(outcome) >= 0 and int(acknowledged) < self.min_replicas:
@@ -546,7 +553,7 @@ class JobStore:
         if not totals:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in totals:
+            for job_id in map(str, totals):
                 pipe.hget(self.keys.job(job_id).meta, "status")
                 pipe.hlen(self.keys.job(job_id).steps)
             replies = await pipe.execute()
