@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 import torch
 
 from rsa_service.backends.engine.loader import load_model
-from rsa_service.backends.engine.model import expert_mlp
+from rsa_service.backends.engine.ops import expert_mlp
 from rsa_service.backends.engine.prefill import prefill_ops
 from rsa_service.backends.engine.runner import ModelRunner
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from rsa_service.backends.engine.batcher import Batcher, GenSequence
-from rsa_service.backends.engine.model import ZayaDims
+from rsa_service.backends.engine.config import ZayaDims
 from rsa_service.backends.engine.runner import ModelRunner
 from rsa_service.backends.engine.sampling import SamplingParams
 
