@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rsa_service.backends.base import BackendOptions
+from rsa_service.backends.base import DEVICE_PATTERN, BackendOptions
 from rsa_service.tinymodel import CHECKPOINT_DIR
 
 # The bundled model's recommended RSA settings, next to its weights: the service defaults (16K-token traces) are
@@ -24,8 +24,14 @@ def _default_data_dir() -> Path:
     return Path(base) / "rsa-service"
 
 
+def _option_default(name: str) -> Any:
+    """A `BackendOptions` default, so each default is written once."""
+    return BackendOptions.model_fields[name].default
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RSA_", extra="ignore")
+    # An empty variable (`RSA_ENGINE_COMPILE=`) means unset, as it does for the shell.
+    model_config = SettingsConfigDict(env_prefix="RSA_", extra="ignore", env_ignore_empty=True)
 
     redis_url: str | None = Field(default=None, description="Redis to keep jobs in; unset: an embedded server.")
     data_dir: Path = Field(default_factory=_default_data_dir, description="Embedded Redis data and local files.")
@@ -52,6 +58,37 @@ class Settings(BaseSettings):
     engine_quantize: Literal["none", "int8"] = Field(
         default="none", description="In-process engine: int8 halves the weight bytes a bf16 decode step reads."
     )
+    engine_device: str = Field(
+        default="auto",
+        pattern=DEVICE_PATTERN,
+        description="In-process engine: `auto` (CUDA where present, else CPU), `cpu`, `cuda`, `cuda:N`, `mps`.",
+    )
+    engine_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto", description="In-process engine weights; auto: the checkpoint's own dtype."
+    )
+    engine_threads: int | None = Field(
+        default=None, gt=0, description="In-process engine: torch threads (unset: every core but one)."
+    )
+    engine_compile: bool | None = Field(
+        default=None, description="In-process engine: compile the decode step (unset: where it pays)."
+    )
+    backend_max_concurrency: int = Field(
+        default=_option_default("max_concurrency"), gt=0, description="Requests (or engine sequences) in flight."
+    )
+    backend_requests_per_s: float | None = Field(
+        default=None, gt=0, description="Per-process request rate to a remote backend (unset: no limit)."
+    )
+    backend_connect_timeout_s: float = Field(default=_option_default("connect_timeout_s"), gt=0)
+    backend_read_timeout_s: float = Field(
+        default=_option_default("read_timeout_s"), gt=0, description="Long: a long rollout takes minutes."
+    )
+    backend_max_retries: int = Field(default=_option_default("max_retries"), ge=0)
+    backend_retry_backoff_s: float = Field(
+        default=_option_default("retry_backoff_s"), gt=0, description="First backoff; doubles per retry, jittered."
+    )
+    backend_retry_max_wait_s: float = Field(
+        default=_option_default("retry_max_wait_s"), gt=0, description="Cap on one wait, Retry-After included."
+    )
     requeue_pending_after_s: float = Field(
         default=60.0, gt=0, description="Queue a never-claimed job again after this long (its hint may be lost)."
     )
@@ -67,7 +104,18 @@ def backend_options(settings: Settings, model: str | None) -> BackendOptions:
         model=model or settings.model,
         api_key=backend_api_key(settings),
         tokenizer_path=settings.tokenizer,
+        max_concurrency=settings.backend_max_concurrency,
+        requests_per_s=settings.backend_requests_per_s,
+        connect_timeout_s=settings.backend_connect_timeout_s,
+        read_timeout_s=settings.backend_read_timeout_s,
+        max_retries=settings.backend_max_retries,
+        retry_backoff_s=settings.backend_retry_backoff_s,
+        retry_max_wait_s=settings.backend_retry_max_wait_s,
+        dtype=settings.engine_dtype,
         quantize=settings.engine_quantize,
+        device=settings.engine_device,
+        threads=settings.engine_threads,
+        compile=settings.engine_compile,
     )
 
 

@@ -28,7 +28,7 @@ from rsa_service.backends import BackendError, ChatMessage, GenerationRequest, s
 from rsa_service.client.models import JobCreate
 from rsa_service.config import backend_api_key
 from rsa_service.core.answers import equivalent
-from rsa_service.core.steps import FINAL_STEP, RoundStats, StepResult
+from rsa_service.core.steps import RoundStats, StepResult
 from rsa_service.core.summary import round_steps
 from rsa_service.jobs.backends import BackendPool
 from rsa_service.jobs.idempotency import fingerprint
@@ -88,10 +88,8 @@ def _job_body(chat: ChatRequest) -> JobCreate:
 
 
 def answer_text(result: JobResult, steps: dict[str, StepResult], population: int) -> str:
-    """The full text behind the selected answer: the final aggregation, else a last-round trace that agrees."""
-    final = steps.get(FINAL_STEP)
-    if final is not None and final.status == "ok" and final.text:
-        return final.text
+    """The full text behind the selected answer: a trace of the last round (the final aggregations of
+    `aggregate`) that agrees with it."""
     if result.answer is None or not result.rounds:
         return ""
     for step in round_steps(steps, result.rounds[-1].round, population):
@@ -153,7 +151,8 @@ async def _finished(store: JobStore, job_id: str) -> dict[str, Any]:
         status = record.error.status if record.error else 409
         detail = record.error.detail if record.error else f"job {job_id} ended {record.status}"
         raise ApiError(status if status >= 400 else 502, f"job {job_id}: {detail}", kind=f"job-{record.status}")
-    text = answer_text(record.result, await store.steps(job_id), record.spec.params.population)
+    last_round = record.result.rounds[-1].round if record.result.rounds else 0
+    text = answer_text(record.result, await store.steps(job_id), record.spec.params.population_of(last_round))
     return completion(record, text, record.created_ms // 1000)
 
 

@@ -9,7 +9,6 @@ from fastapi import Response
 from pydantic import BaseModel
 
 from rsa_service.client.models import Job, Progress, StepRecord
-from rsa_service.core.plan import FINAL_SLOT
 from rsa_service.core.steps import StepResult, step_key
 from rsa_service.jobs.models import JobRecord, JobSpec
 from rsa_service.jobs.store import JobNotFound, JobStore
@@ -20,8 +19,7 @@ VIEW_FIELDS = ("status", "tenant", "spec", "created_ms", "updated_ms", "finished
 
 
 def steps_total(spec: JobSpec) -> int:
-    params = spec.params
-    return params.stages * params.population + (1 if params.select == "aggregate" else 0)
+    return spec.params.total_generations
 
 
 def progress_from_events(spec: JobSpec, entries: Sequence[tuple[str, dict[str, str]]]) -> Progress:
@@ -127,8 +125,7 @@ def rebuilt_prompt(spec: JobSpec, steps: dict[str, StepResult], step: StepResult
         return spec.problem
     if not step.candidates:
         return None
-    previous = spec.params.rounds if step.slot == FINAL_SLOT else step.round - 1
-    tails = [steps[step_key(previous, candidate)].tail for candidate in step.candidates]
+    tails = [steps[step_key(step.round - 1, candidate)].tail for candidate in step.candidates]
     return spec.templates.render(spec.problem, tails)
 
 

@@ -22,6 +22,9 @@ from rsa_service.core.tails import Tail
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
+# A torch device, or `auto` for the best one present (the engine resolves it when it loads).
+DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$"
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -78,9 +81,14 @@ class BackendOptions(BaseModel):
     quantize: Literal["none", "int8"] = Field(
         default="none", description="In-process engine: int8 stores the weights a decode step streams as int8."
     )
-    device: str = "cpu"
+    device: str = Field(
+        default="auto", pattern=DEVICE_PATTERN, description="In-process engine: auto picks CUDA where present."
+    )
     threads: int | None = Field(
         default=None, gt=0, description="In-process engine: torch threads (default: every core but one)."
+    )
+    compile: bool | None = Field(
+        default=None, description="In-process engine: compile the decode step; None: where it pays."
     )
 
 

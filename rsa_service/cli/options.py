@@ -28,7 +28,8 @@ _PARAM_FLAGS: dict[str, tuple[type, typer.models.OptionInfo]] = {
     "tail_tokens": (int, typer.Option("--tail-tokens", help="τ: reasoning tokens carried forward (≤ β).")),
     "final_tokens": (int, typer.Option("--final-tokens", help="Max new tokens in the final stage.")),
     "select": (str, typer.Option("--select", help="vote | aggregate | sample.")),
-    "tail_source": (str, typer.Option("--tail-source", help="reasoning | answer | hybrid.")),
+    "final_n": (int, typer.Option("--final-n", help="With --select aggregate: final-stage aggregations voted on.")),
+    "tail_source": (str, typer.Option("--tail-source", help="reasoning | answer | hybrid | full.")),
     "seed": (int, typer.Option("--seed", help="Seed of every random choice of the job.")),
     "temperature": (float, typer.Option("--temperature", help="Sampling temperature of traces.")),
     "top_p": (float, typer.Option("--top-p", help="Nucleus sampling of traces.")),
@@ -40,7 +41,7 @@ _PARAM_FLAGS: dict[str, tuple[type, typer.models.OptionInfo]] = {
     "max_wall_s": (float, typer.Option("--max-wall-s", help="Stop after this many seconds.")),
     "round_deadline_s": (float, typer.Option("--round-deadline-s", help="Per-round deadline (seconds).")),
     "straggler_policy": (str, typer.Option("--stragglers", help="At the deadline: wait | quorum.")),
-    "quorum": (float, typer.Option("--quorum", help="Share of slots that lets a round proceed.")),
+    "quorum": (float, typer.Option("--quorum", help="With --stragglers quorum: share of slots that must succeed.")),
     "stop_agreement": (float, typer.Option("--stop-agreement", help="Stop once this share agrees.")),
 }
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rsa_service.core.params import RSAParams
 from rsa_service.core.steps import RoundStats
 from rsa_service.jobs.models import Event, JobResult
 
@@ -35,11 +36,9 @@ def format_round(stats: RoundStats) -> str:
 class LiveProgress:
     """One bar per stage, advanced by `step` events; a line per finished round."""
 
-    def __init__(self, console: Console, population: int, rounds: int, *, aggregate: bool) -> None:
+    def __init__(self, console: Console, params: RSAParams) -> None:
         self.console = console
-        self.population = population
-        self.rounds = rounds
-        self.aggregate = aggregate
+        self.params = params
         self._progress = Progress(
             TextColumn("[bold]{task.fields[label]}"),
             BarColumn(),
@@ -60,13 +59,8 @@ class LiveProgress:
 
     def _task(self, round_index: int) -> TaskID:
         if round_index not in self._tasks:
-            if round_index > self.rounds:
-                label, total = "select", 1
-            else:
-                label, total = (
-                    f"round {round_index}{' (final)' if round_index == self.rounds else ''}",
-                    self.population,
-                )
+            label = f"round {round_index}{' (final)' if round_index == self.params.rounds else ''}"
+            total = self.params.population_of(round_index)
             self._answers[round_index] = Counter()
             self._tasks[round_index] = self._progress.add_task("", total=total, label=label, answers="")
         return self._tasks[round_index]

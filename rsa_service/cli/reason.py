@@ -69,7 +69,7 @@ async def _claim_and_run(
 
 async def _show_progress(store: JobStore, job_id: str, spec: JobSpec) -> None:
     params = spec.params
-    with LiveProgress(stderr, params.population, params.rounds, aggregate=params.select == "aggregate") as view:
+    with LiveProgress(stderr, params) as view:
         async for event in follow(store, job_id):
             view.handle(event)
 

@@ -105,7 +105,7 @@ class JobPage(BaseModel):
 class StepRecord(StepResult):
     """A committed step with its position and the exact prompt it was generated from (rebuilt for audit)."""
 
-    position: str = Field(description="`r{round}:s{slot}`, or `final` for the selection step.")
+    position: str = Field(description="`r{round}:s{slot}`.")
     prompt: str | None = Field(description="The user message sent; null for a straggler record.")
 
 

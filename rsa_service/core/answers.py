@@ -23,7 +23,8 @@ _NORMALISE = (
     (re.compile(r"\^\s*\{?\\circ\}?"), ""),
     (re.compile(r"\\text\{\s*([^{}]*?)\s*\}"), r"\1"),
     (re.compile(r"\\mathrm\{\s*([^{}]*?)\s*\}"), r"\1"),
-    (re.compile(r"\s+"), ""),
+    (re.compile(r"\s*,\s+"), ", "),  # a comma before a space separates items: keep it a list, not one number
+    (re.compile(r"(?<!,)\s+|(?<=,\s)\s+"), ""),
 )
 
 
@@ -64,7 +65,7 @@ def normalise(answer: str) -> str:
     for pattern, replacement in _NORMALISE:
         text = pattern.sub(replacement, text)
     text = text.rstrip(".")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", text):
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", text):  # thousands separators only inside one number
         text = text.replace(",", "")
     return text
 

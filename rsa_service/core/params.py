@@ -6,6 +6,7 @@ The RSA paper counts stages instead: its "T=10" is 1 initial stage + 9 aggregati
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,6 +43,11 @@ class RSAParams(BaseModel):
     tail_tokens: int = Field(default=4_096, gt=0, description="τ: tokens of reasoning carried to the next round.")
     final_tokens: int = Field(default=40_960, gt=0, description="Max new tokens in the final stage.")
     select: SelectMode = "vote"
+    final_n: int = Field(
+        default=1,
+        gt=0,
+        description="With select=aggregate: low-temperature aggregations in the final stage, voted on.",
+    )
     tail_source: TailSource = "reasoning"
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -57,7 +63,12 @@ class RSAParams(BaseModel):
     max_wall_s: float | None = Field(default=None, gt=0, description="Stop after this much wall time.")
     round_deadline_s: float | None = Field(default=None, gt=0, description="Per-round deadline for stragglers.")
     straggler_policy: StragglerPolicy = "wait"
-    quorum: float = Field(default=0.75, gt=0.0, le=1.0, description="Share of slots that lets a round proceed.")
+    quorum: float = Field(
+        default=0.75,
+        gt=0.0,
+        le=1.0,
+        description="With straggler_policy=quorum: share of a round's slots that must succeed for it to proceed.",
+    )
     stop_agreement: float | None = Field(
         default=None,
         gt=0.0,
@@ -73,6 +84,17 @@ class RSAParams(BaseModel):
             raise ValueError(
                 f"tail_tokens (τ={self.tail_tokens}) must be at most trace_tokens (β={self.trace_tokens}); "
                 "τ = β is full-chain RSA"
+            )
+        if self.select == "aggregate" and self.rounds == 0:
+            raise ValueError("select=aggregate needs rounds (T) of at least 1: its final stage aggregates round T-1")
+        if self.final_n > self.population:
+            raise ValueError(f"final_n ({self.final_n}) must be at most population (N={self.population})")
+        needed = self.required_survivors(0)
+        if self.straggler_policy == "quorum" and self.rounds > 0 and needed < self.subset:
+            raise ValueError(
+                f"quorum ({self.quorum:g} of N={self.population} = {needed} traces) must leave at least K="
+                f"{self.subset} survivors for an aggregation prompt: raise quorum to at least "
+                f"{self.subset / self.population:g} or lower subset"
             )
         return self
 
@@ -91,6 +113,29 @@ class RSAParams(BaseModel):
     @property
     def stages(self) -> int:
         return self.rounds + 1
+
+    def population_of(self, round_index: int) -> int:
+        """Slots of one stage: N, except the final stage of `aggregate`, which runs `final_n` aggregations."""
+        return self.final_n if self.select == "aggregate" and round_index == self.rounds else self.population
+
+    @property
+    def total_generations(self) -> int:
+        return sum(self.population_of(index) for index in range(self.stages))
+
+    def final_sampling(self, round_index: int) -> bool:
+        """Whether a stage samples at the low selection temperature: the final aggregations of `aggregate`."""
+        return self.select == "aggregate" and round_index == self.rounds
+
+    def required_survivors(self, round_index: int) -> int:
+        """The one rule for how many of a stage's generations must succeed for the job to go on.
+
+        Under the quorum policy it is the quorum, which is also where a round's stragglers are cut (validated to
+        leave at least K survivors); otherwise half the stage. When fewer than K survive, an aggregation prompt
+        shows every survivor: K is lowered to the survivor count for that round.
+        """
+        slots = self.population_of(round_index)
+        share = self.quorum if self.straggler_policy == "quorum" else 0.5
+        return max(1, math.ceil(share * slots - 1e-9))  # 0.7 × 10 is 7.000000000000001 in floats
 
     def max_tokens_for(self, round_index: int) -> int:
         """β for intermediate stages; the final budget for the last stage (round T)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-FINAL_SLOT = -1  # the position of the extra `aggregate` selection call and of `sample` selection
-
 
 def _draw(*parts: object) -> int:
     digest = hashlib.blake2b(":".join(str(p) for p in ("rsa", *parts)).encode(), digest_size=8).digest()
@@ -31,6 +29,17 @@ def choose_subset(seed: int, round_index: int, slot: int, survivors: Sequence[in
     """
     keyed = sorted(survivors, key=lambda candidate: _draw("subset", seed, round_index, slot, candidate))
     return sorted(keyed[:k])
+
+
+def choose_candidates(seed: int, round_index: int, slot: int, survivors: Sequence[int], k: int) -> list[int]:
+    """The previous-round slots that the prompt of (round, slot) shows.
+
+    K=1 is bounded continuation: each slot refines its own lineage, the tail of the same slot one round earlier,
+    and draws a survivor from (seed, round, slot) only when that trace was lost. K>1 is a random K-subset.
+    """
+    if k == 1 and slot in survivors:
+        return [slot]
+    return choose_subset(seed, round_index, slot, survivors, k)
 
 
 def choose_member(seed: int, survivors: Sequence[int]) -> int:

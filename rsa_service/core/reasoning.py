@@ -12,7 +12,7 @@ from typing import Literal
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
-TailSource = Literal["reasoning", "answer", "hybrid"]
+TailSource = Literal["reasoning", "answer", "hybrid", "full"]
 
 
 def split_reasoning(text: str, *, thinking_opened: bool = False) -> tuple[str, str]:
@@ -33,14 +33,22 @@ def split_reasoning(text: str, *, thinking_opened: bool = False) -> tuple[str, s
     return "", text.strip()
 
 
+def full_text(reasoning: str, answer: str) -> str:
+    """The whole completion, reasoning then answer; no think tag, which would read as a chat-template token."""
+    return "\n\n".join(part for part in (reasoning, answer) if part.strip())
+
+
 def tail_source_text(reasoning: str, answer: str, source: TailSource, *, finished: bool) -> str:
     """The text a tail is cut from.
 
     `reasoning` is the ZAYA report's choice; `hybrid` takes the answer of a finished trace (it holds the worked
-    solution) and the reasoning of a truncated one. A trace that produced no reasoning at all (a model that does
-    not think, or a server that hides it) falls back to its answer, and vice versa, so a candidate is never empty
-    while the trace has any text.
+    solution) and the reasoning of a truncated one; `full` is the whole completion, reasoning then answer, the
+    original RSA paper's candidate (with τ = β it is never cut, since β bounds both parts together). A trace that
+    produced no reasoning at all (a model that does not think, or a server that hides it) falls back to its
+    answer, and vice versa, so a candidate is never empty while the trace has any text.
     """
+    if source == "full":
+        return full_text(reasoning, answer)
     if source == "answer" or (source == "hybrid" and finished):
         preferred, fallback = answer, reasoning
     else:

@@ -1,6 +1,6 @@
 """What one generation step records, and the per-round statistics derived from a round's steps.
 
-A step is addressed by its position: (round, slot) for the population, or the final selection step. The record
+A step is addressed by its position, (round, slot). The record
 holds everything needed to rebuild the next round without calling the model again.
 """
 
@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rsa_service.core.answers import cluster
 
-FINAL_STEP = "final"
 StepStatus = Literal["ok", "failed", "straggler"]
 
 
@@ -46,7 +45,7 @@ class StepResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     round: int = Field(ge=0)
-    slot: int
+    slot: int = Field(ge=0)
     status: StepStatus = "ok"
     candidates: list[int] = Field(default_factory=list, description="Previous-round slots shown in the prompt.")
     seed: int | None = None
@@ -64,7 +63,7 @@ class StepResult(BaseModel):
 
     @property
     def key(self) -> str:
-        return FINAL_STEP if self.slot < 0 else step_key(self.round, self.slot)
+        return step_key(self.round, self.slot)
 
     @property
     def truncated(self) -> bool:

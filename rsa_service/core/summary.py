@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from rsa_service.core.answers import majority
 from rsa_service.core.params import RSAParams, SelectMode
 from rsa_service.core.plan import choose_member
-from rsa_service.core.steps import FINAL_STEP, RoundStats, StepResult, Usage, round_stats, step_key
+from rsa_service.core.steps import RoundStats, StepResult, Usage, round_stats, step_key
 
 
 class Summary(BaseModel):
@@ -32,12 +32,13 @@ def round_steps(steps: Mapping[str, StepResult], round_index: int, population: i
 
 
 def select_answer(params: RSAParams, steps: Mapping[str, StepResult], last_round: int) -> tuple[str | None, int | None]:
-    """The final answer by the chosen mode, over the last round that has answers."""
-    population = [step for step in round_steps(steps, last_round, params.population) if step.status == "ok"]
-    if params.select == "aggregate" and FINAL_STEP in steps and steps[FINAL_STEP].status == "ok":
-        final = steps[FINAL_STEP]
-        if final.answer is not None:
-            return final.answer, None
+    """The final answer by the chosen mode, over the last round that has answers.
+
+    `aggregate` votes over its final stage's aggregations (or over the latest round, when a budget stopped the job
+    before that stage), as `vote` does over the final population.
+    """
+    members = round_steps(steps, last_round, params.population_of(last_round))
+    population = [step for step in members if step.status == "ok"]
     if params.select == "sample" and population:
         slot = choose_member(params.seed, [step.slot for step in population])
         return next(step.answer for step in population if step.slot == slot), slot
@@ -53,9 +54,9 @@ def summarise(
 ) -> Summary:
     """Per-round statistics and the selected answer. A budget-stopped run answers from its latest round."""
     rounds = [
-        round_stats(index, members, params.population)
+        round_stats(index, members, params.population_of(index))
         for index in range(params.stages)
-        if (members := round_steps(steps, index, params.population))
+        if (members := round_steps(steps, index, params.population_of(index)))
     ]
     answered = [stats.round for stats in rounds if stats.answers]
     answer, slot = select_answer(params, steps, answered[-1]) if answered else (None, None)

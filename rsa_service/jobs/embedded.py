@@ -2,7 +2,8 @@
 
 One server per data directory: a second process reuses the running one. The process that started it shuts it
 down on exit unless other clients are still connected, in which case it stays up for them (and is reused by the
-next process). A SIGKILLed owner leaves it running; the next process adopts it.
+next process). A SIGKILLed owner leaves it running; the next process adopts it. A server that cannot read the
+directory's data is refused before it starts (`datadir`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from types import TracebackType
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from rsa_service.jobs.datadir import check_readable, record_writer, server_version
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +118,12 @@ class EmbeddedRedis:
             return self.url
         self.socket_path.unlink(missing_ok=True)
         config = self.data_dir / "redis.conf"
+        binary = find_redis_server()
+        version = server_version(binary)
+        check_readable(self.data_dir, binary, version)
         config.write_text(redis_config(self.data_dir, self.socket_path, self.appendfsync), encoding="utf-8")
         self._process = subprocess.Popen(
-            [find_redis_server(), str(config)],
+            [binary, str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -129,6 +135,7 @@ class EmbeddedRedis:
                 tail = log_file.read_text(errors="replace")[-600:] if log_file.exists() else ""
                 raise RuntimeError(f"the embedded redis-server did not start (see {log_file}): {tail.strip()}")
             time.sleep(0.05)
+        record_writer(self.data_dir, version)
         log.info("started an embedded Redis at %s (data in %s)", self.socket_path, self.data_dir)
         return self.url
 

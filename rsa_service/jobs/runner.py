@@ -26,9 +26,9 @@ from rsa_service.backends.base import (
     GenerationRequest,
 )
 from rsa_service.core.answers import extract_boxed
-from rsa_service.core.plan import FINAL_SLOT, choose_subset, generation_seed
+from rsa_service.core.plan import choose_candidates, generation_seed
 from rsa_service.core.reasoning import tail_source_text
-from rsa_service.core.steps import FINAL_STEP, StepResult, round_stats, step_key
+from rsa_service.core.steps import StepResult, round_stats, step_key
 from rsa_service.core.summary import round_steps, summarise
 from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
@@ -79,16 +79,17 @@ async def check_fits(backend: Backend, spec: JobSpec) -> None:
     if context is None:
         return
     params = spec.params
-    first = await backend.count_tokens(_request(spec, spec.problem, params.max_tokens_for(0), 0))
+    first = await backend.count_tokens(_request(spec, spec.problem, params.max_tokens_for(0), 0, final_select=False))
     if first + params.max_tokens_for(0) > context:
         raise ContextLengthError(
             f"the problem ({first} tokens) plus its budget ({params.max_tokens_for(0)}) exceeds the model's "
             f"context of {context} tokens"
         )
-    if params.rounds == 0 and params.select != "aggregate":
+    if params.rounds == 0:
         return
     k = min(params.subset, params.population)
-    overhead = await backend.count_tokens(_request(spec, spec.templates.render(spec.problem, ["."] * k), 1, 0))
+    prompt = spec.templates.render(spec.problem, ["."] * k)
+    overhead = await backend.count_tokens(_request(spec, prompt, 1, 0, final_select=False))
     largest = overhead + k * (params.tail_tokens + CONTEXT_MARGIN_TOKENS_PER_TAIL)
     budget = max(params.trace_tokens if params.rounds > 1 else 0, params.final_tokens)
     if largest + budget > context:
@@ -99,9 +100,7 @@ async def check_fits(backend: Backend, spec: JobSpec) -> None:
         )
 
 
-def _request(
-    spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool = False
-) -> GenerationRequest:
+def _request(spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool) -> GenerationRequest:
     params = spec.params
     return GenerationRequest(
         messages=(ChatMessage(role="user", content=content),),
@@ -225,23 +224,21 @@ class JobRunner:
             for task in early.values():
                 task.cancel()
             await asyncio.gather(*early.values(), return_exceptions=True)
-        if self.params.select == "aggregate" and FINAL_STEP not in self._steps:
-            survivors = self._survivors(self.params.rounds)
-            await self._generate_and_commit(self.params.rounds + 1, FINAL_SLOT, survivors)
 
     async def _after_round(self, round_index: int) -> None:
-        members = round_steps(self._steps, round_index, self.params.population)
-        stats = await asyncio.to_thread(round_stats, round_index, members, self.params.population)
+        slots = self.params.population_of(round_index)
+        members = round_steps(self._steps, round_index, slots)
+        stats = await asyncio.to_thread(round_stats, round_index, members, slots)
         await self.store.emit(self.job.id, self.fence, "round", stats.model_dump(mode="json"))
         succeeded = sum(1 for step in members if step.status == "ok")
-        if succeeded < math.ceil(self.params.population / 2):
+        if succeeded < self.params.required_survivors(round_index):
             first_error = next((step.error for step in members if step.error), "no usable output")
             raise JobFailed(
                 Problem(
                     title="Generation failed",
                     status=502,
-                    detail=f"round {round_index}: only {succeeded} of {self.params.population} generations "
-                    f"succeeded; first error: {first_error}",
+                    detail=f"round {round_index}: only {succeeded} of {slots} generations succeeded, "
+                    f"{self.params.required_survivors(round_index)} needed; first error: {first_error}",
                     step=step_key(round_index, next((s.slot for s in members if s.status != "ok"), 0)),
                 )
             )
@@ -252,7 +249,7 @@ class JobRunner:
     # ---- one round ----------------------------------------------------------------------------------------
 
     def _survivors(self, round_index: int) -> list[int]:
-        members = round_steps(self._steps, round_index, self.params.population)
+        members = round_steps(self._steps, round_index, self.params.population_of(round_index))
         return [step.slot for step in members if step.status == "ok" and step.tail]
 
     def _pipelined(self, round_index: int) -> bool:
@@ -273,7 +270,7 @@ class JobRunner:
         if not self._pipelined(round_index):
             return
         choices, showing = self._plan(round_index)
-        for slot in range(self.params.population) if committed is None else showing[committed]:
+        for slot in range(self.params.population_of(round_index)) if committed is None else showing[committed]:
             if (round_index, slot) in self._early or step_key(round_index, slot) in self._steps:
                 continue
             parents = [self._steps.get(step_key(round_index - 1, candidate)) for candidate in choices[slot]]
@@ -288,10 +285,10 @@ class JobRunner:
         """Each slot's candidates when the whole previous round survives, and for each member of the previous
         round the slots that show it; hashed once per round."""
         if round_index not in self._plans:
-            population = range(self.params.population)
+            population = range(self.params.population)  # every stage that feeds another has N slots
             choices = [
-                choose_subset(self.params.seed, round_index, slot, population, self.params.subset)
-                for slot in population
+                choose_candidates(self.params.seed, round_index, slot, population, self.params.subset)
+                for slot in range(self.params.population_of(round_index))
             ]
             showing: list[list[int]] = [[] for _ in population]
             for slot, chosen in enumerate(choices):
@@ -306,7 +303,7 @@ class JobRunner:
         started_early = {slot: self._early.pop((r, slot)) for r, slot in list(self._early) if r == round_index}
         missing = [
             slot
-            for slot in range(self.params.population)
+            for slot in range(self.params.population_of(round_index))
             if step_key(round_index, slot) not in self._steps and slot not in started_early
         ]
         if not missing and not started_early:
@@ -343,7 +340,7 @@ class JobRunner:
         if deadline is None or self.params.straggler_policy == "wait":
             await asyncio.gather(*tasks.values())
             return
-        needed = math.ceil(self.params.quorum * self.params.population)
+        needed = self.params.required_survivors(round_index)
         _, pending = await asyncio.wait(tasks.values(), timeout=deadline)
         while pending and self._done_in(round_index) < needed:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -363,7 +360,7 @@ class JobRunner:
                 await self._commit(straggler)
 
     def _done_in(self, round_index: int) -> int:
-        members = round_steps(self._steps, round_index, self.params.population)
+        members = round_steps(self._steps, round_index, self.params.population_of(round_index))
         return sum(1 for step in members if step.status == "ok")
 
     # ---- one step -----------------------------------------------------------------------------------------
@@ -371,12 +368,11 @@ class JobRunner:
     def _prompt(self, round_index: int, slot: int, survivors: list[int]) -> tuple[str, list[int]]:
         if round_index == 0:
             return self.spec.problem, []
-        previous = round_index - 1 if slot != FINAL_SLOT else self.params.rounds
-        if slot != FINAL_SLOT and len(survivors) == self.params.population:
+        if len(survivors) == self.params.population:
             chosen = self._plan(round_index)[0][slot]  # the whole previous round survived: hashed already
         else:
-            chosen = choose_subset(self.params.seed, round_index, slot, survivors, self.params.subset)
-        tails = [self._steps[step_key(previous, candidate)].tail for candidate in chosen]
+            chosen = choose_candidates(self.params.seed, round_index, slot, survivors, self.params.subset)
+        tails = [self._steps[step_key(round_index - 1, candidate)].tail for candidate in chosen]
         return self.spec.templates.render(self.spec.problem, tails), chosen
 
     async def _generate_and_commit(self, round_index: int, slot: int, survivors: list[int]) -> None:
@@ -389,8 +385,8 @@ class JobRunner:
                 )
             )
         content, chosen = self._prompt(round_index, slot, survivors)
-        final_select = slot == FINAL_SLOT
-        max_tokens = self.params.final_tokens if final_select else self.params.max_tokens_for(round_index)
+        final_select = self.params.final_sampling(round_index)
+        max_tokens = self.params.max_tokens_for(round_index)
         with log_context(slot=slot), span("generation", round=round_index, slot=slot):
             async with self.gate.slot():
                 self.lease.check()  # never start a generation under a lease that may have passed to another worker
@@ -444,16 +440,10 @@ class JobRunner:
         TOKENS.labels(backend, "completion").inc(generation.usage.completion_tokens)
         PROMPT_TOKENS.labels(stage).observe(generation.usage.prompt_tokens)
 
-    def _feeds_a_round(self, round_index: int) -> bool:
-        """Only tails that a later prompt shows are cut: the last stage's feed nothing unless `aggregate` selects."""
-        return round_index < self.params.rounds or (
-            round_index == self.params.rounds and self.params.select == "aggregate"
-        )
-
     async def _record(self, base: StepResult, generation: Generation, seed: int, attempts: int) -> StepResult:
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
-        tail = await self._tail(source, generation) if self._feeds_a_round(base.round) else None
+        tail = await self._tail(source, generation) if base.round < self.params.rounds else None  # else unseen
         if tail is not None:
             TAIL_TRIMMED_TOKENS.labels(self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
@@ -482,8 +472,11 @@ class JobRunner:
         produced = generation.usage.completion_tokens
         if produced <= self.params.tail_tokens:
             return Tail(text=source, tokens=produced, source_tokens=produced)
-        rest = generation.text if source is generation.reasoning else generation.reasoning
-        hint = estimate_part_tokens(source, rest, produced)
+        if self.params.tail_source == "full":
+            hint = produced  # the source is the whole completion
+        else:
+            rest = generation.text if source is generation.reasoning else generation.reasoning
+            hint = estimate_part_tokens(source, rest, produced)
         return await self.backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
 
     async def _commit(self, step: StepResult) -> None:
@@ -501,8 +494,7 @@ class JobRunner:
         else:  # committed first by a task of this attempt (a straggler that finished as it was cut): keep that
             self._steps[step.key] = await self.store.step(self.job.id, step.key) or step
         self._check_token_budget()
-        if step.slot != FINAL_SLOT:
-            self._start_ready(step.round + 1, committed=step.slot)
+        self._start_ready(step.round + 1, committed=step.slot)
 
     def _check_token_budget(self) -> None:
         budget = self.params.max_total_tokens

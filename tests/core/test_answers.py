@@ -31,7 +31,16 @@ def test_normalise() -> None:
     assert normalise(r"90^\circ") == "90"
     assert normalise(r"\text{ 12 }") == "12"
     assert normalise("1,000") == "1000"
-    assert normalise(r"\left( 1, 2 \right)") == "(1,2)"
+    assert normalise(r"\left( 1, 2 \right)") == "(1, 2)"
+    assert normalise("(1,2)") == "(1,2)"
+
+
+def test_thousands_separators_only_inside_a_number() -> None:
+    assert normalise("12,345,678") == "12345678"
+    assert normalise("100, 200") == "100, 200"
+    assert normalise("100 , 200") == "100, 200"
+    assert not equivalent("100, 200", "100200")
+    assert [members for _, members in cluster(["100, 200", "100200", "100,200"])] == [[0], [1, 2]]
 
 
 def test_equivalence_uses_math() -> None:

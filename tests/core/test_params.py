@@ -20,7 +20,13 @@ def test_defaults_are_the_reports_deployment_setting() -> None:
         ({"population": 0}, "greater than 0"),
         ({"rounds": -1}, "greater than or equal to 0"),
         ({"select": "best"}, "'vote', 'aggregate' or 'sample'"),
-        ({"tail_source": "words"}, "'reasoning', 'answer' or 'hybrid'"),
+        ({"tail_source": "words"}, "'reasoning', 'answer', 'hybrid' or 'full'"),
+        ({"select": "aggregate", "rounds": 0}, "select=aggregate needs rounds (T) of at least 1"),
+        ({"select": "aggregate", "population": 4, "final_n": 5}, "final_n (5) must be at most population (N=4)"),
+        (
+            {"population": 8, "straggler_policy": "quorum", "quorum": 0.25},
+            "quorum (0.25 of N=8 = 2 traces) must leave at least K=4 survivors",
+        ),
         ({"nonsense": 1}, "Extra inputs are not permitted"),
     ],
 )
@@ -53,3 +59,18 @@ def test_problem_checks() -> None:
         check_problem(" \n ")
     with pytest.raises(ValueError, match="problem: 11 characters is over the limit of 10"):
         check_problem("x" * 11, Limits(max_problem_chars=10))
+
+
+def test_one_rule_for_the_survivors_a_round_needs() -> None:
+    assert RSAParams(population=8).required_survivors(0) == 4  # waiting for every trace: half must succeed
+    quorum = RSAParams(population=8, subset=2, straggler_policy="quorum", quorum=0.25)
+    assert quorum.required_survivors(1) == 2  # the quorum that cuts stragglers is the one that must succeed
+    assert RSAParams(population=10, subset=2, straggler_policy="quorum", quorum=0.7).required_survivors(0) == 7
+    assert RSAParams(population=8, rounds=0, straggler_policy="quorum", quorum=0.25).required_survivors(0) == 2
+
+
+def test_aggregate_final_stage_is_final_n_aggregations() -> None:
+    params = RSAParams(population=8, rounds=2, select="aggregate", final_n=3)
+    assert [params.population_of(r) for r in range(3)] == [8, 8, 3]
+    assert params.total_generations == 19 and params.final_sampling(2) and not params.final_sampling(1)
+    assert RSAParams(population=8, rounds=2).total_generations == 24

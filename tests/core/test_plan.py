@@ -1,6 +1,6 @@
 from collections import Counter
 
-from rsa_service.core.plan import choose_member, choose_subset, generation_seed
+from rsa_service.core.plan import choose_candidates, choose_member, choose_subset, generation_seed
 
 
 def test_subsets_depend_only_on_seed_round_slot() -> None:
@@ -44,3 +44,12 @@ def test_generation_seeds_are_stable_and_distinct() -> None:
 def test_choose_member() -> None:
     assert choose_member(5, [3, 7, 9]) == choose_member(5, [9, 3, 7])
     assert choose_member(5, [3, 7, 9]) in {3, 7, 9}
+
+
+def test_k1_is_bounded_continuation_of_each_lineage() -> None:
+    survivors = list(range(16))
+    assert [choose_candidates(3, 1, slot, survivors, 1) for slot in range(16)] == [[slot] for slot in range(16)]
+    lost = [0, 1, 2, 4, 5]  # slot 3's own trace failed: it takes a survivor drawn from (seed, round, slot)
+    assert choose_candidates(3, 1, 3, lost, 1) == choose_subset(3, 1, 3, lost, 1)
+    assert choose_candidates(3, 1, 3, lost, 1)[0] in lost
+    assert choose_candidates(3, 1, 5, survivors, 4) == choose_subset(3, 1, 5, survivors, 4)

@@ -25,3 +25,5 @@ def test_tail_sources() -> None:
     assert tail_source_text("R", "A", "hybrid", finished=False) == "R"
     assert tail_source_text("", "A", "reasoning", finished=True) == "A"  # hidden reasoning falls back
     assert tail_source_text("R", " ", "answer", finished=True) == "R"
+    assert tail_source_text("R", "A", "full", finished=False) == "R\n\nA"  # the whole completion
+    assert tail_source_text("", "A", "full", finished=True) == "A"

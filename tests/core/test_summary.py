@@ -1,6 +1,6 @@
 from rsa_service.core.params import RSAParams
 from rsa_service.core.plan import choose_member
-from rsa_service.core.steps import FINAL_STEP, StepResult, Usage
+from rsa_service.core.steps import StepResult, Usage
 from rsa_service.core.summary import summarise
 
 
@@ -41,9 +41,17 @@ def test_sample_and_aggregate_selection() -> None:
     sampled = summarise(RSAParams(**base, select="sample", seed=11), steps)
     assert sampled.selected_slot == choose_member(11, [0, 1, 2])
     assert sampled.answer == "ab"[min(sampled.selected_slot, 1)]
-    final = StepResult(round=1, slot=-1, answer="z")
-    assert final.key == FINAL_STEP
-    assert summarise(RSAParams(**base, select="aggregate"), {**steps, FINAL_STEP: final}).answer == "z"
+
+
+def test_aggregate_votes_over_its_final_stage_of_final_n() -> None:
+    params = RSAParams(population=3, subset=2, rounds=1, trace_tokens=10, tail_tokens=5, select="aggregate", final_n=3)
+    steps = steps_of(step(0, 0, "a"), step(0, 1, "a"), step(0, 2, "a"), step(1, 0, "z"), step(1, 1, "y"))
+    steps |= steps_of(step(1, 2, "z"))
+    summary = summarise(params, steps)
+    assert summary.answer == "z" and summary.rounds[-1].agreement == 2 / 3
+    one = params.model_copy(update={"final_n": 1})
+    summary = summarise(one, steps_of(step(0, 0, "a"), step(0, 1, "a"), step(0, 2, "a"), step(1, 0, "z")))
+    assert summary.answer == "z" and summary.rounds[-1].agreement == 1.0  # one aggregation is its whole stage
 
 
 def test_budget_stop_answers_from_latest_round_with_answers() -> None:

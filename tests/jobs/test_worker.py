@@ -163,3 +163,23 @@ async def test_a_full_redis_pool_is_back_pressure_not_an_outage(redis_server: Re
         assert [(await store.get(job_id)).attempts for job_id in jobs] == [1, 1, 1, 1]
     finally:
         await client.aclose()
+
+
+async def test_a_round_cut_at_its_quorum_goes_on_with_the_quorum_it_was_cut_at(store: JobStore) -> None:
+    five_slow = ModelServerConfig(p_correct=1.0, faults=[{"delay_s": 30, "times": 5}])
+    with serve_in_thread(five_slow) as server:
+        spec = job_spec(
+            server.base_url,
+            population=8,
+            subset=2,
+            rounds=1,
+            round_deadline_s=0.5,
+            straggler_policy="quorum",
+            quorum=0.25,
+        )
+        job_id = await store.create(spec)
+        async with running(store):
+            assert await finished(store, job_id, timeout_s=60) == "completed"
+    result = (await store.get(job_id)).result
+    assert result is not None and result.error is None and result.answer == "70"
+    assert result.rounds[0].stragglers >= 1

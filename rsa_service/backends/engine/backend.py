@@ -51,6 +51,13 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+def resolve_device(device: str) -> str:
+    """`auto`: CUDA where present, else the CPU; any other name as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class EngineBackend:
     """ZAYA1 generating in this process. Concurrent `generate` calls share one continuously batched engine."""
 
@@ -83,19 +90,20 @@ class EngineBackend:
 
         `skip_returns_input` selects the release-time skip route; the default follows upstream transformers.
         `prefill_chunk_tokens` is the token budget of one engine step (decode tokens plus prompt chunks).
-        `compile_decode` None follows RSA_ENGINE_COMPILE (default on); the decode step is compiled for every batch
-        size up to `options.max_concurrency` before this returns.
+        `compile_decode` None follows `options.compile`, then RSA_ENGINE_COMPILE (default on); the decode step is
+        compiled for every batch size up to `options.max_concurrency` before this returns.
         """
         directory = Path(location).expanduser()
         torch.set_num_threads(options.threads or default_threads())
         config, model = load_model(
             directory,
             dtype=_DTYPES[checkpoint_dtype(directory) if options.dtype == "auto" else options.dtype],
-            device=options.device,
+            device=resolve_device(options.device),
             skip_returns_input=skip_returns_input,
             quantize=options.quantize,
         )
-        runner = ModelRunner(model, config, compile_decode=compile_decode)
+        compile_step = options.compile if compile_decode is None else compile_decode
+        runner = ModelRunner(model, config, compile_decode=compile_step)
         runner.warm_up(range(1, options.max_concurrency + 1))
         batcher = Batcher(
             runner,
