@@ -1,7 +1,7 @@
 """Our ZAYA1 engine against transformers' ZayaForCausalLM.generate, same weights, prompts and device, in one run.
 
 Builds (once, into benchmarks/.cache/) a mid-size random ZAYA1 checkpoint: hidden 512, 8 layers, 8 query / 2 KV
-heads of 64, 16 experts of intermediate 512, vocab 8192. Measures this machine's memory bandwidth in the same run
+heads of 64, 16 experts of intermediate 512, vocab 8192. Measures the machine's memory bandwidth in the same run
 (sum of a 512 MiB tensor, best of several), and prints each decode figure beside the bandwidth bound: the bytes a
 decode step must read (weights it touches plus the KV cache it attends over) divided by that bandwidth. The bound
 counts min(batch, 16) experts per layer (the issue's); a second, tighter one counts the experts uniformly random

@@ -13,11 +13,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from conftest import COMPILE_TIMEOUT_S
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from rsa_service.backends.engine import kernels
 from rsa_service.backends.engine import ops as ops_module
+from rsa_service.backends.engine.accel import kernels
 from rsa_service.backends.engine.backend import EngineBackend
 from rsa_service.backends.engine.bench import Agreement, agreement, decode_step_bytes, greedy_continuations, top1_tokens
 from rsa_service.backends.engine.cli import engine_app
@@ -188,6 +189,7 @@ def test_int8_model_computes_with_its_dequantized_weights(
     assert _relative_error(outputs[0], outputs[1]) < 1e-5
 
 
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
 def test_compiled_int8_decode_matches_eager(checkpoints_dir: dict[str, Path]) -> None:
     """The compiled step at 1 row (int8 values widened inside the fused multiply-reduce) and at 2 and 4 rows (the
     int8 `gemv` where the CPU has it) against the eager int8 model."""
@@ -199,6 +201,7 @@ def test_compiled_int8_decode_matches_eager(checkpoints_dir: dict[str, Path]) ->
     assert _relative_error(outputs[1], outputs[0]) < 1e-5
 
 
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
 @pytest.mark.parametrize("lone_min", [0, ops_module.LONE_INT8_MIN_ELEMENTS], ids=["kernel", "fused"])
 def test_compiled_bf16_int8_decode_tracks_its_dequantized_weights(
     checkpoints_dir: dict[str, Path], monkeypatch: pytest.MonkeyPatch, lone_min: int

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from rsa_service.backends.engine import kernels
+from rsa_service.backends.engine.accel import kernels
+from rsa_service.backends.engine.accel.inductor import input_guards_only
 from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
-from rsa_service.backends.engine.compiler import Compiled, input_guards_only
+from rsa_service.backends.engine.compiler import Compiled
 from rsa_service.backends.engine.dispatch import Dispatch, grouped_experts
 from rsa_service.backends.engine.model import ZayaForCausalLM
 from rsa_service.backends.engine.ops import expert_mlp

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsa_service.backends.engine import kernels
+from rsa_service.backends.engine.accel import kernels
 from rsa_service.backends.engine.model import Experts
 from rsa_service.backends.engine.ops import (
     KERNEL_MIN_ROWS,

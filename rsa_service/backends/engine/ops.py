@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsa_service.backends.engine import kernels
-from rsa_service.backends.engine.compiler import lower_as_stored_copy
+from rsa_service.backends.engine.accel import kernels
+from rsa_service.backends.engine.accel.inductor import lower_as_stored_copy
 from rsa_service.backends.engine.quantize import Int8Weight, Weight, stored
 
 SMALL_BATCH_ROWS = 2

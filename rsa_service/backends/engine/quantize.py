@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rsa_service.backends.engine import kernels
+from rsa_service.backends.engine.accel import kernels
 
 if TYPE_CHECKING:
     from rsa_service.backends.engine.model import ZayaForCausalLM
