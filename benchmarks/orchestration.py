@@ -26,7 +26,7 @@ from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.attempt import run_attempt
 from rsa_service.jobs.models import JobSpec
-from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore
 from rsa_service.runtime import event_loop_factory, settle_heap
 from tests.modelserver import ModelServerConfig, write_tokenizer_json

@@ -53,6 +53,8 @@ class RoundAnswers(BaseModel):
     answer: str | None
     agreement: float
     answers: list[AnswerCount]
+    tokens: Usage = Field(default_factory=Usage)
+    shortcuts: int = 0
 
 
 class ResultLine(BaseModel):
@@ -206,7 +208,14 @@ def result_line(problem: BatchProblem, job: Job | None, error: str | None = None
         return ResultLine(id=problem.id, status="failed", expected=problem.answer, error=error)
     result = job.result
     rounds = [
-        RoundAnswers(round=r.round, answer=r.answer, agreement=r.agreement, answers=r.answers)
+        RoundAnswers(
+            round=r.round,
+            answer=r.answer,
+            agreement=r.agreement,
+            answers=r.answers,
+            tokens=r.tokens,
+            shortcuts=r.shortcuts,
+        )
         for r in (result.rounds if result else [])
     ]
     problem_error = job.error or (result.error if result else None)
@@ -225,6 +234,15 @@ def result_line(problem: BatchProblem, job: Job | None, error: str | None = None
 
 def same_answer(answer: str | None, expected: str) -> bool:
     return answer is not None and equivalent(answer, expected)
+
+
+def stage_answers(line: ResultLine, stage: int) -> RoundAnswers | None:
+    """The answers of `stage`. A job that completed before it (an early stop) keeps its last round's answers for
+    the stages it skipped, since its answer stands; a job that failed scores nothing for a stage it never reached."""
+    reached = [r for r in line.rounds if r.round <= stage]
+    if not reached or (reached[-1].round < stage and line.status != "completed"):
+        return None
+    return reached[-1]
 
 
 def trace_accuracy(stage: RoundAnswers | None, expected: str, population: int) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
-from rsa_service.batch import ResultLine, same_answer, trace_accuracy
+from rsa_service.batch import ResultLine, same_answer, stage_answers, trace_accuracy
 from rsa_service.core.steps import Usage
 
 
@@ -47,12 +47,12 @@ def evaluate(
     baseline_temperature: float,
     wall_s: float,
 ) -> EvalReport:
-    """Accuracy figures over graded problems; a stage a job never reached scores 0 for it."""
+    """Accuracy figures over graded problems (stage by stage as `batch.stage_answers` reads them)."""
     graded = [line for line in lines if line.expected is not None]
     expected = [line.expected or "" for line in graded]
     stage_accuracy, pass_at_n = [], []
     for stage in range(stages):
-        rows = [(line.rounds[stage] if len(line.rounds) > stage else None, line) for line in graded]
+        rows = [(stage_answers(line, stage), line) for line in graded]
         shares = [
             trace_accuracy(row, answer, line.population) for (row, line), answer in zip(rows, expected, strict=True)
         ]

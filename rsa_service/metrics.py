@@ -47,6 +47,10 @@ JOBS_CREATED = Counter("rsa_jobs_created_total", "Jobs created (replays excluded
 CLAIMS = Counter("rsa_job_claims_total", "Claim attempts by outcome.", ["outcome"])
 JOBS_FINISHED = Counter("rsa_jobs_finished_total", "Terminal transitions made by this process.", ["status"])
 RECLAIMS = Counter("rsa_janitor_requeued_total", "Jobs the janitor queued again (expired lease or lost queue hint).")
+COMMITS_UNREPLICATED = Counter(
+    "rsa_commits_unreplicated_total",
+    "Step commits that RSA_REDIS_MIN_REPLICAS replicas did not confirm in time (the attempt stops; the job resumes).",
+)
 
 # ---- generations and rounds (the runner) ------------------------------------------------------------------
 
@@ -76,6 +80,23 @@ STRAGGLERS = Counter("rsa_stragglers_total", "Slots cut at a round deadline.")
 
 RETRIES = Counter("rsa_backend_retries_total", "Backend requests retried, by cause.", ["cause"])
 
+# ---- replicas of a fleet backend (a backend name listing several base URLs) -------------------------------
+
+REPLICA_UP = Gauge(
+    "rsa_replica_up", "1 while a replica takes requests, 0 while it is out after failing.", ["backend", "replica"]
+)
+REPLICA_IN_FLIGHT = Gauge("rsa_replica_in_flight", "Generations in flight at a replica.", ["backend", "replica"])
+REPLICA_REQUESTS = Counter(
+    "rsa_replica_requests_total", "Generation requests by replica and outcome.", ["backend", "replica", "outcome"]
+)
+REPLICA_LATENCY = Histogram(
+    "rsa_replica_request_duration_seconds",
+    "One generation request at one replica (answered ones).",
+    ["backend", "replica"],
+    buckets=GENERATION_BUCKETS_S,
+)
+REPLICA_EJECTIONS = Counter("rsa_replica_ejections_total", "Times a replica was taken out.", ["backend", "replica"])
+
 # ---- the fleet, read from Redis at scrape time ------------------------------------------------------------
 
 QUEUE_DEPTH = Gauge("rsa_queue_depth", "Job ids in the queue (hints: may hold duplicates).")
@@ -92,15 +113,16 @@ async def observe_store(store: JobStore) -> None:
             now_ms = await store.now_ms()
             async with store.redis.pipeline(transaction=False) as pipe:
                 pipe.llen(keys.queue)
+                pipe.llen(keys.background_queue)
                 pipe.zcard(keys.pending)
                 pipe.zcount(keys.leases, f"({now_ms}", "+inf")
                 pipe.zcount(keys.leases, "-inf", now_ms)
                 pipe.scard(keys.dead)
-                queued, waiting, live, expired, dead = await pipe.execute()
+                queued, queued_background, waiting, live, expired, dead = await pipe.execute()
     except Exception as exc:  # a scrape reports what it can; Redis errors show in the worker's own logs
         log.debug("metrics: cannot read the store (%s)", exc)
         return
-    QUEUE_DEPTH.set(queued)
+    QUEUE_DEPTH.set(queued + queued_background)
     JOBS_WAITING.set(waiting)
     LEASES.labels("live").set(live)
     LEASES.labels("expired").set(expired)

@@ -2,7 +2,7 @@
 
 It answers like a reasoning model whose behaviour RSA can act on:
 
-- The *problem* is the first user message (or the prompt). Its correct answer is the `xyz` of an `ANSWER=xyz`
+- The *problem* is the last user message (or the prompt). Its correct answer is the `xyz` of an `ANSWER=xyz`
   in the text, else an integer in [0, 1000) from its sha256.
 - A fresh request answers correctly with probability `p_correct`, else with one of three wrong answers; the
   draw depends only on (problem, seed), so a seed fixes the outcome.
@@ -20,7 +20,8 @@ Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, POST /t
 GET /_requests, POST /_reset, GET|POST /_faults.
 
 GET /_requests → `{"requests": [...], "in_flight": n, "max_in_flight": n, "tokenize_calls": n}`; one entry
-per generation request, in arrival order: `{"key", "path", "time", "body", "fault", "status"}` where `key` is
+per generation request, in arrival order: `{"key", "path", "time", "body", "fault", "status", "session"}` where
+`session` is the X-Session-ID header (or null), `key` is
 the sha256 of the canonical JSON of `[messages or prompt, seed, max_tokens]`, `time` the arrival (unix
 seconds), `fault` the index of the fault rule applied (or null), `status` the status sent (null while in
 flight or when the connection was dropped). POST /_reset clears the log, counters and fault rules.
@@ -199,7 +200,7 @@ def problem_of(body: dict[str, Any]) -> str:
     messages = body.get("messages")
     if messages is None:
         return str(body.get("prompt", ""))
-    return next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+    return next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def correct_answer(problem: str) -> str:
@@ -367,7 +368,9 @@ class FaultsAndLog:
         if path in GENERATION_PATHS:
             parsed = _json_or_empty(body)
             key = request_key(parsed)
+            session = Headers(scope=scope).get("x-session-id")
             entry = {"key": key, "path": path, "time": time.time(), "body": parsed, "fault": fault_index}
+            entry["session"] = session
             entry["status"] = None
             state.requests.append(entry)
         state.in_flight += entry is not None
@@ -631,10 +634,11 @@ def config_argv(config: ModelServerConfig) -> list[str]:
 
 @contextmanager
 def serve_in_subprocess(
-    config: ModelServerConfig | None = None, host: str = "127.0.0.1"
+    config: ModelServerConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> Iterator[ModelServerHandle]:
-    """Run a model server as `python -m tests.modelserver` on a free port; `handle.process` is the Popen."""
-    argv = [sys.executable, "-m", "tests.modelserver", "--host", host, "--port", "0"]
+    """Run a model server as `python -m tests.modelserver` on `port` (0: a free one; a given port brings a killed
+    server back where it was); `handle.process` is the Popen."""
+    argv = [sys.executable, "-m", "tests.modelserver", "--host", host, "--port", str(port)]
     argv += config_argv(config or ModelServerConfig())
     repo = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(argv, cwd=repo, stdout=subprocess.PIPE, text=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rsa_service.config import BUNDLED_SETTINGS_FILE
+from rsa_service.settings import BUNDLED_SETTINGS_FILE
 from rsa_service.tinymodel import CHECKPOINT_DIR, HELDOUT_PATH
 from tests.jobs.helpers import rsa
 

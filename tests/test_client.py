@@ -56,7 +56,7 @@ def test_twins_have_the_same_public_signatures(sync: type, async_: type) -> None
 
 
 def test_all_is_exactly_the_exported_surface() -> None:
-    exported = {name for name in dir(sdk) if not name.startswith("_")} - {"models"}
+    exported = {name for name in dir(sdk) if not name.startswith("_")}
     assert set(sdk.__all__) == exported
     assert len(sdk.__all__) == len(set(sdk.__all__))
 

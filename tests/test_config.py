@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from rsa_service.backends.base import BackendOptions
-from rsa_service.config import Settings, backend_options
+from rsa_service.settings import Settings, backend_options
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -25,6 +25,7 @@ NON_DEFAULTS = {
     "RSA_BACKEND_MAX_RETRIES": "1",
     "RSA_BACKEND_RETRY_BACKOFF_S": "0.25",
     "RSA_BACKEND_RETRY_MAX_WAIT_S": "4",
+    "RSA_BACKEND_SESSION_HEADER": "x-session-token",
     "RSA_ENGINE_DTYPE": "float32",
     "RSA_ENGINE_QUANTIZE": "int8",
     "RSA_ENGINE_DEVICE": "cuda:1",

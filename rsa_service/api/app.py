@@ -15,20 +15,20 @@ import httpx2
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rsa_service.api import chat, errors, health, routes_jobs, sse
+from rsa_service.api import chat, errors, health, lineage, responses, routes_backends, routes_jobs, sse, web
 from rsa_service.api.auth import LOCAL_TENANT, KeyRing
 from rsa_service.api.errors import ApiError
-from rsa_service.api.metrics import Metrics, MetricsMiddleware
-from rsa_service.api.settings import ApiSettings, named_backends
-from rsa_service.config import Settings
+from rsa_service.api.http_metrics import Metrics, MetricsMiddleware
+from rsa_service.api.server_settings import ApiSettings, named_backends
 from rsa_service.core.prompts import PromptTemplates
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.store import JobStore
+from rsa_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Background = Callable[[JobStore], AbstractAsyncContextManager[object]]
+Background = Callable[[JobStore, BackendPool], AbstractAsyncContextManager[object]]
 PROXY_TIMEOUT = httpx2.Timeout(connect=10.0, read=1800.0, write=10.0, pool=10.0)
 
 
@@ -75,11 +75,18 @@ class RequestGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path.endswith("/events") or path == "/v1/chat/completions":
+        if scope["type"] != "http" or path.endswith("/events") or path == "/v1/chat/completions" or _follows(scope):
             await self.app(scope, receive, send)
             return
         async with self._slots:
             await self.app(scope, receive, send)
+
+
+def _follows(scope: Scope) -> bool:
+    """A responses call that may hold its connection for a whole job: a create (it may wait or stream) or a read
+    with `stream=true`."""
+    path = scope.get("path", "")
+    return path == "/v1/responses" or (path.startswith("/v1/responses/") and b"stream=true" in scope["query_string"])
 
 
 def create_app(
@@ -100,7 +107,7 @@ def create_app(
             state.http = await stack.enter_async_context(httpx2.AsyncClient(timeout=PROXY_TIMEOUT))
             stack.push_async_callback(state.backends.aclose)
             if background is not None:
-                await stack.enter_async_context(background(state.store))
+                await stack.enter_async_context(background(state.store, state.backends))
             if state.keyring.enabled:
                 log.info("auth on: %d API keys, each its own tenant", len(settings.api_keys))
             else:
@@ -120,8 +127,9 @@ def create_app(
     app.state.metrics = Metrics()
     app.state.templates = PromptTemplates.load(settings.prompts_dir)
     errors.install(app)
-    for module in (routes_jobs, sse, chat, health):
+    for module in (routes_jobs, lineage, routes_backends, sse, chat, responses, health):
         app.include_router(module.router)
+    web.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestGate, limit=settings.max_concurrent_requests)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -12,7 +12,7 @@ import hashlib
 from fastapi import Request
 
 from rsa_service.api.errors import ApiError
-from rsa_service.api.settings import tenant_of
+from rsa_service.api.server_settings import tenant_of
 
 LOCAL_TENANT = "local"
 

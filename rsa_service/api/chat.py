@@ -1,9 +1,11 @@
 """POST /v1/chat/completions, OpenAI-compatible.
 
-With an `rsa` object in the body the request runs as a durable job (N, K, T, ... from that object; the last user
-message is the problem) and answers with an ordinary chat completion whose `usage` sums every generation, plus
-an `rsa` object (job id, per-round answers). `stream: true` sends progress as SSE comments, which OpenAI
-clients ignore, then the answer as chunks. Without `rsa` the request goes to the default backend untouched.
+With an `rsa` object in the body the request runs as a durable job (N, K, T, ... from that object) and answers
+with an ordinary chat completion whose `usage` sums every generation, plus an `rsa` object (job id, per-round
+answers). The job keeps the whole conversation: round 0 sends it, aggregation prompts carry its system messages,
+and the problem the templates show is the last user message (`core.conversation`). `stream: true` sends
+progress as SSE comments, which OpenAI clients ignore, then the answer as chunks. Without `rsa` the request goes
+to the default backend untouched.
 """
 
 from __future__ import annotations
@@ -21,19 +23,20 @@ from starlette.background import BackgroundTask
 
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses, validation_errors
-from rsa_service.api.routes_jobs import build_spec, create_job, resolve_backend
+from rsa_service.api.routes_jobs import build_spec, check_context, create_job, resolve_backend
 from rsa_service.api.sse import follow
 from rsa_service.api.views import steps_total
 from rsa_service.backends import BackendError, ChatMessage, GenerationRequest, split_spec
-from rsa_service.client.models import JobCreate
-from rsa_service.config import backend_api_key
 from rsa_service.core.answers import equivalent
+from rsa_service.core.conversation import Conversation, conversation_from, problem_of
 from rsa_service.core.steps import RoundStats, StepResult
 from rsa_service.core.summary import round_steps
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.idempotency import fingerprint
-from rsa_service.jobs.models import JobRecord, JobResult
+from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore, new_job_id
+from rsa_service.settings import backend_api_key
+from rsa_service.wire import JobCreate, JobResult
 
 router = APIRouter(tags=["chat"])
 DEFAULT_PASS_THROUGH_TOKENS = 4096
@@ -66,17 +69,19 @@ def _text(content: object) -> str:
     return ""
 
 
-def _problem_of(chat: ChatRequest) -> str:
-    users = [_text(m.content) for m in chat.messages if m.role == "user"]
-    if not users or not users[-1].strip():
-        raise field_error("messages", "needs a user message with text: it is the problem RSA works on")
-    return users[-1]
+def conversation_of(chat: ChatRequest) -> Conversation:
+    """The chat's messages as the job keeps them (422 naming `messages` when there is no problem in them)."""
+    try:
+        return conversation_from([(m.role, _text(m.content)) for m in chat.messages])
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise field_error(field, message) from None
 
 
-def _job_body(chat: ChatRequest) -> JobCreate:
+def _job_body(chat: ChatRequest, problem: str) -> JobCreate:
     extra = chat.model_extra or {}
     sampling = {name: extra[name] for name in SAMPLING_FIELDS if extra.get(name) is not None}
-    fields = {**sampling, **(chat.rsa or {}), "problem": _problem_of(chat), "model": chat.model}
+    fields = {**sampling, **(chat.rsa or {}), "problem": problem, "model": chat.model}
     try:
         return JobCreate.model_validate(fields)
     except ValidationError as exc:
@@ -185,8 +190,10 @@ async def _stream_job(store: JobStore, record: JobRecord, block_ms: int) -> Asyn
 async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
     settings = request.app.state.settings
     store: JobStore = request.app.state.store
-    body = _job_body(chat)
-    spec = build_spec(settings, request, body)
+    conversation = conversation_of(chat)
+    body = _job_body(chat, problem_of(conversation))
+    spec = build_spec(settings, request, body, conversation)
+    await check_context(request, spec)
     job_id = new_job_id()
     await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
     record = await store.get(job_id)
@@ -275,7 +282,9 @@ async def chat_completions(request: Request, chat: ChatRequest, owner: str = Dep
         return await _run_rsa(request, chat, owner)
     pool: BackendPool = request.app.state.backends
     name = resolve_backend(pool.settings, None)
-    scheme, location = split_spec(pool.resolve(name))
-    if scheme == "openai":
-        return await _proxy(request, location.rstrip("/"))
+    spec = pool.resolve(name)
+    if isinstance(spec, str):  # one server: proxied as is; a fleet's replicas are chosen by its backend
+        scheme, location = split_spec(spec)
+        if scheme == "openai":
+            return await _proxy(request, location.rstrip("/"))
     return await _generate(request, chat, name)

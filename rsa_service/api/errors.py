@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rsa_service.client.models import FieldError, ProblemDetails
 from rsa_service.jobs.models import NewerFormat
 from rsa_service.jobs.store import JobNotFound
+from rsa_service.wire import FieldError, ProblemDetails
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from rsa_service.api.errors import problem, problem_responses
-from rsa_service.api.metrics import metrics_endpoint
+from rsa_service.api.http_metrics import metrics_endpoint
 
 router = APIRouter(tags=["health"])
 

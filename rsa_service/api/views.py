@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 from fastapi import Response
 from pydantic import BaseModel
 
-from rsa_service.client.models import Job, Progress, StepRecord
 from rsa_service.core.steps import StepResult, step_key
 from rsa_service.jobs.models import JobRecord, JobSpec
 from rsa_service.jobs.store import JobNotFound, JobStore
+from rsa_service.wire import Job, Progress, StepRecord
 
 # The progress commit.lua and emit.lua keep in the job hash, and the fields a job resource shows besides it.
 PROGRESS_FIELDS = ("progress_steps", "progress_round", "progress_completion_tokens", "progress_prompt_tokens")
 VIEW_FIELDS = ("status", "tenant", "spec", "created_ms", "updated_ms", "finished_ms", "result", "error", "v")
+EXCERPT_CHARS = 200
 
 
 def steps_total(spec: JobSpec) -> int:
@@ -106,6 +108,7 @@ def to_job(record: JobRecord, progress: Progress) -> Job:
         progress=progress,
         result=record.result,
         error=record.error,
+        problem_excerpt=record.spec.problem[:EXCERPT_CHARS],
     )
 
 
@@ -120,7 +123,9 @@ async def owned_record(store: JobStore, job_id: str, tenant: str) -> JobRecord:
 def rebuilt_prompt(spec: JobSpec, steps: dict[str, StepResult], step: StepResult) -> str | None:
     """The user message `step` was generated from, rebuilt as the runner built it: the problem in round 0,
     else the templates over the tails of the candidates it recorded, from the previous round. None for a
-    straggler record, which never had a prompt of its own."""
+    straggler record or a consensus short-cut, which never sent a prompt."""
+    if step.shortcut_from is not None:
+        return None
     if step.round == 0:
         return spec.problem
     if not step.candidates:
@@ -129,8 +134,31 @@ def rebuilt_prompt(spec: JobSpec, steps: dict[str, StepResult], step: StepResult
     return spec.templates.render(spec.problem, tails)
 
 
+def tail_position(step: StepResult) -> tuple[Literal["reasoning", "text"] | None, int | None]:
+    """Which field the tail was cut from and where it begins there: the field that ends with it (a tail is a
+    suffix of its source), else the last place it occurs."""
+    if not step.tail:
+        return None, None
+    fields: tuple[tuple[Literal["reasoning", "text"], str], ...] = (("reasoning", step.reasoning), ("text", step.text))
+    for name, value in fields:
+        if value.endswith(step.tail):
+            return name, len(value) - len(step.tail)
+    for name, value in fields:
+        if (found := value.rfind(step.tail)) >= 0:
+            return name, found
+    return None, None
+
+
+def step_record(spec: JobSpec, steps: dict[str, StepResult], step: StepResult) -> StepRecord:
+    field, start = tail_position(step)
+    return StepRecord(
+        **step.model_dump(),
+        position=step.key,
+        prompt=rebuilt_prompt(spec, steps, step),
+        tail_field=field,
+        tail_start=start,
+    )
+
+
 def step_records(spec: JobSpec, steps: dict[str, StepResult]) -> list[StepRecord]:
-    ordered = sorted(steps.values(), key=lambda s: (s.round, s.slot))
-    return [
-        StepRecord(**step.model_dump(), position=step.key, prompt=rebuilt_prompt(spec, steps, step)) for step in ordered
-    ]
+    return [step_record(spec, steps, step) for step in sorted(steps.values(), key=lambda s: (s.round, s.slot))]

@@ -16,7 +16,6 @@ from rsa_service.backends.base import (
     BackendOptions,
     BackendUnavailableError,
     Capabilities,
-    ChatMessage,
     ContextLengthError,
     Generation,
     GenerationRequest,
@@ -24,6 +23,7 @@ from rsa_service.backends.base import (
     TransientBackendError,
     Usage,
 )
+from rsa_service.core.conversation import ChatMessage
 
 ENTRY_POINT_GROUP = "rsa_service.backends"
 

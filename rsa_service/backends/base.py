@@ -17,6 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rsa_service.core.conversation import ChatMessage
 from rsa_service.core.steps import Usage
 from rsa_service.core.tails import Tail
 
@@ -24,13 +25,6 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 # A torch device, or `auto` for the best one present (the engine resolves it when it loads).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$"
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class GenerationRequest(BaseModel):
@@ -47,6 +41,11 @@ class GenerationRequest(BaseModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    lineage: str | None = Field(
+        default=None,
+        description="A stable id shared by requests of one trace lineage (their prompts share a prefix): a replica "
+        "fleet keeps them on one replica, and routers read it from the session header.",
+    )
 
 
 class Generation(BaseModel):
@@ -75,6 +74,12 @@ class BackendOptions(BaseModel):
     max_retries: int = Field(default=6, ge=0)
     retry_backoff_s: float = Field(default=0.5, gt=0, description="First backoff wait; doubles per retry, jittered.")
     retry_max_wait_s: float = Field(default=30.0, gt=0, description="Cap on one wait, Retry-After included.")
+    session_header: str = Field(
+        default="X-Session-ID",
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Remote: the header carrying a request's lineage id, for routers that keep a session on one "
+        "replica (prefix-cache reuse).",
+    )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         default="auto", description="In-process engine weights; auto: the checkpoint's own dtype."
     )
@@ -141,7 +146,21 @@ class PermanentBackendError(BackendError):
 
 
 class ContextLengthError(PermanentBackendError):
-    """The prompt plus the generation budget exceeds the model's context window."""
+    """The prompt plus the generation budget exceeds the model's context window. The sizes are set when known
+    (the pre-flight check knows them; a server's refusal may not say)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        max_tokens: int | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
 
 
 class BackendUnavailableError(BackendError):

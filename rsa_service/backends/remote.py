@@ -258,7 +258,8 @@ class RemoteBackend:
         body = self._request_body(request, model)
         path = "/chat/completions" if chat else "/completions"
         url = self.base_url + path
-        data = await self._call("POST", url, body, generation=True)
+        headers = {self.options.session_header: request.lineage} if request.lineage else None
+        data = await self._call("POST", url, body, generation=True, headers=headers)
         try:
             completion = _Completion.model_validate(data)
         except ValidationError as exc:
@@ -348,7 +349,15 @@ class RemoteBackend:
                 await self._throttler.acquire()
             yield
 
-    async def _call(self, method: str, url: str, body: dict[str, Any] | None = None, *, generation: bool) -> Any:
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        *,
+        generation: bool,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """One logical call, retried per `backends.retry`: the parsed JSON of the successful answer."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._policy.max_retries + 1) | self._never_answered,
@@ -360,7 +369,7 @@ class RemoteBackend:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(method, url, body, generation=generation)
+                    return await self._attempt(method, url, body, generation=generation, headers=headers)
         except _Unreachable as exc:
             raise BackendUnavailableError(f"cannot reach {url}: {exc}") from exc
         raise AssertionError("tenacity ended without a result")  # pragma: no cover
@@ -373,10 +382,18 @@ class RemoteBackend:
             isinstance(failed, _Unreachable) and not self._answered and state.attempt_number >= FIRST_CONTACT_ATTEMPTS
         )
 
-    async def _attempt(self, method: str, url: str, body: dict[str, Any] | None, *, generation: bool) -> Any:
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        *,
+        generation: bool,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         async with self._gate(generation):
             try:
-                async with self._http().request(method, url, json=body, proxy=self._proxy) as response:
+                async with self._http().request(method, url, json=body, proxy=self._proxy, headers=headers) as response:
                     answer = _Answer(response.status, response.headers, await response.read())
                 self._answered = True
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -17,7 +17,7 @@ from rsa_service.batch import BatchSummary, ResultLine, read_problems, run_batch
 from rsa_service.cli.common import NO_BACKEND, CLIError, run_async, stderr, stdout
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.client import AsyncRSAClient
-from rsa_service.config import Settings, default_backend
+from rsa_service.settings import Settings, default_backend
 
 IN_PROCESS_BACKEND = "cli"
 
@@ -37,10 +37,11 @@ async def batch_client(
     spec = job.backend or default_backend(settings)
     if not spec:
         raise CLIError(NO_BACKEND)
-    shared = settings.model_copy(update={"backends": {IN_PROCESS_BACKEND: spec}})
+    # The operator's named backends stay: stage routing names them.
+    shared = settings.model_copy(update={"backends": settings.backends | {IN_PROCESS_BACKEND: spec}})
     # Imported here: FastAPI costs a second of start-up that `rsa reason` and friends should not pay.
     from rsa_service.api.app import create_app
-    from rsa_service.api.settings import ApiSettings
+    from rsa_service.api.server_settings import ApiSettings
     from rsa_service.api.workers import in_process_workers
 
     options = ApiSettings(api_keys=[], prompts_dir=job.prompts, poll_after_s=1, max_active_jobs=1_000_000)

@@ -15,12 +15,12 @@ from rich.markup import escape
 
 from rsa_service.backends import BackendError
 from rsa_service.cli.options import JobOptions, describe_validation
-from rsa_service.config import Settings, default_backend, params_defaults
 from rsa_service.core.params import check_problem
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobNotFound
 from rsa_service.runtime import event_loop_factory
+from rsa_service.settings import Settings, default_backend, params_defaults
 
 stdout = Console()
 stderr = Console(stderr=True)

@@ -14,9 +14,12 @@ from rich.table import Table
 from rsa_service.batch import finished_lines, read_problems, run_batch
 from rsa_service.cli.batch import batch_client
 from rsa_service.cli.common import NO_BACKEND, CLIError, run_async, stderr, stdout
+from rsa_service.cli.compare import comparison_table, run_comparison
 from rsa_service.cli.options import JobOptions, with_job_options
-from rsa_service.config import Settings, default_backend, params_defaults
+from rsa_service.comparison import CONFIGURATIONS, Comparison
 from rsa_service.evaluation import EvalReport, evaluate
+from rsa_service.plot import accuracy_svg
+from rsa_service.settings import Settings, default_backend, params_defaults
 from rsa_service.tinymodel import HELDOUT_PATH
 
 
@@ -28,13 +31,19 @@ async def _evaluate(
     baseline_temperature: float,
     concurrency: int,
     workers: int,
-) -> EvalReport:
+    compare: bool = False,
+    configurations: list[str] | None = None,
+) -> EvalReport | Comparison:
     backend = job.backend or default_backend(Settings())
     if backend is None:
         raise CLIError(NO_BACKEND)
     params = job.params(params_defaults(backend))
     problems = read_problems(file)[:limit]
     flat: dict[str, Any] = params.model_dump(exclude_defaults=True) | job.overrides
+    if compare:
+        return await run_comparison(
+            problems, params, flat, job, out, baseline_temperature, concurrency, workers, configurations or []
+        )
     baseline = flat | {"population": 1, "subset": 1, "rounds": 0, "temperature": baseline_temperature}
     started = time.monotonic()
     async with batch_client(None, job, workers) as (client, name):
@@ -85,17 +94,45 @@ def eval_command(
     ] = 0.0,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Jobs in flight.")] = 32,
     workers: Annotated[int, typer.Option("--workers", min=1, help="In-process workers.")] = 2,
+    compare: Annotated[
+        bool,
+        typer.Option("--compare", help="Plain Markovian RSA beside the adaptive settings, same problems and seed."),
+    ] = False,
+    configuration: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--configuration",
+            help=f"With --compare: run only these beside plain RSA ({', '.join(CONFIGURATIONS)}); repeatable.",
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="With --compare: write accuracy vs generated tokens as SVG here.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     job: JobOptions,
 ) -> None:
     """Evaluate Markovian RSA on a problem file: accuracy per stage, pass@N, majority vote, a one-sample baseline."""
+    if (plot is not None or configuration) and not compare:
+        raise typer.BadParameter("needs --compare", param_hint="--plot/--configuration")
+    unknown = sorted(set(configuration or []) - set(CONFIGURATIONS))
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; known: {list(CONFIGURATIONS)}", param_hint="--configuration")
     source = file or HELDOUT_PATH
     with tempfile.TemporaryDirectory(prefix="rsa-eval-") as scratch:
         folder = out or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        report = run_async(lambda: _evaluate(source, limit, job, folder, baseline_temperature, concurrency, workers))
+        report = run_async(
+            lambda: _evaluate(
+                source, limit, job, folder, baseline_temperature, concurrency, workers, compare, configuration
+            )
+        )
+    if plot is not None and isinstance(report, Comparison):
+        plot.write_text(accuracy_svg(report), encoding="utf-8")
     if as_json:
         stdout.out(json.dumps(report.model_dump(mode="json")), highlight=False)
+        return
+    if isinstance(report, Comparison):
+        stdout.print(comparison_table(report))
         return
     stdout.print(_table(report))
     stdout.print(

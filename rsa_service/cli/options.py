@@ -38,11 +38,36 @@ _PARAM_FLAGS: dict[str, tuple[type, typer.models.OptionInfo]] = {
         int,
         typer.Option("--max-total-tokens", help="Stop once this many tokens are spent."),
     ),
+    "max_output_tokens": (
+        int,
+        typer.Option("--max-output-tokens", help="Stop once the generations have produced this many tokens."),
+    ),
     "max_wall_s": (float, typer.Option("--max-wall-s", help="Stop after this many seconds.")),
     "round_deadline_s": (float, typer.Option("--round-deadline-s", help="Per-round deadline (seconds).")),
     "straggler_policy": (str, typer.Option("--stragglers", help="At the deadline: wait | quorum.")),
     "quorum": (float, typer.Option("--quorum", help="With --stragglers quorum: share of slots that must succeed.")),
-    "stop_agreement": (float, typer.Option("--stop-agreement", help="Stop once this share agrees.")),
+    "stop_agreement": (float, typer.Option("--stop-agreement", help="Stop once this share agrees (0: off).")),
+    "stop_stability": (
+        float,
+        typer.Option("--stop-stability", help="Stop once a round keeps the previous answer at this share (0: off)."),
+    ),
+    "consensus_shortcut": (
+        bool,
+        typer.Option(
+            "--consensus-shortcut/--no-consensus-shortcut",
+            help="Carry agreeing candidates forward without a model call.",
+        ),
+    ),
+    "consensus_from_round": (
+        int,
+        typer.Option("--consensus-from-round", help="First round whose agreement may stop or short-cut."),
+    ),
+    "initial_backend": (str, typer.Option("--initial-backend", help="Configured backend of round 0.")),
+    "aggregation_backend": (
+        str,
+        typer.Option("--aggregation-backend", help="Configured backend of the aggregation rounds."),
+    ),
+    "final_backend": (str, typer.Option("--final-backend", help="Configured backend of the last round.")),
 }
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from rsa_service.core.params import RSAParams
 from rsa_service.core.steps import RoundStats
-from rsa_service.jobs.models import Event, JobResult
+from rsa_service.wire import Event, JobResult
 
 
 def _tally(answers: Counter[str]) -> str:

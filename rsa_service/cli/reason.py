@@ -23,16 +23,18 @@ from rsa_service.cli.common import (
 )
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.cli.progress import LiveProgress, render_result
-from rsa_service.config import Settings, backend_options
 from rsa_service.core.answers import equivalent
 from rsa_service.jobs.attempt import AttemptOutcome, dead_local_owner, process_owner_id, run_attempt
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.events import follow
-from rsa_service.jobs.models import JobResult, JobSpec
-from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.models import JobSpec
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobStore
 from rsa_service.runtime import settle_heap
+from rsa_service.settings import Settings, backend_options
 from rsa_service.tinymodel import HELDOUT_PATH
+from rsa_service.wire import JobResult
 
 CLAIM_RETRY_S = 1.0
 # The demo problem: one on which the bundled model's round-0 majority is wrong and aggregation recovers (with the
@@ -41,7 +43,12 @@ EXAMPLE_INDEX = 1
 
 
 async def _claim_and_run(
-    store: JobStore, backend: Backend, job_id: str, settings: Settings, concurrency: int | None
+    store: JobStore,
+    backend: Backend,
+    job_id: str,
+    settings: Settings,
+    concurrency: int | None,
+    routed: dict[str, Backend],
 ) -> AttemptOutcome:
     """Run the job here; wait out a live foreign lease, take a dead local process's lease at once."""
     owner = process_owner_id()
@@ -58,6 +65,7 @@ async def _claim_and_run(
             max_attempts=settings.max_attempts,
             concurrency=concurrency,
             steal_from=dead_local_owner(record.owner),
+            routed=routed,
         )
         if outcome.end != "busy":
             return outcome
@@ -92,7 +100,9 @@ async def _reason(
             spec = build_spec(settings, read_problem(problem), job)
             job_id = ""
         backend = open_backend(job.backend or spec.backend, backend_options(settings, spec.model))
+        pool = BackendPool(settings)  # the stages' routed backends, by configured name
         try:
+            routed = {name: await pool.get(name) for name in spec.params.routed_backends}
             await check_fits(backend, spec)
             if not job_id:
                 job_id = await store.create(spec, queue=False)
@@ -101,13 +111,13 @@ async def _reason(
             )
             viewer = None if quiet else asyncio.create_task(_show_progress(store, job_id, spec))
             try:
-                outcome = await _claim_and_run(store, backend, job_id, settings, concurrency)
+                outcome = await _claim_and_run(store, backend, job_id, settings, concurrency, routed)
             finally:
                 if viewer is not None:
                     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                         await asyncio.wait_for(viewer, timeout=2)
         finally:
-            await backend.aclose()
+            await asyncio.gather(backend.aclose(), pool.aclose())
         return await _result_of(store, job_id, outcome)
 
 

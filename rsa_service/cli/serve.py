@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rsa_service.config import Settings
 from rsa_service.core import answers
 from rsa_service.observability import ObservabilitySettings, configure_observability
 from rsa_service.runtime import settle_heap
+from rsa_service.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -24,7 +24,7 @@ def build_app(workers: int) -> FastAPI:
     """The app with `workers` in-process workers (0: none)."""
     # Imported here: FastAPI costs a second of start-up that the other commands should not pay.
     from rsa_service.api.app import create_app
-    from rsa_service.api.settings import ApiSettings, named_backends
+    from rsa_service.api.server_settings import ApiSettings, named_backends
     from rsa_service.api.workers import in_process_workers
 
     shared = named_backends(Settings())

@@ -13,20 +13,21 @@ import typer
 from rsa_service.cli.common import EXIT_FAILED, CLIError, build_spec, fail, read_problem, run_async, stderr, stdout
 from rsa_service.cli.options import JobOptions, with_job_options
 from rsa_service.cli.progress import format_round
-from rsa_service.config import Settings
 from rsa_service.core import answers
 from rsa_service.core.steps import RoundStats
 from rsa_service.jobs import listing
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.events import follow
-from rsa_service.jobs.models import Event, JobRecord, JobStatus
-from rsa_service.jobs.runner import check_fits
+from rsa_service.jobs.models import JobRecord
+from rsa_service.jobs.requests import check_fits
 from rsa_service.jobs.store import JobNotFound, JobStore, NotDeadLettered
 from rsa_service.jobs.worker import Worker
 from rsa_service.metrics import serve_metrics
 from rsa_service.observability import ObservabilitySettings, configure_observability
 from rsa_service.runtime import settle_heap
+from rsa_service.settings import Settings
+from rsa_service.wire import Event, JobStatus
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 JobId = Annotated[str, typer.Argument(help="The job id (job_...).")]

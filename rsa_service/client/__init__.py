@@ -28,7 +28,7 @@ from rsa_service.client._errors import (
     WaitTimeout,
 )
 from rsa_service.client._sync import Jobs, RSAClient
-from rsa_service.client.models import (
+from rsa_service.wire import (
     Event,
     FieldError,
     Job,

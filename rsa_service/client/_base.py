@@ -17,8 +17,8 @@ import httpx2
 
 from rsa_service.backends.retry import HTTPFailure, RetryPolicy, decide, is_transient_transport_error, retry_after
 from rsa_service.client._errors import APIConnectionError, APITimeoutError, RSAError, WaitTimeout
-from rsa_service.client.models import Event, Job, JobCreate, JobStatus
 from rsa_service.core.params import RSAParams
+from rsa_service.wire import Event, Job, JobCreate, JobStatus
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx2.Timeout(connect=5.0, read=60.0, write=30.0, pool=10.0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import httpx2
 
-from rsa_service.client.models import ProblemDetails
+from rsa_service.wire import ProblemDetails
 
 
 class RSAError(Exception):

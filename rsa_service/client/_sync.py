@@ -21,8 +21,7 @@ from rsa_service.client._base import (
     Timeout,
 )
 from rsa_service.client._errors import status_error
-from rsa_service.client.models import Event, Job, JobPage, JobStatus, StepList
-from rsa_service.jobs.models import TERMINAL_STATUSES
+from rsa_service.wire import TERMINAL_STATUSES, Event, Job, JobPage, JobStatus, StepList
 
 
 class RSAClient(BaseClient):

@@ -15,6 +15,7 @@ from rsa_service.core.reasoning import TailSource
 
 SelectMode = Literal["vote", "aggregate", "sample"]
 StragglerPolicy = Literal["wait", "quorum"]
+StageName = Literal["initial", "aggregation", "final"]
 
 
 class Limits(BaseModel):
@@ -60,6 +61,9 @@ class RSAParams(BaseModel):
     select_top_k: int | None = Field(default=40, gt=0)
     # Budgets and stopping rules; None disables each.
     max_total_tokens: int | None = Field(default=None, gt=0, description="Stop once this many tokens are spent.")
+    max_output_tokens: int | None = Field(
+        default=None, gt=0, description="Stop once the generations have produced this many tokens."
+    )
     max_wall_s: float | None = Field(default=None, gt=0, description="Stop after this much wall time.")
     round_deadline_s: float | None = Field(default=None, gt=0, description="Per-round deadline for stragglers.")
     straggler_policy: StragglerPolicy = "wait"
@@ -71,9 +75,34 @@ class RSAParams(BaseModel):
     )
     stop_agreement: float | None = Field(
         default=None,
-        gt=0.0,
+        ge=0.0,
         le=1.0,
-        description="Stop early once this share of a round agrees on its answer.",
+        description="Stop early once this share of a round agrees on its answer (0: off).",
+    )
+    stop_stability: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Stop early once a round's modal answer, held by this share, is the previous round's (0: off).",
+    )
+    consensus_from_round: int = Field(
+        default=0,
+        ge=0,
+        description="First round whose agreement counts, to stop after it or to short-cut over its traces "
+        "(1: only aggregated answers, when independent samples can share one slip).",
+    )
+    consensus_shortcut: bool = Field(
+        default=False,
+        description="An aggregation slot whose K candidates all finished with one answer carries one of them "
+        "forward instead of calling the model.",
+    )
+    # Stage routing: names of operator-configured backends; None runs the stage on the job's backend.
+    initial_backend: str | None = Field(default=None, max_length=64, description="Backend of round 0.")
+    aggregation_backend: str | None = Field(
+        default=None, max_length=64, description="Backend of the aggregation rounds before the last."
+    )
+    final_backend: str | None = Field(
+        default=None, max_length=64, description="Backend of the last round and of the `aggregate` selection call."
     )
 
     @model_validator(mode="after")
@@ -113,6 +142,26 @@ class RSAParams(BaseModel):
     @property
     def stages(self) -> int:
         return self.rounds + 1
+
+    def stage_of(self, round_index: int) -> StageName:
+        """Which routed stage a generation belongs to: round 0 is `initial` (also when T=0), the last round (with
+        `aggregate`, its final aggregations) is `final`, the rounds between are `aggregation`."""
+        if round_index == 0:
+            return "initial"
+        return "final" if round_index >= self.rounds else "aggregation"
+
+    def stage_backend(self, round_index: int) -> str | None:
+        """The backend name routed to `round_index`, or None for the job's own backend."""
+        stage = self.stage_of(round_index)
+        return {
+            "initial": self.initial_backend,
+            "aggregation": self.aggregation_backend,
+            "final": self.final_backend,
+        }[stage]
+
+    @property
+    def routed_backends(self) -> set[str]:
+        return {name for name in (self.initial_backend, self.aggregation_backend, self.final_backend) if name}
 
     def population_of(self, round_index: int) -> int:
         """Slots of one stage: N, except the final stage of `aggregate`, which runs `final_n` aggregations."""

@@ -47,3 +47,10 @@ def choose_member(seed: int, survivors: Sequence[int]) -> int:
     if not survivors:
         raise ValueError("no surviving member to sample from")
     return min(survivors, key=lambda candidate: _draw("member", seed, candidate))
+
+
+def choose_carried(seed: int, round_index: int, slot: int, candidates: Sequence[int]) -> int:
+    """The candidate a consensus short-cut of (round, slot) carries forward, uniformly among `candidates`."""
+    if not candidates:
+        raise ValueError("no candidate to carry forward")
+    return min(candidates, key=lambda candidate: _draw("carry", seed, round_index, slot, candidate))

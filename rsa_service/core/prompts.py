@@ -7,11 +7,15 @@ repository's `prompts/` directory; `--prompts DIR` points at a user's own.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATE_NAMES = ("aggregate.jinja", "refine.jinja")
 
@@ -50,12 +54,19 @@ class PromptTemplates(BaseModel):
         return _compile(source).render(problem=problem, candidates=list(candidates)).strip() + "\n"
 
 
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # Imported on first render: the SDK reads core's models and must not load jinja2.
+    import jinja2
+
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
 _COMPILED: dict[str, jinja2.Template] = {}
 
 
 def _compile(source: str) -> jinja2.Template:
     template = _COMPILED.get(source)
     if template is None:
-        template = _COMPILED[source] = _ENV.from_string(source)
+        template = _COMPILED[source] = _environment().from_string(source)
     return template

@@ -60,6 +60,10 @@ class StepResult(BaseModel):
     error: str | None = None
     attempts: int = 1
     duration_s: float = 0.0
+    backend: str | None = Field(default=None, description="The backend that generated it (None: the job's own).")
+    shortcut_from: int | None = Field(
+        default=None, description="A consensus short-cut: the candidate carried forward, with no model call."
+    )
 
     @property
     def key(self) -> str:
@@ -86,6 +90,7 @@ class RoundStats(BaseModel):
     truncated: int
     failed: int
     stragglers: int = 0
+    shortcuts: int = Field(default=0, description="Slots that carried a candidate forward without a model call.")
     tokens: Usage
 
 
@@ -105,5 +110,6 @@ def round_stats(round_index: int, steps: Sequence[StepResult], population: int) 
         truncated=sum(1 for step in done if step.truncated),
         failed=sum(1 for step in steps if step.status == "failed"),
         stragglers=sum(1 for step in steps if step.status == "straggler"),
+        shortcuts=sum(1 for step in steps if step.shortcut_from is not None),
         tokens=tokens,
     )

@@ -21,6 +21,7 @@ class Summary(BaseModel):
     select: SelectMode
     rounds: list[RoundStats]
     usage: Usage
+    usage_by_backend: dict[str, Usage] = Field(default_factory=dict, description="Tokens per routed backend.")
     stopped_reason: str | None = None
     wall_s: float | None = None
     selected_slot: int | None = Field(default=None, description="The member `sample` chose.")
@@ -61,11 +62,16 @@ def summarise(
     answered = [stats.round for stats in rounds if stats.answers]
     answer, slot = select_answer(params, steps, answered[-1]) if answered else (None, None)
     usage = sum((step.usage for step in steps.values()), Usage())
+    by_backend: dict[str, Usage] = {}
+    for step in steps.values():
+        if step.backend is not None:
+            by_backend[step.backend] = by_backend.get(step.backend, Usage()) + step.usage
     return Summary(
         answer=answer,
         select=params.select,
         rounds=rounds,
         usage=usage,
+        usage_by_backend=by_backend,
         stopped_reason=stopped_reason,
         wall_s=wall_s,
         selected_slot=slot,

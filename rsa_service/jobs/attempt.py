@@ -20,12 +20,12 @@ import redis
 
 from rsa_service.backends.base import Backend
 from rsa_service.jobs.connect import raise_if_cancelled
+from rsa_service.jobs.execution import JobRunner
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.models import JobResult
-from rsa_service.jobs.runner import JobRunner
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore, LeaseLost
 from rsa_service.observability import log_context, span
+from rsa_service.wire import JobResult
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ async def run_attempt(
     concurrency: int | None = None,
     gate: Gate | None = None,
     steal_from: str = "",
+    routed: dict[str, Backend] | None = None,
 ) -> AttemptOutcome:
     claim = await store.claim(
         job_id, owner, lease_ms=int(lease_s * 1000), max_attempts=max_attempts, steal_from=steal_from
@@ -118,7 +119,7 @@ async def run_attempt(
         log.info("job %s: claimed by %s (fence %d, attempt %d)", job_id, owner, claim.fence, claim.attempts)
         try:
             job = await store.get(job_id)
-            runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency)
+            runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency, routed=routed)
             result = await _run_leased(store, runner, lease)
         except asyncio.CancelledError:
             await asyncio.shield(_hand_back(store, lease))

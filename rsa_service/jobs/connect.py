@@ -11,40 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-
-from rsa_service.config import Settings
 from rsa_service.jobs.embedded import EmbeddedRedis
+from rsa_service.jobs.redis_urls import redis_client
 from rsa_service.jobs.store import JobStore
-
-REDIS_RETRIES = 8  # with the backoff below: about 5 s of outage hidden from callers
-REDIS_BACKOFF_BASE_S = 0.05
-REDIS_BACKOFF_CAP_S = 1.0
-REDIS_SOCKET_TIMEOUT_S = 10.0  # longer than any blocking read the workers issue
-HEALTH_CHECK_INTERVAL_S = 30
-# Connections per process; past this, a command waits (up to the socket timeout) for one to come free.
-REDIS_MAX_CONNECTIONS = 128
-
-
-def redis_client(url: str, max_connections: int = REDIS_MAX_CONNECTIONS) -> Redis:
-    """A client whose pool makes a command wait for a free connection rather than fail.
-
-    redis-py's default pool raises "Too many connections" past 100 connections in use, which a worker running
-    more than ~90 generations at once reached on its commits: the error looked like a Redis outage, so the attempt
-    stopped and its job waited out the lease. A full pool is back-pressure, not an outage.
-    """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=REDIS_SOCKET_TIMEOUT_S,
-        decode_responses=True,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        retry=Retry(ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S), REDIS_RETRIES),
-    )
-    return Redis.from_pool(pool)
+from rsa_service.settings import Settings
 
 
 def raise_if_cancelled() -> None:
@@ -66,7 +36,13 @@ async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
     client = redis_client(url)
     try:
         await client.ping()
-        yield JobStore(client, namespace=settings.namespace, retention_s=settings.retention_s)
+        yield JobStore(
+            client,
+            namespace=settings.namespace,
+            retention_s=settings.retention_s,
+            min_replicas=settings.redis_min_replicas,
+            replica_timeout_ms=settings.redis_replica_timeout_ms,
+        )
     finally:
         await client.aclose()
         if embedded is not None:

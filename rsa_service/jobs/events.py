@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from rsa_service.jobs.models import TERMINAL_STATUSES, Event
 from rsa_service.jobs.store import JobStore
+from rsa_service.wire import TERMINAL_STATUSES, Event
 
 DEFAULT_BLOCK_MS = 1000
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 #      tail, answer, finish_reason and usage (no status, candidates, seed, tail/source token counts, error,
 #      attempts or duration_s). Read with those fields at their defaults.
 #   1: `v` and `started_ms` in the hash; steps with every field of `core.steps.StepResult`.
-STORE_FORMAT_VERSION = 1
+#   2: the spec may carry a `conversation` (system prompt, earlier turns) that round 0 and every prompt use;
+#      step usage counts every attempt, with `estimated_tokens` for aborted ones.
+STORE_FORMAT_VERSION = 2
 UNVERSIONED_FORMAT = 0
 
 
@@ -50,6 +52,11 @@ class Keys:
     @property
     def queue(self) -> str:
         return f"{self._hints}:queue"
+
+    @property
+    def background_queue(self) -> str:
+        """Job id hints of background priority: a worker pops them only when `queue` is empty."""
+        return f"{self._hints}:queue:background"
 
     @property
     def leases(self) -> str:

@@ -11,8 +11,9 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rsa_service.jobs.models import JobRecord, JobStatus
+from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore
+from rsa_service.wire import JobStatus
 
 SCAN_BATCH = 200  # listing entries read per round trip while filtering by status
 

@@ -1,19 +1,15 @@
-"""Job records as stored in Redis and as shown to users (CLI `--json`, REST, SDK)."""
+"""Job records as stored in Redis: the spec a worker runs and the parsed job hash (the wire models are in
+`rsa_service.wire`)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from rsa_service.core.conversation import Conversation
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
-from rsa_service.core.steps import RoundStats, Usage
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, UNVERSIONED_FORMAT
-
-JobStatus = Literal["queued", "in_progress", "cancelling", "completed", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+from rsa_service.wire import TERMINAL_STATUSES, JobResult, JobStatus, Problem
 
 
 class NewerFormat(ValueError):
@@ -40,39 +36,11 @@ class JobSpec(BaseModel):
     backend: str = Field(description="A backend spec or an operator-configured backend name.")
     model: str | None = None
     templates: PromptTemplates
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details, the one error shape everywhere."""
-
-    type: str = "about:blank"
-    title: str
-    status: int = 500
-    detail: str | None = None
-    step: str | None = None
-
-
-class JobResult(BaseModel):
-    """The outcome object: `rsa reason --json`, the REST job's `result`, the SDK's `job.result`."""
-
-    job_id: str
-    status: JobStatus
-    answer: str | None
-    select: str
-    rounds: list[RoundStats]
-    usage: Usage
-    stopped_reason: str | None = None
-    wall_s: float | None = None
-    error: Problem | None = None
-
-
-class Progress(BaseModel):
-    round: int = 0
-    stages: int
-    steps_done: int = 0
-    steps_total: int
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
+    conversation: Conversation = Field(
+        default=(),
+        description="The chat the problem came in (its last user message), sent whole in round 0; empty: the "
+        "problem alone.",
+    )
 
 
 class JobRecord(BaseModel):
@@ -128,15 +96,3 @@ class JobRecord(BaseModel):
             fingerprint=fields.get("fingerprint", ""),
             version=version,
         )
-
-
-class Event(BaseModel):
-    """One entry of a job's event stream; `id` is the Redis stream id (the SSE event id)."""
-
-    id: str
-    type: str
-    data: dict[str, Any]
-
-    @classmethod
-    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
-        return cls(id=entry_id, type=fields.get("type", "message"), data=json.loads(fields.get("data") or "{}"))

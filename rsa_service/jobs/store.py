@@ -6,6 +6,7 @@ Exceptions, translated here from redis-py so callers never see transport details
     ├── JobNotFound        no such job (or it expired after finishing)
     ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
     ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+    ├── NotReplicated      a commit reached the primary but not RSA_REDIS_MIN_REPLICAS replicas in time
     └── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
 
 (`models.NewerFormat`, a ValueError, says a job was written by a newer release than this one.)
@@ -17,18 +18,21 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal, cast
 
-from redis.asyncio import Redis
+import redis
+from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
 
 from rsa_service.core.steps import StepResult
 from rsa_service.jobs.keys import STORE_FORMAT_VERSION, Keys
-from rsa_service.jobs.models import TERMINAL_STATUSES, Event, JobRecord, JobResult, JobSpec, Problem
-from rsa_service.metrics import CLAIMS, JOBS_FINISHED, RECLAIMS
+from rsa_service.jobs.models import JobRecord, JobSpec
+from rsa_service.jobs.redis_urls import RedisClient
+from rsa_service.metrics import CLAIMS, COMMITS_UNREPLICATED, JOBS_FINISHED, RECLAIMS
+from rsa_service.wire import TERMINAL_STATUSES, Event, JobResult, Problem
 
 EVENTS_MAXLEN = 10_000
 DEFAULT_RETENTION_S = 7 * 24 * 3600
@@ -38,6 +42,7 @@ ADMITTED_GRACE_MS = 60_000  # an admitted id with no job hash yet is a create in
 BUILD_TIMEOUT_MS = 30_000  # a build of a tenant's active set not finished by then is taken over by the next create
 STATUS_BATCH = 1000  # job statuses read per round trip while building or pruning an active set
 
+Priority = Literal["interactive", "background"]
 ClaimOutcome = Literal["claimed", "busy", "terminal", "poisoned", "newer", "missing"]
 
 
@@ -66,6 +71,15 @@ class NotDeadLettered(StoreError):
         )
         self.job_id = job_id
         self.status = status
+
+
+class NotReplicated(StoreError, redis.ConnectionError):
+    """Treated as a Redis outage by the worker (the attempt stops and the job resumes after its lease): the step is
+    on the primary, but a failover now could lose it, so the run does not build on it yet."""
+
+    def __init__(self, job_id: str, acknowledged: int, wanted: int) -> None:
+        super().__init__(f"job {job_id}: a commit reached {acknowledged} of {wanted} replicas in time")
+        self.job_id = job_id
 
 
 class TooManyActive(StoreError):
@@ -120,16 +134,20 @@ class JobStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         namespace: str = "rsa",
         retention_s: int = DEFAULT_RETENTION_S,
         events_maxlen: int = EVENTS_MAXLEN,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self.redis = redis
         self.keys = Keys(namespace)
         self.retention_s = retention_s
         self.events_maxlen = events_maxlen
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source) for name, source in _SCRIPT_SOURCES.items()
         }
@@ -151,9 +169,13 @@ class JobStore:
         job_id: str | None = None,
         queue: bool = True,
         max_active: int = 0,
+        priority: Priority = "interactive",
+        extra: Mapping[str, str] | None = None,
     ) -> str:
         """Count the job against its tenant (TooManyActive at `max_active` unfinished jobs; 0: no limit), write it
-        durably, then the hints that let a worker find it (`queue=False`: the caller runs it).
+        durably, then the hints that let a worker find it (`queue=False`: the caller runs it). A `background` job
+        is first claimed only when no interactive one waits. `extra` fields are kept in the job hash beside the
+        spec, written with it (e.g. the API's view of the request), for readers only: workers never see them.
 
         The count is the sorted set `Keys.active(tenant)`, and admission is one script over it (`admit.lua`):
         concurrent creates cannot both take the last place, and it costs the same (ZCARD, ZADD) however many jobs
@@ -176,10 +198,11 @@ class JobStore:
             fingerprint,
             self.events_maxlen,
             STORE_FORMAT_VERSION,
+            *(part for pair in (extra or {}).items() for part in pair),
         )
         if not created:
             raise StoreError(f"job {job_id} already exists")
-        await self.enqueue(job_id, created_ms=int(created), tenant=tenant, queue=queue)
+        await self.enqueue(job_id, created_ms=int(created), tenant=tenant, queue=queue, priority=priority)
         return job_id
 
     async def _admit(self, tenant: str, job_id: str, limit: int) -> None:
@@ -237,12 +260,20 @@ class JobStore:
             await self.redis.zrem(self.keys.active(tenant), *stale)
 
     async def enqueue(
-        self, job_id: str, *, created_ms: int | None = None, tenant: str | None = None, queue: bool = True
+        self,
+        job_id: str,
+        *,
+        created_ms: int | None = None,
+        tenant: str | None = None,
+        queue: bool = True,
+        priority: Priority = "interactive",
     ) -> None:
+        """Hint a worker to the job. Priority orders first claims only: a job queued again after it started
+        (released, or its lease expired) resumes at interactive priority, being already under way."""
         score = created_ms if created_ms is not None else time.time_ns() // 1_000_000
         async with self.redis.pipeline(transaction=False) as pipe:
             if queue:
-                pipe.lpush(self.keys.queue, job_id)
+                pipe.lpush(self.keys.background_queue if priority == "background" else self.keys.queue, job_id)
             pipe.zadd(self.keys.pending, {job_id: score})
             if tenant is not None:
                 pipe.zadd(self.keys.listing(tenant), {job_id: score})
@@ -287,7 +318,7 @@ class JobStore:
         if not answer:
             return []
         _, entries = answer[0]
-        return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+        return [_event(entry_id, fields) for entry_id, fields in entries]
 
     # ---- ownership ----------------------------------------------------------------------------------------
 
@@ -356,22 +387,32 @@ class JobStore:
     # ---- progress -----------------------------------------------------------------------------------------
 
     async def commit(self, job_id: str, fence: int, step: StepResult, event: dict[str, Any]) -> bool:
-        """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off."""
-        outcome = int(
-            await self._run(
-                "commit",
-                job_id,
-                fence,
-                step.key,
-                step.model_dump_json(),
-                "step",
-                json.dumps(event),
-                self.events_maxlen,
-            )
-        )
+        """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off;
+        NotReplicated when `min_replicas` replicas did not confirm it in time."""
+        args = (fence, step.key, step.model_dump_json(), "step", json.dumps(event), self.events_maxlen)
+        if self.min_replicas:
+            outcome = await self._commit_replicated(job_id, args)
+        else:
+            outcome = int(await self._run("commit", job_id, *args))
         if outcome < 0:
             raise LeaseLost(job_id, fence)
         return outcome == 1
+
+    async def _commit_replicated(self, job_id: str, args: Sequence[object]) -> int:
+        """The commit script, then WAIT on the same connection (WAIT counts the replicas that have the writes of
+        its own connection, so the two go in one pipeline; on a cluster, to the node that owns the job's slot)."""
+        keys = self.keys.job(job_id).all
+        on_node: dict[str, Any] = {}
+        if isinstance(self.redis, RedisCluster):
+            on_node["target_nodes"] = self.redis.get_node_from_key(keys[0])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_SCRIPT_SOURCES["commit"], len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms, **on_node)
+            outcome, acknowledged = await pipe.execute()
+        if int(outcome) >= 0 and int(acknowledged) < self.min_replicas:
+            COMMITS_UNREPLICATED.inc()
+            raise NotReplicated(job_id, int(acknowledged), self.min_replicas)
+        return int(outcome)
 
     async def emit(self, job_id: str, fence: int, kind: str, data: dict[str, Any]) -> str:
         entry = await self._run("emit", job_id, fence, kind, json.dumps(data), self.events_maxlen)
@@ -458,8 +499,8 @@ class JobStore:
     # ---- hints for workers --------------------------------------------------------------------------------
 
     async def next_queued(self, timeout_s: float) -> str | None:
-        """Pop a job id hint; None after `timeout_s` without one."""
-        popped = await self.redis.brpop([self.keys.queue], timeout=timeout_s)
+        """Pop a job id hint, interactive ones first; None after `timeout_s` without one."""
+        popped = await self.redis.brpop([self.keys.queue, self.keys.background_queue], timeout=timeout_s)
         return popped[1] if popped else None
 
     async def expired_leases(self, limit: int = 100) -> Sequence[str]:
@@ -481,3 +522,8 @@ class JobStore:
         """Redis server time: one clock for every worker, whatever their hosts' clocks say."""
         seconds, micros = await self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> Event:
+    """One entry of a job's Redis event stream as its wire model."""
+    return Event(id=entry_id, type=fields.get("type", "message"), data=json.loads(fields.get("data") or "{}"))

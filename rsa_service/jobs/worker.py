@@ -22,14 +22,15 @@ from collections import Counter
 import redis
 
 from rsa_service.backends import Backend
-from rsa_service.config import Settings
 from rsa_service.jobs.attempt import DEFAULT_LEASE_S, process_owner_id, run_attempt
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.connect import raise_if_cancelled
 from rsa_service.jobs.gate import Gate, SharedRate
-from rsa_service.jobs.models import JobRecord, NewerFormat, Problem
+from rsa_service.jobs.models import JobRecord, NewerFormat
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobNotFound, JobStore
 from rsa_service.observability import log_context
+from rsa_service.settings import Settings
+from rsa_service.wire import Problem
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,12 @@ class Worker:
             return  # a duplicate hint: claiming again here would fence off this worker's own attempt
         try:
             backend = await self.backends.get(record.spec.backend, record.spec.model)
+            # A routed stage runs another model: the job's `model` names its own backend's, not theirs.
+            routed = {name: await self.backends.get(name) for name in record.spec.params.routed_backends}
         except ValueError as exc:
             await self._fail_unrunnable(record, str(exc))
             return
-        task = asyncio.create_task(self._attempt(job_id, backend), name=job_id)
+        task = asyncio.create_task(self._attempt(job_id, backend, routed), name=job_id)
         self._attempts[task] = min(record.spec.params.population, self.gate.concurrency)
         task.add_done_callback(self._attempt_done)
 
@@ -158,7 +161,7 @@ class Worker:
         self._attempts.pop(task, None)
         self._room.set()
 
-    async def _attempt(self, job_id: str, backend: Backend) -> None:
+    async def _attempt(self, job_id: str, backend: Backend, routed: dict[str, Backend]) -> None:
         with log_context(job_id=job_id, worker=self.owner):
             try:
                 outcome = await run_attempt(
@@ -169,6 +172,7 @@ class Worker:
                     lease_s=self.lease_s,
                     max_attempts=self.max_attempts,
                     gate=self.gate,
+                    routed=routed,
                 )
                 self.outcomes[outcome.end] += 1
                 if outcome.end != "busy":

@@ -15,10 +15,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings, named_backends
+from rsa_service.api.server_settings import ApiSettings, named_backends
 from rsa_service.api.workers import in_process_workers
 from rsa_service.client import RSAClient
-from rsa_service.config import Settings
+from rsa_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.modelserver import ModelServerConfig, ModelServerHandle, serve_in_thread
 
@@ -61,7 +61,8 @@ class LiveAPI:
 
 @pytest.fixture(scope="module")
 def model_server() -> Iterator[ModelServerHandle]:
-    with serve_in_thread(ModelServerConfig(reasoning_words=40, latency_ms=20)) as server:
+    # A context the default parameters fit (16K traces, 40K final), so jobs created with them pass the context check.
+    with serve_in_thread(ModelServerConfig(reasoning_words=40, latency_ms=20, max_model_len=65536)) as server:
         yield server
 
 

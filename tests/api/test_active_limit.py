@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 import redis
 
-from rsa_service.api.settings import tenant_of
+from rsa_service.api.server_settings import tenant_of
 from rsa_service.jobs.keys import Keys
 from tests.api.conftest import KEY_A, SMALL, ApiFactory
 from tests.conftest import RedisServer

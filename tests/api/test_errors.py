@@ -59,6 +59,8 @@ def test_validation_errors_name_the_field(idle: LiveAPI) -> None:
         ({"problem": "p", "backend": "openai:http://evil/v1"}, "backend"),
         ({"problem": "p", "backend": "/etc/passwd"}, "backend"),
         ({"problem": "p", "backend": "nope"}, "backend"),
+        ({"problem": "p", "backend": "toy", "final_backend": "nope"}, "final_backend"),
+        ({"problem": "p", "backend": "toy", "initial_backend": "openai:http://evil/v1"}, "initial_backend"),
         ({"problem": "p", "backend": "toy", "population": 2, "subset": 3}, "subset"),
         ({"problem": "p", "backend": "toy", "population": 65}, "population"),
         ({"problem": "p", "backend": "toy", "rounds": -1}, "rounds"),

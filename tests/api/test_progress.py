@@ -4,9 +4,9 @@ event stream tells; folded from the events for jobs whose hash does not account 
 from __future__ import annotations
 
 from rsa_service.api.views import PROGRESS_FIELDS, progress_from_events, progress_many, read_job
-from rsa_service.client.models import Progress
 from rsa_service.core.steps import StepResult, Usage
 from rsa_service.jobs.store import JobStore
+from rsa_service.wire import Progress
 from tests.jobs.helpers import job_spec
 
 TENANT = "t_progress"

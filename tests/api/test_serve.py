@@ -12,7 +12,7 @@ import httpx2
 import psutil
 
 from tests.api.conftest import KEY_A
-from tests.conftest import RedisServer, _free_port
+from tests.redis_topologies import RedisServer, _free_port
 
 
 def test_several_processes_serve_one_port(redis_server: RedisServer, namespace: str) -> None:

@@ -20,11 +20,11 @@ import typer.main
 import yaml
 
 from rsa_service.api.app import create_app
-from rsa_service.api.settings import ApiSettings
+from rsa_service.api.server_settings import ApiSettings
 from rsa_service.cli import app as cli_app
-from rsa_service.config import Settings
 from rsa_service.jobs.worker import DEFAULT_DRAIN_GRACE_S
 from rsa_service.observability import ObservabilitySettings
+from rsa_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

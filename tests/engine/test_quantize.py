@@ -28,7 +28,7 @@ from rsa_service.backends.engine.model import ZayaForCausalLM
 from rsa_service.backends.engine.ops import weight_of
 from rsa_service.backends.engine.quantize import Int8Weight, int8_weights, quantize_into, quantize_rows
 from rsa_service.backends.engine.runner import ModelRunner
-from rsa_service.config import Settings, backend_options
+from rsa_service.settings import Settings, backend_options
 
 pytestmark = pytest.mark.engine
 

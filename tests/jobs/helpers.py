@@ -19,14 +19,14 @@ from typing import Any
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from rsa_service.config import Settings
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import Usage
-from rsa_service.jobs.backends import BackendPool
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import JobStore
 from rsa_service.jobs.worker import Worker
+from rsa_service.settings import Settings
 
 PROBLEM = "Compute the thing. ANSWER=70"
 LEASE_S = 2.0

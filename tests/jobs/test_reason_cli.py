@@ -11,11 +11,11 @@ from collections import Counter
 import pytest
 import redis
 
-from rsa_service import config
+from rsa_service import settings as shared_settings
 from rsa_service.cli.common import CLIError, build_spec
 from rsa_service.cli.options import JobOptions
-from rsa_service.config import Settings
 from rsa_service.jobs.keys import Keys
+from rsa_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.jobs.helpers import RSA_CLI, SMALL_FLAGS, rsa
 from tests.modelserver import ModelServerConfig, serve_in_subprocess, serve_in_thread
@@ -160,7 +160,7 @@ def test_empty_problem(cli_env: dict[str, str]) -> None:
 
 def test_no_backend_and_no_bundled_model_names_the_ways_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
     # Without the engine extra (or the bundled checkpoint) there is no default; the error says what to do.
-    monkeypatch.setattr(config, "bundled_backend", lambda: None)
+    monkeypatch.setattr(shared_settings, "bundled_backend", lambda: None)
     monkeypatch.delenv("RSA_BACKEND", raising=False)
     with pytest.raises(CLIError, match="no backend configured: pass --backend openai:http"):
         build_spec(Settings(), PROBLEM, JobOptions())

@@ -9,8 +9,10 @@ import pytest
 from rsa_service.core.params import RSAParams
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.core.steps import StepResult
-from rsa_service.jobs.models import JobResult, JobSpec, Problem
+from rsa_service.jobs.keys import STORE_FORMAT_VERSION
+from rsa_service.jobs.models import JobSpec
 from rsa_service.jobs.store import ADMITTED_GRACE_MS, JobNotFound, JobStore, LeaseLost, TooManyActive
+from rsa_service.wire import JobResult, Problem
 
 
 def spec() -> JobSpec:
@@ -29,12 +31,21 @@ def result(job_id: str) -> JobResult:
 async def test_create_queues_a_hint_and_reads_back(store: JobStore) -> None:
     job_id = await store.create(spec(), tenant="acme")
     record = await store.get(job_id)
-    assert (record.status, record.tenant, record.fence, record.attempts, record.version) == ("queued", "acme", 0, 0, 1)
+    assert (record.status, record.tenant, record.fence, record.attempts) == ("queued", "acme", 0, 0)
+    assert record.version == STORE_FORMAT_VERSION
     assert record.spec == spec()
     assert await store.next_queued(0.1) == job_id
     assert [event.type for event in await store.events(job_id)] == ["queued"]
     with pytest.raises(JobNotFound):
         await store.get("job_nope")
+
+
+async def test_background_jobs_are_claimed_after_interactive_ones(store: JobStore) -> None:
+    late = await store.create(spec(), priority="background", extra={"note": "kept"})
+    first = await store.create(spec())
+    second = await store.create(spec())
+    assert [await store.next_queued(0.1) for _ in range(4)] == [first, second, late, None]
+    assert await store.redis.hget(store.keys.job(late).meta, "note") == "kept"
 
 
 async def test_claim_is_exclusive_while_the_lease_lives(store: JobStore) -> None:

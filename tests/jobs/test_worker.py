@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from rsa_service.config import Settings
-from rsa_service.jobs.backends import BackendPool
-from rsa_service.jobs.connect import redis_client
+from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.gate import SharedRate
+from rsa_service.jobs.redis_urls import redis_client
 from rsa_service.jobs.store import JobStore
+from rsa_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.jobs.helpers import finished, job_spec, running, status_of, step_events, wait_until
 from tests.modelserver import ModelServerConfig, serve_in_thread

@@ -1,6 +1,7 @@
 """Which backend runs a job: `spec.backend` names one the operator configured (`RSA_BACKENDS`), or is itself a
-backend spec (local CLI use). One open backend per (spec, model), shared by every job that uses it, so its
-connection pool and token-counter probe are paid once; all are closed together on shutdown.
+backend spec (local CLI use). A configured name may list several specs: replicas of one model, served as one
+`FleetBackend`. One open backend per (spec, model), shared by every job that uses it, so its connection pool and
+token-counter probe are paid once; all are closed together on shutdown.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import asyncio
 import logging
 
 from rsa_service.backends import Backend, open_backend, split_spec
-from rsa_service.config import Settings, backend_options
+from rsa_service.backends.fleet import FleetBackend
+from rsa_service.settings import Settings, backend_options
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +23,12 @@ class BackendPool:
     def __init__(self, settings: Settings, *, allow_specs: bool = True) -> None:
         self.settings = settings
         self.allow_specs = allow_specs
-        self._open: dict[tuple[str, str | None], Backend] = {}
+        self._open: dict[tuple[str | tuple[str, ...], str | None], Backend] = {}
         self._lock = asyncio.Lock()
 
-    def resolve(self, name_or_spec: str) -> str:
-        """The backend spec a job's `backend` field stands for; ValueError naming the field when none."""
+    def resolve(self, name_or_spec: str) -> str | list[str]:
+        """The backend spec (or replicas' specs) a job's `backend` field stands for; ValueError naming the field
+        when none."""
         configured = self.settings.backends
         if name_or_spec in configured:
             return configured[name_or_spec]
@@ -37,10 +40,13 @@ class BackendPool:
 
     async def get(self, name_or_spec: str, model: str | None = None) -> Backend:
         spec = self.resolve(name_or_spec)
-        key = (spec, model or self.settings.model)
+        key = (spec if isinstance(spec, str) else tuple(spec), model or self.settings.model)
         async with self._lock:
             if key not in self._open:
-                self._open[key] = open_backend(spec, backend_options(self.settings, model))
+                options = backend_options(self.settings, model)
+                self._open[key] = (
+                    open_backend(spec, options) if isinstance(spec, str) else FleetBackend(name_or_spec, spec, options)
+                )
             return self._open[key]
 
     async def aclose(self) -> None:

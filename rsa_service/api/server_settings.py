@@ -1,6 +1,6 @@
-"""The API server's settings (`RSA_*` environment variables), beside the shared `config.Settings`.
+"""The API server's settings (`RSA_*` environment variables), beside the shared `settings.Settings`.
 
-Backends are the operator's (`config.Settings`): `RSA_BACKENDS` is a JSON object of name → spec, and
+Backends are the operator's (`settings.Settings`): `RSA_BACKENDS` is a JSON object of name → spec, and
 `RSA_BACKEND` (if set) is also available under the name `default`. Requests pick a backend by name only, and
 a job records that name, which the workers resolve.
 """
@@ -14,9 +14,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from rsa_service import config
-from rsa_service.config import Settings
 from rsa_service.core.params import Limits
+from rsa_service.settings import Settings, bundled_backend
 
 DEFAULT_BACKEND_NAME = "default"
 
@@ -42,6 +41,10 @@ class ApiSettings(BaseSettings):
     sse_ping_s: float = Field(default=15.0, gt=0, description="Keep-alive comment interval on event streams.")
     sse_block_ms: int = Field(default=1000, gt=0, description="How long one Redis read waits for new events.")
     readiness_timeout_s: float = Field(default=3.0, gt=0)
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description='Responses API model names for configured backends, JSON: {"zaya1-rsa": "default"}.',
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -55,7 +58,7 @@ def named_backends(shared: Settings) -> Settings:
     """`shared` with `RSA_BACKEND` as the backend named `default`, unless RSA_BACKENDS names one; with no backend
     configured at all, the bundled model."""
     named = dict(shared.backends)
-    fallback = shared.backend or (None if named else config.bundled_backend())
+    fallback = shared.backend or (None if named else bundled_backend())
     if fallback and DEFAULT_BACKEND_NAME not in named:
         named[DEFAULT_BACKEND_NAME] = fallback
     return shared.model_copy(update={"backends": named})

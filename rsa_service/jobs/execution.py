@@ -17,14 +17,8 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from rsa_service.backends.base import (
-    Backend,
-    BackendError,
-    ChatMessage,
-    ContextLengthError,
-    Generation,
-    GenerationRequest,
-)
+from rsa_service.backends.base import Backend, BackendError, Generation
+from rsa_service.core.adaptive import may_stop_after, shortcut_step, stop_reason
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.plan import choose_candidates, generation_seed
 from rsa_service.core.reasoning import tail_source_text
@@ -33,7 +27,8 @@ from rsa_service.core.summary import round_steps, summarise
 from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
-from rsa_service.jobs.models import JobRecord, JobResult, JobSpec, Problem
+from rsa_service.jobs.models import JobRecord
+from rsa_service.jobs.requests import generation_request
 from rsa_service.jobs.store import JobStore
 from rsa_service.metrics import (
     GENERATION_LATENCY,
@@ -46,11 +41,11 @@ from rsa_service.metrics import (
     TOKENS,
 )
 from rsa_service.observability import log_context, span
+from rsa_service.wire import JobResult, Problem
 
 log = logging.getLogger(__name__)
 
 EMPTY_OUTPUT_RETRIES = 2  # a generation that returns no text is sampled again with a fresh seed this many times
-CONTEXT_MARGIN_TOKENS_PER_TAIL = 16  # re-tokenising a tail inside a prompt may merge a few tokens differently
 
 
 class JobFailed(Exception):
@@ -69,50 +64,6 @@ class _Stop(Exception):
         self.reason = reason
 
 
-async def check_fits(backend: Backend, spec: JobSpec) -> None:
-    """Refuse a configuration whose largest prompt plus budget cannot fit the model's context.
-
-    The Markovian bound: an aggregation prompt is at most |q| + K·τ + template overhead, however long the model
-    thought, so one count decides every round in advance.
-    """
-    context = (await backend.capabilities()).context_length
-    if context is None:
-        return
-    params = spec.params
-    first = await backend.count_tokens(_request(spec, spec.problem, params.max_tokens_for(0), 0, final_select=False))
-    if first + params.max_tokens_for(0) > context:
-        raise ContextLengthError(
-            f"the problem ({first} tokens) plus its budget ({params.max_tokens_for(0)}) exceeds the model's "
-            f"context of {context} tokens"
-        )
-    if params.rounds == 0:
-        return
-    k = min(params.subset, params.population)
-    prompt = spec.templates.render(spec.problem, ["."] * k)
-    overhead = await backend.count_tokens(_request(spec, prompt, 1, 0, final_select=False))
-    largest = overhead + k * (params.tail_tokens + CONTEXT_MARGIN_TOKENS_PER_TAIL)
-    budget = max(params.trace_tokens if params.rounds > 1 else 0, params.final_tokens)
-    if largest + budget > context:
-        raise ContextLengthError(
-            f"an aggregation prompt can reach {largest} tokens (problem and template {overhead} + "
-            f"K={k} × τ={params.tail_tokens}); with a budget of {budget} new tokens that exceeds the model's "
-            f"context of {context}. Lower tail_tokens, subset or the token budgets."
-        )
-
-
-def _request(spec: JobSpec, content: str, max_tokens: int, seed: int, *, final_select: bool) -> GenerationRequest:
-    params = spec.params
-    return GenerationRequest(
-        messages=(ChatMessage(role="user", content=content),),
-        max_tokens=max_tokens,
-        temperature=params.select_temperature if final_select else params.temperature,
-        top_p=params.select_top_p if final_select else params.top_p,
-        top_k=params.select_top_k if final_select else params.top_k,
-        min_p=None if final_select else params.min_p,
-        seed=seed,
-    )
-
-
 def _usable(generation: Generation) -> bool:
     return bool(generation.text.strip() or generation.reasoning.strip())
 
@@ -128,7 +79,8 @@ class JobRunner:
     """One attempt at one job, under one lease. Create a fresh runner for every claim.
 
     `gate` admits each generation (a worker shares one across its jobs); without one, the job gets its own
-    with `concurrency` (default: the population) slots.
+    with `concurrency` (default: the population) slots. `routed` holds the open backends that the job's stage
+    routing names (`initial_backend` and friends); unrouted stages run on `backend`.
     """
 
     def __init__(
@@ -140,10 +92,12 @@ class JobRunner:
         *,
         gate: Gate | None = None,
         concurrency: int | None = None,
+        routed: Mapping[str, Backend] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.backend = backend
+        self.routed = dict(routed or {})
         self.job = job
         self.spec = job.spec
         self.params = job.spec.params
@@ -198,6 +152,7 @@ class JobRunner:
             select=summary.select,
             rounds=summary.rounds,
             usage=summary.usage,
+            usage_by_backend=summary.usage_by_backend,
             stopped_reason=summary.stopped_reason,
             wall_s=summary.wall_s,
             error=error,
@@ -242,9 +197,11 @@ class JobRunner:
                     step=step_key(round_index, next((s.slot for s in members if s.status != "ok"), 0)),
                 )
             )
-        threshold = self.params.stop_agreement
-        if threshold is not None and round_index < self.params.rounds and stats.agreement >= threshold:
-            raise _Stop(f"agreement {stats.agreement:.2f} reached {threshold:g} after round {round_index}")
+        previous = round_steps(self._steps, round_index - 1, self.params.population) if round_index else []
+        before = round_stats(round_index - 1, previous, self.params.population) if previous else None
+        reason = stop_reason(self.params, stats, before)
+        if reason is not None:
+            raise _Stop(reason)
 
     # ---- one round ----------------------------------------------------------------------------------------
 
@@ -253,9 +210,9 @@ class JobRunner:
         return [step.slot for step in members if step.status == "ok" and step.tail]
 
     def _pipelined(self, round_index: int) -> bool:
-        """Whether `round_index`'s slots may start before the previous round ends: not when a round's end can stop
-        the job early (agreement), since the next round's steps would then have been generated for nothing."""
-        return 0 < round_index <= self.params.rounds and self.params.stop_agreement is None
+        """Whether `round_index`'s slots may start before the previous round ends: not when that round's end can
+        stop the job early, since the next round's steps would then have been generated for nothing."""
+        return 0 < round_index <= self.params.rounds and not may_stop_after(self.params, round_index - 1)
 
     def _start_ready(self, round_index: int, committed: int | None = None) -> None:
         """Start each slot of `round_index` whose candidates are already committed, before its round begins
@@ -387,6 +344,12 @@ class JobRunner:
         content, chosen = self._prompt(round_index, slot, survivors)
         final_select = self.params.final_sampling(round_index)
         max_tokens = self.params.max_tokens_for(round_index)
+        if self.params.consensus_shortcut and round_index:
+            candidates = [self._steps[step_key(round_index - 1, candidate)] for candidate in chosen]
+            carried = shortcut_step(self.params, round_index, slot, candidates)
+            if carried is not None:
+                await self._commit(carried)
+                return
         with log_context(slot=slot), span("generation", round=round_index, slot=slot):
             async with self.gate.slot():
                 self.lease.check()  # never start a generation under a lease that may have passed to another worker
@@ -403,23 +366,33 @@ class JobRunner:
         max_tokens: int,
         final_select: bool,
     ) -> StepResult:
-        base = StepResult(round=round_index, slot=slot, candidates=chosen)
+        name, backend = self._backend_for(round_index)
+        base = StepResult(round=round_index, slot=slot, candidates=chosen, backend=name)
         stage = _stage(round_index, final_select)
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
-            request = _request(self.spec, content, max_tokens, seed, final_select=final_select)
+            # A slot's prompts across rounds share the problem and template: one lineage, one replica's cache.
+            request = generation_request(
+                self.spec,
+                content,
+                max_tokens,
+                seed,
+                round_index=round_index,
+                final_select=final_select,
+                lineage=f"{self.job.id}/s{slot}",
+            )
             started = self.clock()
             try:
-                generation = await self.backend.generate(request)
+                generation = await backend.generate(request)
             except BackendError as exc:
-                self._observe_generation(None, stage, self.clock() - started)
+                self._observe_generation(name, None, stage, self.clock() - started)
                 log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
                 return base.model_copy(
                     update={"status": "failed", "error": str(exc), "seed": seed, "attempts": attempt + 1}
                 )
-            self._observe_generation(generation, stage, self.clock() - started)
+            self._observe_generation(name, generation, stage, self.clock() - started)
             if _usable(generation):
-                return await self._record(base, generation, seed, attempt + 1)
+                return await self._record(base, backend, generation, seed, attempt + 1)
         return base.model_copy(
             update={
                 "status": "failed",
@@ -428,9 +401,15 @@ class JobRunner:
             }
         )
 
-    def _observe_generation(self, generation: Generation | None, stage: str, seconds: float) -> None:
+    def _backend_for(self, round_index: int) -> tuple[str, Backend]:
+        """The name and open backend of the stage `round_index` belongs to (see `RSAParams.stage_of`)."""
+        name = self.params.stage_backend(round_index)
+        if name is None or name == self.spec.backend:
+            return self.spec.backend, self.backend
+        return name, self.routed[name]
+
+    def _observe_generation(self, backend: str, generation: Generation | None, stage: str, seconds: float) -> None:
         """One backend call that returned (`generation`) or failed (None); a cancelled one is not counted."""
-        backend = self.spec.backend
         GENERATION_LATENCY.labels(backend).observe(seconds)
         if generation is None:
             GENERATIONS.labels(backend, "failed").inc()
@@ -440,12 +419,14 @@ class JobRunner:
         TOKENS.labels(backend, "completion").inc(generation.usage.completion_tokens)
         PROMPT_TOKENS.labels(stage).observe(generation.usage.prompt_tokens)
 
-    async def _record(self, base: StepResult, generation: Generation, seed: int, attempts: int) -> StepResult:
+    async def _record(
+        self, base: StepResult, backend: Backend, generation: Generation, seed: int, attempts: int
+    ) -> StepResult:
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
-        tail = await self._tail(source, generation) if base.round < self.params.rounds else None  # else unseen
+        tail = await self._tail(backend, source, generation) if base.round < self.params.rounds else None  # else unseen
         if tail is not None:
-            TAIL_TRIMMED_TOKENS.labels(self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
+            TAIL_TRIMMED_TOKENS.labels(base.backend or self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
         return base.model_copy(
             update={
@@ -462,7 +443,7 @@ class JobRunner:
             }
         )
 
-    async def _tail(self, source: str, generation: Generation) -> Tail:
+    async def _tail(self, backend: Backend, source: str, generation: Generation) -> Tail:
         """A trace no longer than τ is kept whole (the spec's rule) without counting it again.
 
         The generation's own token count bounds every part of it, so when it is within τ no backend call is
@@ -477,17 +458,19 @@ class JobRunner:
         else:
             rest = generation.text if source is generation.reasoning else generation.reasoning
             hint = estimate_part_tokens(source, rest, produced)
-        return await self.backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
+        return await backend.tail(source, self.params.tail_tokens, tokens_hint=hint)
 
     async def _commit(self, step: StepResult) -> None:
         event = {
             "round": step.round,
             "slot": step.slot,
             "status": step.status,
+            "candidates": step.candidates,
             "answer": step.answer,
             "finish_reason": step.finish_reason,
             "completion_tokens": step.usage.completion_tokens,
             "tail_tokens": step.tail_tokens,
+            "shortcut_from": step.shortcut_from,
         }
         if await self.store.commit(self.job.id, self.fence, step, event):
             self._steps[step.key] = step
@@ -502,3 +485,8 @@ class JobRunner:
             spent = sum(s.usage.total for s in self._steps.values())
             if spent >= budget:
                 raise _Stop(f"token budget of {budget} reached ({spent} tokens spent)")
+        output_budget = self.params.max_output_tokens
+        if output_budget is not None:
+            produced = sum(s.usage.completion_tokens for s in self._steps.values())
+            if produced >= output_budget:
+                raise _Stop(f"output token budget of {output_budget} reached ({produced} tokens generated)")

@@ -40,9 +40,16 @@ class Settings(BaseSettings):
     backend_api_key: str | None = Field(default=None, repr=False, description="Bearer key for remote backends.")
     tokenizer: str | None = Field(default=None, description="The model's tokenizer.json: remote tails cut locally.")
     namespace: str = Field(default="rsa", description="Prefix of every Redis key.")
-    backends: dict[str, str] = Field(
+    redis_min_replicas: int = Field(
+        default=0, ge=0, description="Acknowledge a step commit only once this many replicas have it (WAIT)."
+    )
+    redis_replica_timeout_ms: int = Field(
+        default=1000, gt=0, description="How long a commit waits for RSA_REDIS_MIN_REPLICAS replicas."
+    )
+    backends: dict[str, str | list[str]] = Field(
         default_factory=dict,
-        description='Operator-configured backends by name, JSON: {"default": "openai:http://h:8000/v1"}.',
+        description='Operator-configured backends by name, JSON: {"default": "openai:http://h:8000/v1"}; a list of '
+        "specs is a fleet of replicas of one model.",
     )
     lease_s: float = Field(default=30.0, gt=0, description="A job's lease; a dead worker's job resumes after it.")
     max_attempts: int = Field(default=5, gt=0, description="Claims before a job that kills workers is failed.")
@@ -89,6 +96,11 @@ class Settings(BaseSettings):
     backend_retry_max_wait_s: float = Field(
         default=_option_default("retry_max_wait_s"), gt=0, description="Cap on one wait, Retry-After included."
     )
+    backend_session_header: str = Field(
+        default=_option_default("session_header"),
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Header carrying a lineage's session id, for routers that keep a session on one replica.",
+    )
     requeue_pending_after_s: float = Field(
         default=60.0, gt=0, description="Queue a never-claimed job again after this long (its hint may be lost)."
     )
@@ -111,6 +123,7 @@ def backend_options(settings: Settings, model: str | None) -> BackendOptions:
         max_retries=settings.backend_max_retries,
         retry_backoff_s=settings.backend_retry_backoff_s,
         retry_max_wait_s=settings.backend_retry_max_wait_s,
+        session_header=settings.backend_session_header,
         dtype=settings.engine_dtype,
         quantize=settings.engine_quantize,
         device=settings.engine_device,
@@ -131,7 +144,7 @@ def default_backend(settings: Settings) -> str | None:
     return settings.backend or bundled_backend()
 
 
-def params_defaults(backend: str | None) -> dict[str, Any]:
+def params_defaults(backend: str | list[str] | None) -> dict[str, Any]:
     """Parameter defaults for `backend`: the bundled model's recommended settings, else the library's."""
     if backend is None or backend != bundled_backend():
         return {}
