@@ -48,7 +48,7 @@ def _options(
     *, dtype: str, quantize: str, device: str | None, threads: int | None, compile_step: bool | None, batch: int
 ) -> BackendOptions:
     """The service's engine settings (RSA_ENGINE_*), with what this command's flags set instead."""
-    from rsa_service.config import Settings, backend_options
+    from rsa_service.settings import Settings, backend_options
 
     options = backend_options(Settings(), None)
     update = {"dtype": dtype, "quantize": quantize, "max_concurrency": batch, "device": device or options.device}
