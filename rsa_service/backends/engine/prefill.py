@@ -4,9 +4,9 @@ Between its GEMMs a prefill layer runs norms, the CCA convs' concatenations and 
 layout copies, residual merges and the router, op by op: eagerly each is a pass over memory, together a large share
 of a long prefill. Compiled, inductor fuses each piece between the cache writes, the attention and the expert
 dispatch (see `PrefillOps`, which stay eager: per-row loops and data-dependent expert calls) into a few loops around
-the same oneDNN GEMMs. Rows B and tokens T are symbolic and, as size-oblivious sizes, never specialised to 1, so one graph
-per piece serves every chunk, batch and single-token piece (`routed` compiles a second for the first layer, which
-has no router state to carry). Compiled under the decode step's switch (`compiler.compile_enabled`).
+the same oneDNN GEMMs. Rows B and tokens T are symbolic and, as size-oblivious sizes, never specialised to 1, so one
+graph per piece serves every chunk, batch and single-token piece (`routed` compiles a second for the first layer,
+which has no router state to carry). Compiled under the decode step's switch (`compiler.compile_enabled`).
 """
 
 from __future__ import annotations
