@@ -61,7 +61,16 @@ GENERATION_LATENCY = Histogram(
     ["backend"],
     buckets=GENERATION_BUCKETS_S,
 )
-TOKENS = Counter("rsa_tokens_total", "Tokens as the backend counted them.", ["backend", "direction"])
+TOKENS = Counter(
+    "rsa_tokens_total",
+    "Tokens every generation spent, retried or failed, as the backend counted them.",
+    ["backend", "direction"],
+)
+ESTIMATED_TOKENS = Counter(
+    "rsa_estimated_tokens_total",
+    "Of rsa_tokens_total, an upper bound for requests aborted before the backend reported usage.",
+    ["backend"],
+)
 PROMPT_TOKENS = Histogram("rsa_prompt_tokens", "Prompt size of a generation.", ["stage"], buckets=PROMPT_TOKEN_BUCKETS)
 TAIL_TRIMMED_TOKENS = Counter(
     "rsa_tail_trimmed_tokens_total", "Tokens cut from traces when their tails were taken.", ["backend"]
@@ -103,6 +112,10 @@ QUEUE_DEPTH = Gauge("rsa_queue_depth", "Job ids in the queue (hints: may hold du
 JOBS_WAITING = Gauge("rsa_jobs_waiting", "Jobs created or queued again and not claimed yet.")
 LEASES = Gauge("rsa_leases", "Job leases by state (expired: the janitor re-queues those).", ["state"])
 JOBS_DEAD = Gauge("rsa_jobs_dead_lettered", "Poison jobs failed after too many attempts.")
+GENERATIONS_OUTSTANDING = Gauge(
+    "rsa_generations_outstanding",
+    "Generations not yet committed of the jobs queued or running: the workers' backlog (scale workers on it).",
+)
 
 
 async def observe_store(store: JobStore) -> None:
@@ -119,6 +132,7 @@ async def observe_store(store: JobStore) -> None:
                 pipe.zcount(keys.leases, "-inf", now_ms)
                 pipe.scard(keys.dead)
                 queued, queued_background, waiting, live, expired, dead = await pipe.execute()
+            outstanding = await store.outstanding_generations()
     except Exception as exc:  # a scrape reports what it can; Redis errors show in the worker's own logs
         log.debug("metrics: cannot read the store (%s)", exc)
         return
@@ -127,6 +141,7 @@ async def observe_store(store: JobStore) -> None:
     LEASES.labels("live").set(live)
     LEASES.labels("expired").set(expired)
     JOBS_DEAD.set(dead)
+    GENERATIONS_OUTSTANDING.set(outstanding)
 
 
 async def exposition(store: JobStore) -> bytes:

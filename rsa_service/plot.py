@@ -44,7 +44,7 @@ def accuracy_svg(comparison: Comparison) -> str:
     x_low, x_high, x_step = _range([x for _, x, _ in everything] + [0.0], 1.0)
     x_low = max(x_low, 0.0)
     y_low, y_high, y_step = _range([y for _, _, y in everything], 2.0)
-    y_low, y_high = max(y_low, 0.0), min(y_high, 100.0)
+    y_low = max(y_low, 0.0)
 
     def px(x: float) -> float:
         return LEFT + (x - x_low) / (x_high - x_low) * (WIDTH - LEFT - RIGHT)
@@ -65,7 +65,7 @@ def accuracy_svg(comparison: Comparison) -> str:
     for x in _ticks(x_low, x_high, x_step):
         parts.append(f'<line x1="{px(x):.1f}" y1="{TOP}" x2="{px(x):.1f}" y2="{HEIGHT - BOTTOM}" stroke="#eee"/>')
         parts.append(f'<text x="{px(x):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{x:g}</text>')
-    for y in _ticks(y_low, y_high, y_step):
+    for y in (tick for tick in _ticks(y_low, y_high, y_step) if tick <= 100):
         parts.append(f'<line x1="{LEFT}" y1="{py(y):.1f}" x2="{WIDTH - RIGHT}" y2="{py(y):.1f}" stroke="#eee"/>')
         parts.append(f'<text x="{LEFT - 8}" y="{py(y) + 4:.1f}" text-anchor="end">{y:g}</text>')
     parts += [
@@ -76,22 +76,42 @@ def accuracy_svg(comparison: Comparison) -> str:
         f'<text transform="translate(18 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" text-anchor="middle">'
         "final accuracy (%)</text>",
     ]
+    legend: list[tuple[str, str]] = []
     for index, (name, x, y) in enumerate(points):
         colour = COLOURS[index % len(COLOURS)]
-        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="6" fill="{colour}"/>')
-        parts.append(_label(px(x), py(y), f"{name} ({y:.1f}%)", colour))
-    for name, x, y in marks:
-        size = 6
-        diamond = f"{px(x):.1f},{py(y) - size:.1f} {px(x) + size:.1f},{py(y):.1f} {px(x):.1f},{py(y) + size:.1f} " + (
-            f"{px(x) - size:.1f},{py(y):.1f}"
-        )
-        parts.append(f'<polygon points="{diamond}" fill="none" stroke="{BASELINE_COLOUR}" stroke-width="2"/>')
-        parts.append(_label(px(x), py(y), f"{name} ({y:.1f}%)", BASELINE_COLOUR))
+        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="6" fill="{colour}" fill-opacity="0.8"/>')
+        legend.append((_circle(0, 0, colour), f"{name}: {y:.1f}%, {x:,.1f}K tokens"))
+    for index, (name, x, y) in enumerate(marks):
+        shape = _diamond if index == 0 else _square
+        parts.append(shape(px(x), py(y)))
+        legend.append((shape(0, 0), f"{name}: {y:.1f}%, {x:,.1f}K tokens"))
+    # The legend sits in the lower right, where a point (low accuracy for many tokens) would be a poor result.
+    top = HEIGHT - BOTTOM - 12 - 18 * len(legend)
+    left = WIDTH - RIGHT - 250
+    parts.append(
+        f'<rect x="{left - 10}" y="{top - 14}" width="252" height="{18 * len(legend) + 8}" fill="white" '
+        'fill-opacity="0.9" stroke="#ccc"/>'
+    )
+    for row, (marker, text) in enumerate(legend):
+        y = top + 18 * row
+        parts.append(f'<g transform="translate({left} {y - 4})">{marker}</g>')
+        parts.append(f'<text x="{left + 14}" y="{y}">{escape(text)}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
 
-def _label(x: float, y: float, text: str, colour: str) -> str:
-    anchor = "end" if x > WIDTH * 0.7 else "start"
-    dx = -10 if anchor == "end" else 10
-    return f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}" fill="{colour}">{escape(text)}</text>'
+def _circle(x: float, y: float, colour: str) -> str:
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colour}" fill-opacity="0.8"/>'
+
+
+def _diamond(x: float, y: float, size: float = 6) -> str:
+    corners = ((x, y - size), (x + size, y), (x, y + size), (x - size, y))
+    points = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in corners)
+    return f'<polygon points="{points}" fill="none" stroke="{BASELINE_COLOUR}" stroke-width="2"/>'
+
+
+def _square(x: float, y: float, size: float = 5) -> str:
+    return (
+        f'<rect x="{x - size:.1f}" y="{y - size:.1f}" width="{2 * size}" height="{2 * size}" fill="none" '
+        f'stroke="{BASELINE_COLOUR}" stroke-width="2"/>'
+    )

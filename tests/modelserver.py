@@ -19,7 +19,9 @@ Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, POST /t
 `{"prompt"}` or `{"messages"}` → `{"count", "tokens", "max_model_len"}`), and the control routes
 GET /_requests, POST /_reset, GET|POST /_faults.
 
-GET /_requests → `{"requests": [...], "in_flight": n, "max_in_flight": n, "tokenize_calls": n}`; one entry
+GET /_requests → `{"requests": [...], "in_flight": n, "max_in_flight": n, "tokenize_calls": n, "spent": {...}}`;
+`spent` is `{"prompt_tokens", "completion_tokens"}` summed over every generation the model ran (answered,
+faulted after generating, or abandoned by its client), what a metered server bills; one entry
 per generation request, in arrival order: `{"key", "path", "time", "body", "fault", "status", "session"}` where
 `session` is the X-Session-ID header (or null), `key` is
 the sha256 of the canonical JSON of `[messages or prompt, seed, max_tokens]`, `time` the arrival (unix
@@ -37,6 +39,8 @@ requires a substring of the request body. Examples:
     {"delay_s": 10}                                   answer 10 s late (a client read timeout)
     {"status": 400, "always": true, "match": "foo"}   every request mentioning foo fails with 400
     {"status": 200, "body": "<html></html>", "content_type": "text/html"}   not an OpenAI answer
+    {"empty_output": true, "times": 2}                the model spends its budget on no text (usage reported)
+    {"no_choices": true}                              usage reported, but no choice: not a usable completion
 
 Use it in-process (a background thread) or as a subprocess (when a test kills processes):
 
@@ -84,6 +88,7 @@ ReasoningStyle = Literal["reasoning_content", "reasoning", "inline", "hidden"]
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 AGGREGATION_MARKERS = ("Candidate 1", "Earlier attempt")
 ARRIVED = "modelserver.arrived"  # the scope key for when a request reached the app (time.monotonic())
+FAULT = "modelserver.fault"  # the scope key for the index of the fault rule applied to a request
 READY_PREFIX = "modelserver ready "
 STARTUP_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -142,6 +147,8 @@ class FaultRule(BaseModel):
     always: bool = Field(default=False, description="Apply to every matching request, ignoring `times`.")
     match: str | None = Field(default=None, description="Only requests whose body contains this substring.")
     path: str | None = Field(default=None, description="Only this path; default: the generation routes.")
+    empty_output: bool = Field(default=False, description="Generate `max_tokens` tokens of nothing printable.")
+    no_choices: bool = Field(default=False, description="Generate, report usage, but answer with no choices.")
 
 
 class ModelServerConfig(BaseModel):
@@ -293,9 +300,19 @@ class ServerState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.tokenize_calls = 0
+        self.spent = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    def spend(self, usage: dict[str, int]) -> None:
+        for name in self.spent:
+            self.spent[name] += usage[name]
 
     def set_faults(self, rules: list[FaultRule]) -> None:
         self.faults = [(rule, rule.times) for rule in rules]
+
+    def fault_of(self, scope: Scope) -> FaultRule | None:
+        """The rule `FaultsAndLog` applied to this request, if any."""
+        index = scope.get(FAULT)
+        return None if index is None else self.faults[index][0]
 
     def take_fault(self, path: str, raw_body: str) -> int | None:
         """Index of the first rule that applies to this request (spending one of its uses), or None."""
@@ -364,6 +381,7 @@ class FaultsAndLog:
             return
         body = await _read_body(receive)
         fault_index = state.take_fault(path, body.decode(errors="replace"))
+        scope[FAULT] = fault_index
         entry: dict[str, Any] | None = None
         if path in GENERATION_PATHS:
             parsed = _json_or_empty(body)
@@ -462,13 +480,29 @@ def completion_response(body: dict[str, Any], config: ModelServerConfig, *, chat
         "model": config.model_id,
         "choices": [choice],
     }
-    if config.usage:
-        answer["usage"] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+    answer["usage"] = _usage(prompt_tokens, completion_tokens)
     return 200, answer
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
+def _faulted_answer(answer: dict[str, Any], body: dict[str, Any], rule: FaultRule | None) -> dict[str, Any]:
+    """A generated answer as an `empty_output` or `no_choices` rule changes it (usage reported either way)."""
+    if rule is None or not (rule.empty_output or rule.no_choices):
+        return answer
+    usage = answer["usage"]
+    if rule.no_choices:
+        return answer | {"choices": []}
+    spent = int(body.get("max_tokens") or 16)
+    [choice] = answer["choices"]
+    emptied = {"message": {"role": "assistant", "content": ""}} if "message" in choice else {"text": ""}
+    return answer | {
+        "choices": [choice | emptied | {"finish_reason": "length"}],
+        "usage": _usage(usage["prompt_tokens"], spent),
+    }
 
 
 def build_app(config: ModelServerConfig | None = None) -> FaultsAndLog:
@@ -487,6 +521,10 @@ def build_app(config: ModelServerConfig | None = None) -> FaultsAndLog:
             return _error(400, "modelserver: the request body is not JSON")
         status, answer = completion_response(body, cfg, chat=request.url.path.endswith("/chat/completions"))
         if status == 200:
+            answer = _faulted_answer(answer, body, state.fault_of(request.scope))
+            state.spend(answer["usage"])
+            if not cfg.usage:
+                del answer["usage"]
             tokens = answer.get("usage", {}).get("completion_tokens", 0)
             latency_s = (cfg.latency_ms + cfg.latency_per_token_ms * tokens) / 1000
             arrived = request.scope.get(ARRIVED, time.monotonic())
@@ -503,7 +541,7 @@ def build_app(config: ModelServerConfig | None = None) -> FaultsAndLog:
         return JSONResponse({"count": len(ids), "tokens": ids, "max_model_len": cfg.max_model_len})
 
     async def requests_route(request: Request) -> Response:
-        counters = {"in_flight": state.in_flight, "max_in_flight": state.max_in_flight}
+        counters = {"in_flight": state.in_flight, "max_in_flight": state.max_in_flight, "spent": state.spent}
         return JSONResponse({"requests": state.requests, "tokenize_calls": state.tokenize_calls, **counters})
 
     async def reset_route(request: Request) -> Response:
@@ -561,6 +599,10 @@ class ModelServerHandle:
 
     def requests(self) -> list[dict[str, Any]]:
         return self.log()["requests"]
+
+    def spent(self) -> dict[str, int]:
+        """Tokens the model spent on every generation since the last reset: `{"prompt_tokens", ...}`."""
+        return self.log()["spent"]
 
     def set_faults(self, rules: list[dict[str, Any]]) -> None:
         self._call("POST", "/_faults", rules)

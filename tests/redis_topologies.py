@@ -8,6 +8,7 @@ promote its replica, then comes back as the new primary's replica.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -150,6 +151,7 @@ class ClusterProcesses:
     name = "cluster"
 
     def __init__(self, root: Path, primaries: int = 3) -> None:
+        self.bus_ports = [_free_port() for _ in range(primaries * 2)]  # not port + 10000, which may pass 65535
         self.nodes = [
             RedisServer(
                 root / f"node{i}",
@@ -157,10 +159,10 @@ class ClusterProcesses:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(root / f"node{i}" / "nodes.conf"),
                     "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
-                    "--cluster-port", str(_free_port()),  # not port + 10000, which may pass 65535
+                    "--cluster-port", str(bus_port),
                 ],
             )
-            for i in range(primaries * 2)
+            for i, bus_port in enumerate(self.bus_ports)
         ]  # fmt: skip
         self.primaries = primaries
 
@@ -171,14 +173,25 @@ class ClusterProcesses:
     def start(self) -> None:
         for node in self.nodes:
             node.start()
-        replicas = ["--cluster-replicas", "1"] if len(self.nodes) > self.primaries else []
-        subprocess.run(
-            [_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), *replicas,
-             "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        if self.primaries >= 3:
+            subprocess.run(
+                [_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", "1", "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+        else:  # redis-cli creates clusters of three primaries or more: one primary is set up by hand
+            self._one_primary()
         for node in self.nodes:
-            _wait_for(lambda port=node.port: _cluster_ok(port) and _synced(port), "the cluster to form and sync")
+            _wait_for(functools.partial(_ready_node, node.port), "the cluster to form and sync")
+
+    def _one_primary(self) -> None:
+        primary, replica = self.nodes
+        with redis.Redis(port=primary.port, decode_responses=True) as first, redis.Redis(port=replica.port) as second:
+            first.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            second.execute_command("CLUSTER", "MEET", "127.0.0.1", primary.port, self.bus_ports[0])
+            primary_id = first.execute_command("CLUSTER", "MYID")
+            _wait_for(lambda: primary_id in str(second.execute_command("CLUSTER", "NODES")), "the nodes to meet")
+            second.execute_command("CLUSTER", "REPLICATE", primary_id)
 
     def primary_for(self, key: str) -> RedisServer:
         with RedisCluster(host="127.0.0.1", port=self.nodes[0].port) as client:
@@ -200,6 +213,10 @@ class ClusterProcesses:
 def _cluster_ok(port: int) -> bool:
     with redis.Redis(port=port, socket_timeout=2) as client:
         return "cluster_state:ok" in str(client.execute_command("CLUSTER", "INFO"))
+
+
+def _ready_node(port: int) -> bool:
+    return _cluster_ok(port) and _synced(port)
 
 
 def _synced(port: int) -> bool:
@@ -248,7 +265,7 @@ class SentinelProcesses:
                 )
             )
         for port in self.sentinel_ports:
-            _wait_for(lambda port=port: self._sentinel_ready(port), "the sentinels to see each other and the replica")
+            _wait_for(functools.partial(self._sentinel_ready, port), "the sentinels to see each other and the replica")
 
     def _sentinel_ready(self, port: int) -> bool:
         with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as client:

@@ -77,7 +77,8 @@ def test_the_command_prints_plain_first_and_writes_the_plot(tmp_path: Path, cli_
 
     svg = ET.parse(plot).getroot()
     assert len(svg.findall(f"{SVG}circle")) == len(names)  # one point per configuration
-    assert len(svg.findall(f"{SVG}polygon")) == 2  # majority@N and the single sample
+    assert len(svg.findall(f"{SVG}polygon")) == 1  # majority@N (the single sample is a square)
+    assert len(svg.findall(f"{SVG}g")) == len(names) + 2  # the legend: each configuration, then both baselines
     labels = " ".join(text.text or "" for text in svg.iter(f"{SVG}text"))
     assert all(name in labels for name in [*names, "majority@4", "single sample"])
 
@@ -87,4 +88,4 @@ def test_plot_spans_the_points() -> None:
         problems=1, population=8, subset=4, rounds=2, seed=0, configurations=[], baselines=[]
     ).model_copy(update={"baselines": baselines([line("1", "1", ({"1": 4}, 0))], [line("1", "1")], 4)})
     svg = ET.fromstring(accuracy_svg(report))
-    assert svg.get("width") and len(svg.findall(f"{SVG}polygon")) == 2
+    assert svg.get("width") and len(svg.findall(f"{SVG}polygon")) == 1

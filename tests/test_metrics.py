@@ -50,9 +50,11 @@ async def test_worker_metrics_port_during_a_job(store: JobStore, cli_env: dict[s
             during = await asyncio.to_thread(scrape_when, url, "rsa_generations_total", SMALL["population"], **ok)
             assert await status_of(store, job_id) == "in_progress", worker.log()
             assert sample(during, "rsa_leases", state="live") == 1
+            assert 0 < sample(during, "rsa_generations_outstanding") <= 2 * SMALL["population"]
             assert sample(during, "rsa_job_claims_total", outcome="claimed") == 1
             assert await finished(store, job_id) == "completed"
             after = await asyncio.to_thread(scrape, url)
+            assert sample(after, "rsa_generations_outstanding") == 0
             async with httpx2.AsyncClient(timeout=5) as http:
                 assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 404
         finally:

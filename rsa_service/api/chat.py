@@ -24,7 +24,6 @@ from starlette.background import BackgroundTask
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses, validation_errors
 from rsa_service.api.routes_jobs import build_spec, check_context, create_job, resolve_backend
-from rsa_service.api.sse import follow
 from rsa_service.api.views import steps_total
 from rsa_service.backends import BackendError, ChatMessage, GenerationRequest, split_spec
 from rsa_service.core.answers import equivalent
@@ -32,6 +31,7 @@ from rsa_service.core.conversation import Conversation, conversation_from, probl
 from rsa_service.core.steps import RoundStats, StepResult
 from rsa_service.core.summary import round_steps
 from rsa_service.jobs.backend_pool import BackendPool
+from rsa_service.jobs.hub import Subscription
 from rsa_service.jobs.idempotency import fingerprint
 from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore, new_job_id
@@ -161,11 +161,11 @@ async def _finished(store: JobStore, job_id: str) -> dict[str, Any]:
     return completion(record, text, record.created_ms // 1000)
 
 
-async def _progress_comments(store: JobStore, record: JobRecord, block_ms: int) -> AsyncIterator[str]:
+async def _progress_comments(record: JobRecord, events: Subscription) -> AsyncIterator[str]:
     total = steps_total(record.spec)
     done = 0
     yield f": rsa job {record.id} queued ({total} generations)\n\n"
-    async for event in follow(store, record.id, "0-0", block_ms):
+    async for event in events:
         if event.type == "step":
             done += 1
             yield f": step {event.data.get('round')}:{event.data.get('slot')} done ({done}/{total})\n\n"
@@ -174,8 +174,8 @@ async def _progress_comments(store: JobStore, record: JobRecord, block_ms: int) 
             yield f": round {stats.round} done: answer {stats.answer} (agreement {stats.agreement:.0%})\n\n"
 
 
-async def _stream_job(store: JobStore, record: JobRecord, block_ms: int) -> AsyncIterator[str]:
-    async for comment in _progress_comments(store, record, block_ms):
+async def _stream_job(store: JobStore, record: JobRecord, events: Subscription) -> AsyncIterator[str]:
+    async for comment in _progress_comments(record, events):
         yield comment
     try:
         full = await _finished(store, record.id)
@@ -197,10 +197,15 @@ async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
     job_id = new_job_id()
     await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
     record = await store.get(job_id)
+    events = await request.app.state.hub.subscribe(job_id, tenant=owner)
     if chat.stream:
-        return StreamingResponse(_stream_job(store, record, settings.sse_block_ms), media_type="text/event-stream")
-    async for _ in follow(store, job_id, "0-0", settings.sse_block_ms):
-        pass
+        stream = _stream_job(store, record, events)
+        return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(events.aclose))
+    try:
+        async for _ in events:
+            pass
+    finally:
+        events.close()
     return JSONResponse(await _finished(store, job_id))
 
 

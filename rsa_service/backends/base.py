@@ -57,6 +57,14 @@ class Generation(BaseModel):
     reasoning: str = ""
     finish_reason: FinishReason
     usage: Usage
+    retry_usage: Usage = Field(
+        default_factory=Usage, description="Spent by the backend's own failed attempts before this answer."
+    )
+
+    @property
+    def spent(self) -> Usage:
+        """Everything this call cost: the answer and the attempts retried before it."""
+        return self.usage + self.retry_usage
 
 
 class BackendOptions(BaseModel):
@@ -129,15 +137,30 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class Probed(Protocol):
+    """A backend that can say whether its model server answers right now (readiness), apart from `capabilities`,
+    which may be remembered from an earlier answer."""
+
+    async def probe(self) -> None:
+        """Return when the server answers now; raise BackendError otherwise. Never cached, never retried."""
+        ...
+
+
 class BackendError(Exception):
-    """Base of every error a backend raises."""
+    """Base of every error a backend raises. `usage` is what the failed call still cost (a server may report
+    usage and the answer still be unusable; an aborted request counts an upper bound), zero when nothing ran."""
+
+    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage or Usage()
 
 
 class TransientBackendError(BackendError):
     """Worth retrying later: timeouts, dropped connections, 408/409/429/5xx."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_s: float | None = None, usage: Usage | None = None) -> None:
+        super().__init__(message, usage=usage)
         self.retry_after_s = retry_after_s
 
 
@@ -165,3 +188,27 @@ class ContextLengthError(PermanentBackendError):
 
 class BackendUnavailableError(BackendError):
     """The backend cannot be reached, or answers in a way that is not the expected protocol."""
+
+
+# Special tokens a chat template adds around one message, at most (role markers, separators).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+async def aborted_usage(backend: Backend, request: GenerationRequest) -> Usage:
+    """What an aborted request may have cost (see `Usage.upper_bound`): its prompt as the backend counts it and
+    its whole budget. When the backend cannot count now, the prompt's UTF-8 bytes plus a template allowance per
+    message bound it, since a byte-level tokenizer never makes more tokens than bytes."""
+    try:
+        prompt = await backend.count_tokens(request)
+    except BackendError:
+        texts = [m.content for m in request.messages] if request.messages is not None else [request.prompt or ""]
+        prompt = sum(len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE for text in texts)
+    return Usage.upper_bound(prompt, request.max_tokens)
+
+
+async def probe_backend(backend: Backend) -> None:
+    """Readiness of any backend: its `probe` when it has one, else its capabilities (an in-process engine)."""
+    if isinstance(backend, Probed):
+        await backend.probe()
+    else:
+        await backend.capabilities()

@@ -97,6 +97,18 @@ def render_result(console: Console, result: JobResult) -> None:
     console.print(table)
     if result.stopped_reason:
         console.print(f"stopped early: {result.stopped_reason}")
+    shortcuts = sum(stats.shortcuts for stats in result.rounds)
+    if shortcuts:
+        console.print(f"consensus short-cuts: {shortcuts} slots without a model call")
+    if len(result.usage_by_backend) > 1:
+        split = ", ".join(
+            f"{name}: {u.prompt_tokens:,} in, {u.completion_tokens:,} out"
+            for name, u in result.usage_by_backend.items()
+        )
+        console.print(f"by backend: {split}", highlight=False)
+    if result.usage.estimated_tokens:
+        estimated = result.usage.estimated_tokens
+        console.print(f"estimated: {estimated:,} of the tokens bound requests aborted without reported usage")
     if result.error:
         console.print(f"[red]error:[/red] {result.error.detail or result.error.title}")
     wall = f" in {result.wall_s:.1f}s" if result.wall_s is not None else ""

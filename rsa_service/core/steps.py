@@ -21,17 +21,30 @@ def step_key(round_index: int, slot: int) -> str:
 
 
 class Usage(BaseModel):
-    """Token usage as the model's tokenizer or server counted it."""
+    """Token usage as the model's tokenizer or server counted it: every request the backend ran, retried or
+    failed ones included. A request aborted before the server reported usage (a straggler cut, a read timeout)
+    counts an upper bound, its prompt plus its whole budget, and that part is also in `estimated_tokens`."""
 
     model_config = ConfigDict(frozen=True)
 
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
+    estimated_tokens: int = Field(
+        default=0, ge=0, description="Of the total, an upper bound for requests aborted without reported usage."
+    )
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
+            estimated_tokens=self.estimated_tokens + other.estimated_tokens,
+        )
+
+    @classmethod
+    def upper_bound(cls, prompt_tokens: int, max_tokens: int) -> Usage:
+        """An aborted request: its prompt and its whole budget, all marked estimated."""
+        return cls(
+            prompt_tokens=prompt_tokens, completion_tokens=max_tokens, estimated_tokens=prompt_tokens + max_tokens
         )
 
     @property

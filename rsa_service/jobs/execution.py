@@ -17,20 +17,22 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from rsa_service.backends.base import Backend, BackendError, Generation
+from rsa_service.backends.base import Backend, BackendError, Generation, GenerationRequest, aborted_usage
 from rsa_service.core.adaptive import may_stop_after, shortcut_step, stop_reason
 from rsa_service.core.answers import extract_boxed
 from rsa_service.core.plan import choose_candidates, generation_seed
 from rsa_service.core.reasoning import tail_source_text
-from rsa_service.core.steps import StepResult, round_stats, step_key
+from rsa_service.core.steps import StepResult, Usage, round_stats, step_key
 from rsa_service.core.summary import round_steps, summarise
 from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobRecord
+from rsa_service.jobs.outage import OutagePolicy, OutageWait, is_outage
 from rsa_service.jobs.requests import generation_request
 from rsa_service.jobs.store import JobStore
 from rsa_service.metrics import (
+    ESTIMATED_TOKENS,
     GENERATION_LATENCY,
     GENERATIONS,
     PROMPT_TOKENS,
@@ -93,6 +95,7 @@ class JobRunner:
         gate: Gate | None = None,
         concurrency: int | None = None,
         routed: Mapping[str, Backend] | None = None,
+        outage: OutagePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -105,11 +108,15 @@ class JobRunner:
         self.fence = lease.fence
         self.clock = clock
         self.gate = gate or Gate(concurrency or self.params.population)
+        self._outage = OutageWait(job.id, outage or OutagePolicy(), self._emit, clock)
         self._steps: dict[str, StepResult] = {}
         self._ran_before_s = 0.0  # wall time of earlier attempts (since the first claim)
         # Slots started before their round (see `_start_ready`), by (round, slot).
         self._early: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._plans: dict[int, tuple[list[list[int]], list[list[int]]]] = {}  # see `_plan`
+        # By step key: what a running step has spent so far, and the request the backend is working on (None
+        # between requests), so a straggler cut mid-request still counts what it cost (see `_cut_usage`).
+        self._spending: dict[str, tuple[Usage, GenerationRequest | None]] = {}
 
     # ---- load → execute → record ----------------------------------------------------------------------------
 
@@ -179,6 +186,9 @@ class JobRunner:
             for task in early.values():
                 task.cancel()
             await asyncio.gather(*early.values(), return_exceptions=True)
+
+    async def _emit(self, kind: str, data: dict[str, object]) -> None:
+        await self.store.emit(self.job.id, self.fence, kind, data)
 
     async def _after_round(self, round_index: int) -> None:
         slots = self.params.population_of(round_index)
@@ -312,9 +322,21 @@ class JobRunner:
                     slot=slot,
                     status="straggler",
                     error=f"still running after the {deadline:g}s round deadline",
+                    usage=await self._cut_usage(round_index, slot),
                 )
                 STRAGGLERS.inc()
                 await self._commit(straggler)
+
+    async def _cut_usage(self, round_index: int, slot: int) -> Usage:
+        """What a cut step cost: its finished requests, and an upper bound for the one it was waiting on (the
+        server aborts it and reports nothing)."""
+        spent, request = self._spending.pop(step_key(round_index, slot), (Usage(), None))
+        if request is None:
+            return spent
+        name, backend = self._backend_for(round_index)
+        bound = await aborted_usage(backend, request)
+        self._count_tokens(name, bound)
+        return spent + bound
 
     def _done_in(self, round_index: int) -> int:
         members = round_steps(self._steps, round_index, self.params.population_of(round_index))
@@ -354,8 +376,11 @@ class JobRunner:
             async with self.gate.slot():
                 self.lease.check()  # never start a generation under a lease that may have passed to another worker
                 started = self.clock()
-                step = await self._generate_step(round_index, slot, content, chosen, max_tokens, final_select)
-                await self._commit(step.model_copy(update={"duration_s": self.clock() - started}))
+                try:
+                    step = await self._generate_step(round_index, slot, content, chosen, max_tokens, final_select)
+                    await self._commit(step.model_copy(update={"duration_s": self.clock() - started}))
+                finally:
+                    self._spending.pop(step_key(round_index, slot), None)
 
     async def _generate_step(
         self,
@@ -369,6 +394,7 @@ class JobRunner:
         name, backend = self._backend_for(round_index)
         base = StepResult(round=round_index, slot=slot, candidates=chosen, backend=name)
         stage = _stage(round_index, final_select)
+        spent = Usage()  # every attempt's tokens, empty outputs and failures included
         for attempt in range(EMPTY_OUTPUT_RETRIES + 1):
             seed = generation_seed(self.params.seed, round_index, slot, attempt)
             # A slot's prompts across rounds share the problem and template: one lineage, one replica's cache.
@@ -381,25 +407,50 @@ class JobRunner:
                 final_select=final_select,
                 lineage=f"{self.job.id}/s{slot}",
             )
-            started = self.clock()
+            tried = base.model_copy(update={"seed": seed, "attempts": attempt + 1})
             try:
-                generation = await backend.generate(request)
+                generation, spent = await self._generate_through_outages(name, backend, request, stage, spent, base)
             except BackendError as exc:
-                self._observe_generation(name, None, stage, self.clock() - started)
                 log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
-                return base.model_copy(
-                    update={"status": "failed", "error": str(exc), "seed": seed, "attempts": attempt + 1}
-                )
-            self._observe_generation(name, generation, stage, self.clock() - started)
+                return tried.model_copy(update={"status": "failed", "error": str(exc), "usage": spent + exc.usage})
+            spent += generation.spent
+            self._spending[base.key] = (spent, None)
             if _usable(generation):
-                return await self._record(base, backend, generation, seed, attempt + 1)
+                try:
+                    return await self._record(tried, backend, generation, spent)
+                except BackendError as exc:  # the tail could not be cut: the trace is lost, its tokens are not
+                    log.warning("job %s %s: cutting the tail failed: %s", self.job.id, base.key, exc)
+                    return tried.model_copy(update={"status": "failed", "error": str(exc), "usage": spent})
         return base.model_copy(
             update={
                 "status": "failed",
                 "error": "the model returned empty output",
                 "attempts": EMPTY_OUTPUT_RETRIES + 1,
+                "usage": spent,
             }
         )
+
+    async def _generate_through_outages(
+        self, name: str, backend: Backend, request: GenerationRequest, stage: str, spent: Usage, base: StepResult
+    ) -> tuple[Generation, Usage]:
+        """`backend.generate(request)`, waiting while the backend is down (see `jobs.outage`); with `spent` plus
+        what the failed calls cost. A permanent error is raised; so is JobFailed once the outage budget is spent."""
+        while True:
+            self._spending[base.key] = (spent, request)
+            started = self.clock()
+            try:
+                generation = await backend.generate(request)
+            except BackendError as exc:
+                self._observe_generation(name, None, exc.usage, stage, self.clock() - started)
+                if not is_outage(exc):
+                    raise
+                spent += exc.usage
+                if not await self._outage.wait(name, exc, self.lease.check):
+                    raise JobFailed(self._outage.spent(name, exc)) from exc
+                continue
+            self._observe_generation(name, generation, generation.spent, stage, self.clock() - started)
+            await self._outage.over(name)
+            return generation, spent
 
     def _backend_for(self, round_index: int) -> tuple[str, Backend]:
         """The name and open backend of the stage `round_index` belongs to (see `RSAParams.stage_of`)."""
@@ -408,29 +459,36 @@ class JobRunner:
             return self.spec.backend, self.backend
         return name, self.routed[name]
 
-    def _observe_generation(self, backend: str, generation: Generation | None, stage: str, seconds: float) -> None:
-        """One backend call that returned (`generation`) or failed (None); a cancelled one is not counted."""
+    def _observe_generation(
+        self, backend: str, generation: Generation | None, spent: Usage, stage: str, seconds: float
+    ) -> None:
+        """One backend call that returned (`generation`) or failed (None), and what it `spent`; a cancelled one
+        is counted when it is cut (`_cut_usage`)."""
         GENERATION_LATENCY.labels(backend).observe(seconds)
+        self._count_tokens(backend, spent)
         if generation is None:
             GENERATIONS.labels(backend, "failed").inc()
             return
         GENERATIONS.labels(backend, "ok" if _usable(generation) else "empty").inc()
-        TOKENS.labels(backend, "prompt").inc(generation.usage.prompt_tokens)
-        TOKENS.labels(backend, "completion").inc(generation.usage.completion_tokens)
         PROMPT_TOKENS.labels(stage).observe(generation.usage.prompt_tokens)
 
-    async def _record(
-        self, base: StepResult, backend: Backend, generation: Generation, seed: int, attempts: int
-    ) -> StepResult:
+    @staticmethod
+    def _count_tokens(backend: str, spent: Usage) -> None:
+        TOKENS.labels(backend, "prompt").inc(spent.prompt_tokens)
+        TOKENS.labels(backend, "completion").inc(spent.completion_tokens)
+        ESTIMATED_TOKENS.labels(backend).inc(spent.estimated_tokens)
+
+    async def _record(self, attempt: StepResult, backend: Backend, generation: Generation, spent: Usage) -> StepResult:
+        """The step `generation` makes of `attempt` (its seed and attempt count set); `spent` is its usage."""
         finished = generation.finish_reason == "stop"
         source = tail_source_text(generation.reasoning, generation.text, self.params.tail_source, finished=finished)
-        tail = await self._tail(backend, source, generation) if base.round < self.params.rounds else None  # else unseen
+        tail = await self._tail(backend, source, generation) if attempt.round < self.params.rounds else None
         if tail is not None:
-            TAIL_TRIMMED_TOKENS.labels(base.backend or self.spec.backend).inc(max(0, tail.source_tokens - tail.tokens))
+            trimmed = max(0, tail.source_tokens - tail.tokens)
+            TAIL_TRIMMED_TOKENS.labels(attempt.backend or self.spec.backend).inc(trimmed)
         answer = extract_boxed(generation.text) or extract_boxed(generation.reasoning)
-        return base.model_copy(
+        return attempt.model_copy(
             update={
-                "seed": seed,
                 "text": generation.text,
                 "reasoning": generation.reasoning,
                 "tail": tail.text if tail else "",
@@ -438,8 +496,7 @@ class JobRunner:
                 "source_tokens": tail.source_tokens if tail else 0,
                 "answer": answer,
                 "finish_reason": generation.finish_reason,
-                "usage": generation.usage,
-                "attempts": attempts,
+                "usage": spent,
             }
         )
 

@@ -71,6 +71,11 @@ class Keys:
         return f"{self._hints}:dead"
 
     @property
+    def demand(self) -> str:
+        """Hash: job id → its total generations, for jobs not yet ended (the autoscaling signal's source)."""
+        return f"{self._hints}:demand"
+
+    @property
     def rate(self) -> str:
         return f"{self._hints}:rate"
 

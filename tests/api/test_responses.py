@@ -13,10 +13,13 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.api.conftest import KEY_A, KEY_B, SMALL, LiveAPI
+from rsa_service.api.responses.mapping import round_summary
+from rsa_service.core.steps import AnswerCount, RoundStats, Usage
+from rsa_service.jobs.store import JobStore
+from tests.api.conftest import KEY_A, KEY_B, SMALL, ApiFactory, LiveAPI
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
-RSA = {"extra_body": {"rsa": SMALL}}
+RSA: dict[str, object] = {"rsa": SMALL}
 
 
 @pytest.fixture
@@ -40,6 +43,16 @@ def until_done(oai: openai.OpenAI, response_id: str, timeout_s: float = 30) -> R
         time.sleep(0.1)
 
 
+def job_of(response: Response) -> str:
+    """The id of the job behind a response (the `rsa` extension of the response object)."""
+    assert response.model_extra is not None
+    return str(response.model_extra["rsa"]["job_id"])
+
+
+def text_of(item: Any) -> str:
+    return str(item.content[0].text)
+
+
 def events_of(stream: Any) -> list[Any]:
     return [EVENTS.validate_python(event.model_dump(mode="json", exclude_unset=True)) for event in stream]
 
@@ -52,7 +65,7 @@ def test_background_create_then_retrieve_until_completed(api: LiveAPI, oai: open
             background=True,
             metadata={"ticket": "7"},
             reasoning={"effort": "low"},
-            **RSA,
+            extra_body=RSA,
         )
     )
     assert created.status == "queued" and created.id.startswith("resp_") and created.output == []
@@ -62,7 +75,7 @@ def test_background_create_then_retrieve_until_completed(api: LiveAPI, oai: open
     assert reasoning.type == "reasoning" and message.type == "message"
     assert [part.text.split(":")[0] for part in reasoning.summary] == ["round 1 of 2", "round 2 of 2"]
     assert "\\boxed{" in done.output_text
-    job = httpx2.get(f"{api.url}/v1/jobs/{done.model_extra['rsa']['job_id']}", headers=_auth(KEY_A)).json()
+    job = httpx2.get(f"{api.url}/v1/jobs/{job_of(done)}", headers=_auth(KEY_A)).json()
     usage, counted = done.usage, job["result"]["usage"]
     assert usage is not None and job["status"] == "completed" and job["params"]["population"] == SMALL["population"]
     assert (usage.input_tokens, usage.output_tokens) == (counted["prompt_tokens"], counted["completion_tokens"])
@@ -71,12 +84,14 @@ def test_background_create_then_retrieve_until_completed(api: LiveAPI, oai: open
 
 
 def test_synchronous_create_answers_the_completed_response(oai: openai.OpenAI) -> None:
-    done = strict(oai.responses.create(model="toy", input="Sync. ANSWER=12", **RSA))
+    done = strict(oai.responses.create(model="toy", input="Sync. ANSWER=12", extra_body=RSA))
     assert done.status == "completed" and done.completed_at is not None and done.output_text
 
 
 def test_a_budget_stop_is_incomplete(oai: openai.OpenAI) -> None:
-    stream = oai.responses.create(model="toy", input="Short. ANSWER=2", max_output_tokens=50, stream=True, **RSA)
+    stream = oai.responses.create(
+        model="toy", input="Short. ANSWER=2", max_output_tokens=50, stream=True, extra_body=RSA
+    )
     events = events_of(stream)
     stopped = strict(events[-1].response)
     assert events[-1].type == "response.incomplete" and stopped.status == "incomplete"
@@ -89,14 +104,14 @@ def test_effort_presets_and_top_level_settings_reach_the_job(api: LiveAPI, oai: 
     response = oai.responses.create(
         model="toy", input="q ANSWER=1", background=True, reasoning={"effort": "minimal"}, temperature=0.5
     )
-    job = httpx2.get(f"{api.url}/v1/jobs/{response.model_extra['rsa']['job_id']}", headers=_auth(KEY_A)).json()
+    job = httpx2.get(f"{api.url}/v1/jobs/{job_of(response)}", headers=_auth(KEY_A)).json()
     params = job["params"]
     assert (params["population"], params["subset"], params["rounds"], params["temperature"]) == (4, 2, 1, 0.5)
     oai.responses.cancel(response.id)
 
 
 def test_stream_sends_every_event_type_in_order(oai: openai.OpenAI) -> None:
-    events = events_of(oai.responses.create(model="toy", input="Stream. ANSWER=9", stream=True, **RSA))
+    events = events_of(oai.responses.create(model="toy", input="Stream. ANSWER=9", stream=True, extra_body=RSA))
     assert [event.sequence_number for event in events] == list(range(len(events)))
     kinds = [event.type for event in events]
     summary = [
@@ -129,7 +144,9 @@ def test_stream_sends_every_event_type_in_order(oai: openai.OpenAI) -> None:
     assert events[5].delta.startswith("round 1 of 2: ")
 
 
-def test_a_dropped_stream_resumes_after_its_last_sequence_number(oai: openai.OpenAI) -> None:
+def test_a_dropped_stream_resumes_on_another_replica_after_its_last_sequence_number(
+    make_api: ApiFactory, oai: openai.OpenAI
+) -> None:
     rsa = {**SMALL, "rounds": 2}
     first: list[Any] = []
     with oai.responses.create(
@@ -141,7 +158,9 @@ def test_a_dropped_stream_resumes_after_its_last_sequence_number(oai: openai.Ope
                 break  # the connection drops after round 1: the job runs on
     response_id = first[0].response.id
     assert first[-1].sequence_number == len(first) - 1
-    rest = events_of(oai.responses.retrieve(response_id, stream=True, starting_after=first[-1].sequence_number))
+    replica = make_api(workers=0)  # a second API process on the same Redis
+    with openai.OpenAI(base_url=replica.url + "/v1", api_key=KEY_A, max_retries=0) as other:
+        rest = events_of(other.responses.retrieve(response_id, stream=True, starting_after=first[-1].sequence_number))
     assert rest[0].sequence_number == len(first) and rest[-1].type == "response.completed"
     whole = events_of(oai.responses.retrieve(response_id, stream=True))
     assert [e.sequence_number for e in whole] == list(range(len(whole)))
@@ -152,7 +171,7 @@ def test_a_dropped_stream_resumes_after_its_last_sequence_number(oai: openai.Ope
 def test_cancel_stops_the_job_and_keeps_its_steps(api: LiveAPI, oai: openai.OpenAI) -> None:
     slow = {**SMALL, "rounds": 8}
     response = oai.responses.create(model="toy", input="Cancel. ANSWER=3", background=True, extra_body={"rsa": slow})
-    job_url = f"{api.url}/v1/jobs/{response.model_extra['rsa']['job_id']}"
+    job_url = f"{api.url}/v1/jobs/{job_of(response)}"
     deadline = time.monotonic() + 20
     while httpx2.get(job_url, headers=_auth(KEY_A)).json()["progress"]["steps_done"] < 2:
         assert time.monotonic() < deadline
@@ -171,23 +190,25 @@ def test_cancel_stops_the_job_and_keeps_its_steps(api: LiveAPI, oai: openai.Open
 
 
 def test_delete_removes_the_response_and_its_job(api: LiveAPI, oai: openai.OpenAI) -> None:
-    done = until_done(oai, oai.responses.create(model="toy", input="Gone. ANSWER=8", background=True, **RSA).id)
+    done = until_done(
+        oai, oai.responses.create(model="toy", input="Gone. ANSWER=8", background=True, extra_body=RSA).id
+    )
     oai.responses.delete(done.id)
     with pytest.raises(openai.NotFoundError):
         oai.responses.retrieve(done.id)
-    job_id = done.model_extra["rsa"]["job_id"]  # type: ignore[index]
+    job_id = job_of(done)
     assert httpx2.get(f"{api.url}/v1/jobs/{job_id}", headers=_auth(KEY_A)).status_code == 404
 
 
 def test_instructions_and_earlier_turns_reach_the_model_and_input_items(api: LiveAPI, oai: openai.OpenAI) -> None:
-    turns = [
+    turns: list[Any] = [
         {"role": "developer", "content": "Answer in a box."},
         {"role": "user", "content": "What is 2+2?"},
         {"role": "assistant", "content": "4"},
         {"role": "user", "content": [{"type": "input_text", "text": "And doubled? ANSWER=8"}]},
     ]
     api.model.reset()
-    response = oai.responses.create(model="toy", input=turns, instructions="Be brief.", **RSA)
+    response = oai.responses.create(model="toy", input=turns, instructions="Be brief.", extra_body=RSA)
     assert strict(response).instructions == "Be brief." and response.status == "completed"
     sent = [request["body"]["messages"] for request in api.model.requests()]
     first = [(m["role"], m["content"]) for m in sent[0]]
@@ -200,18 +221,18 @@ def test_instructions_and_earlier_turns_reach_the_model_and_input_items(api: Liv
     ]
     assert sum(messages == sent[0] for messages in sent) == SMALL["population"]
     items = list(oai.responses.input_items.list(response.id, order="asc", limit=2))
-    assert [(item.role, item.content[0].text) for item in items] == [
+    assert [(item.role, text_of(item)) for item in items if item.type == "message"] == [
         ("developer", "Answer in a box."),
         ("user", "What is 2+2?"),
         ("assistant", "4"),
         ("user", "And doubled? ANSWER=8"),
     ]
     newest = oai.responses.input_items.list(response.id, limit=1)
-    assert newest.data[0].content[0].text == "And doubled? ANSWER=8" and newest.has_more
+    assert text_of(newest.data[0]) == "And doubled? ANSWER=8" and newest.has_more
 
 
 def test_errors_are_the_clients_own_exception_types(api: LiveAPI, oai: openai.OpenAI) -> None:
-    response = oai.responses.create(model="toy", input="Mine. ANSWER=1", background=True, **RSA)
+    response = oai.responses.create(model="toy", input="Mine. ANSWER=1", background=True, extra_body=RSA)
     with openai.OpenAI(base_url=api.url + "/v1", api_key=KEY_B, max_retries=0) as other:
         for call in (other.responses.retrieve, other.responses.cancel, other.responses.delete):
             with pytest.raises(openai.NotFoundError):
@@ -228,7 +249,7 @@ def test_errors_are_the_clients_own_exception_types(api: LiveAPI, oai: openai.Op
         oai.responses.create(model="toy", input="q", background_options={"completion_window": "8h"})
     assert "background_options.completion_window" in str(bad.value.body)
     with pytest.raises(openai.UnprocessableEntityError):
-        oai.responses.create(model="toy", input="q", reasoning={"effort": "huge"})  # type: ignore[typeddict-item]
+        oai.responses.create(model="toy", input="q", reasoning={"effort": "huge"})  # type: ignore[call-overload]
     oai.responses.cancel(response.id)
 
 
@@ -240,6 +261,30 @@ def test_a_job_created_under_jobs_is_a_response_too(api: LiveAPI, oai: openai.Op
     body = {"problem": "From jobs. ANSWER=6", "backend": "toy", **SMALL}
     job = httpx2.post(f"{api.url}/v1/jobs", json=body, headers=_auth(KEY_A)).json()
     seen = strict(oai.responses.retrieve("resp_" + job["id"].removeprefix("job_")))
-    assert seen.model_extra["rsa"]["job_id"] == job["id"] and seen.model == "toy"  # type: ignore[index]
-    assert [item.content[0].text for item in oai.responses.input_items.list(seen.id)] == ["From jobs. ANSWER=6"]
+    assert job_of(seen) == job["id"] and seen.model == "toy"
+    assert [text_of(item) for item in oai.responses.input_items.list(seen.id)] == ["From jobs. ANSWER=6"]
     oai.responses.cancel(seen.id)
+
+
+async def test_a_long_completion_window_queues_behind_interactive_work(make_api: ApiFactory, store: JobStore) -> None:
+    api = make_api(workers=0)
+    async with openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=KEY_A, max_retries=0) as oai:
+        later = await oai.responses.create(
+            model="toy", input="Later. ANSWER=1", background=True, background_options={"completion_window": "8h"}
+        )
+        sooner = await oai.responses.create(model="toy", input="Sooner. ANSWER=2", background=True)
+    assert [await store.next_queued(0.1) for _ in range(3)] == [job_of(sooner), job_of(later), None]
+
+
+def test_a_round_reads_as_the_answers_it_holds() -> None:
+    stats = RoundStats(
+        round=0,
+        answers=[AnswerCount(answer="204", count=12), AnswerCount(answer="210", count=3)],
+        no_answer=1,
+        agreement=0.75,
+        answer="204",
+        truncated=0,
+        failed=0,
+        tokens=Usage(prompt_tokens=900, completion_tokens=3210),
+    )
+    assert round_summary(stats, 16, 3) == "round 1 of 3: 12/16 agree on 204; also 210 ×3, no answer ×1 (3,210 tokens)"

@@ -24,7 +24,7 @@ async def test_a_worker_killed_mid_response_the_response_still_completes(
     store: JobStore, redis_server: RedisServer, namespace: str, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     with serve_in_thread(ModelServerConfig(latency_ms=300, reasoning_words=40)) as model:
-        backends = {"toy": f"openai:{model.base_url}"}
+        backends: dict[str, str | list[str]] = {"toy": f"openai:{model.base_url}"}
         shared = named_backends(Settings(redis_url=redis_server.url, namespace=namespace, backends=backends))
         env = worker_env(cli_env, lease_s=2.0, worker_concurrency=8, backends=json.dumps(backends))
         workers = [WorkerProcess(env, tmp_path / f"worker{i}.log") for i in range(2)]

@@ -236,3 +236,18 @@ async def test_stale_entries_are_dropped_when_they_would_refuse(store: JobStore)
     assert await active(store) == {"job_being_written", kept}  # a create in flight keeps its place
     with pytest.raises(TooManyActive):
         await create(store, limit=2)
+
+
+async def test_outstanding_generations_count_what_is_left_to_do(store: JobStore) -> None:
+    job_id = await store.create(spec())
+    total = spec().params.total_generations
+    assert await store.outstanding_generations() == total
+    claim = await store.claim(job_id, "w1", lease_ms=10_000)
+    await store.commit(job_id, claim.fence, StepResult(round=0, slot=0, text="x"), {})
+    assert await store.outstanding_generations() == total - 1
+    await store.release(job_id, claim.fence)  # queued again: still to do
+    assert await store.outstanding_generations() == total - 1
+    claim = await store.claim(job_id, "w2", lease_ms=10_000)
+    await store.finish(job_id, claim.fence, result(job_id))
+    assert await store.outstanding_generations() == 0
+    assert not await store.redis.hexists(store.keys.demand, job_id)
