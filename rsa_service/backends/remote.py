@@ -214,8 +214,10 @@ class RemoteBackend:
         await self._attempt("GET", self.base_url + "/models", None, generation=False)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        """Close the connections; a later call opens new ones (a pool may retire a backend a job still holds)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def __aenter__(self) -> Self:
         return self
