@@ -70,6 +70,7 @@ class Progress(BaseModel):
     steps_total: int
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    waiting_for: str | None = Field(default=None, description="The backend the job waits for while it is down.")
 
 
 class Event(BaseModel):

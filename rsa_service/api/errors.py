@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rsa_service.jobs.hub import EventIdOutOfRange, TooManyStreams
 from rsa_service.jobs.models import NewerFormat
 from rsa_service.jobs.store import JobNotFound
 from rsa_service.wire import FieldError, ProblemDetails
@@ -118,6 +119,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(JobNotFound)
     async def _not_found(request: Request, exc: JobNotFound) -> ProblemResponse:
         return problem(404, f"no job {exc.job_id}", kind="not-found", instance=request.url.path)
+
+    @app.exception_handler(TooManyStreams)
+    async def _too_many_streams(request: Request, exc: TooManyStreams) -> ProblemResponse:
+        retry_after = {"Retry-After": str(request.app.state.settings.busy_retry_after_s)}
+        return problem(429, str(exc), kind="too-many-streams", instance=request.url.path, headers=retry_after)
+
+    @app.exception_handler(EventIdOutOfRange)
+    async def _bad_event_id(request: Request, exc: EventIdOutOfRange) -> ProblemResponse:
+        return problem(400, f"resume point: {exc}", kind="bad-event-id", instance=request.url.path)
 
     @app.exception_handler(NewerFormat)
     async def _newer(request: Request, exc: NewerFormat) -> ProblemResponse:

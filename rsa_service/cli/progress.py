@@ -106,6 +106,9 @@ def render_result(console: Console, result: JobResult) -> None:
             for name, u in result.usage_by_backend.items()
         )
         console.print(f"by backend: {split}", highlight=False)
+    if result.usage.estimated_tokens:
+        estimated = result.usage.estimated_tokens
+        console.print(f"estimated: {estimated:,} of the tokens bound requests aborted without reported usage")
     if result.error:
         console.print(f"[red]error:[/red] {result.error.detail or result.error.title}")
     wall = f" in {result.wall_s:.1f}s" if result.wall_s is not None else ""

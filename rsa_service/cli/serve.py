@@ -73,6 +73,7 @@ def serve(
         "log_level": logging.getLogger().level,  # as configured above
         "access_log": False,
         "timeout_graceful_shutdown": 5,
+        "http": "rsa_service.api.header_deadline:HeaderDeadline",  # uvicorn's httptools with a header deadline
     }
     if processes == 1:
         uvicorn.run(build_app(workers), **options)  # type: ignore[arg-type]

@@ -83,12 +83,14 @@ def test_last_event_id_over_raw_http_and_keepalive(make_api, redis_server: Redis
         assert first not in ids
         # a live stream with nothing happening sends keep-alive comments
         other = http.post("/v1/jobs", json={"problem": "q2", "backend": "toy"}).json()["id"]
-        with http.stream("GET", f"/v1/jobs/{other}/events", headers={"Last-Event-ID": "99999999999999-0"}) as live:
+        newest = _stream_ids(redis_server, namespace, other)[-1]
+        with http.stream("GET", f"/v1/jobs/{other}/events", headers={"Last-Event-ID": newest}) as live:
             lines = []
             for line in live.iter_lines():
                 lines.append(line)
                 if line.startswith(":"):
                     break
         assert any(line.startswith(": ping") for line in lines)
-        bad = http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "nope"})
-        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "Last-Event-ID"
+        for bad_id in ("nope", "99999999999999-0", f"0-{2**64}"):
+            bad = http.get(f"/v1/jobs/{other}/events", headers={"Last-Event-ID": bad_id})
+            assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "Last-Event-ID"

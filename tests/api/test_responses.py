@@ -13,7 +13,10 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.api.conftest import KEY_A, KEY_B, SMALL, LiveAPI
+from rsa_service.api.responses.mapping import round_summary
+from rsa_service.core.steps import AnswerCount, RoundStats, Usage
+from rsa_service.jobs.store import JobStore
+from tests.api.conftest import KEY_A, KEY_B, SMALL, ApiFactory, LiveAPI
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 RSA: dict[str, object] = {"rsa": SMALL}
@@ -141,7 +144,9 @@ def test_stream_sends_every_event_type_in_order(oai: openai.OpenAI) -> None:
     assert events[5].delta.startswith("round 1 of 2: ")
 
 
-def test_a_dropped_stream_resumes_after_its_last_sequence_number(oai: openai.OpenAI) -> None:
+def test_a_dropped_stream_resumes_on_another_replica_after_its_last_sequence_number(
+    make_api: ApiFactory, oai: openai.OpenAI
+) -> None:
     rsa = {**SMALL, "rounds": 2}
     first: list[Any] = []
     with oai.responses.create(
@@ -153,7 +158,9 @@ def test_a_dropped_stream_resumes_after_its_last_sequence_number(oai: openai.Ope
                 break  # the connection drops after round 1: the job runs on
     response_id = first[0].response.id
     assert first[-1].sequence_number == len(first) - 1
-    rest = events_of(oai.responses.retrieve(response_id, stream=True, starting_after=first[-1].sequence_number))
+    replica = make_api(workers=0)  # a second API process on the same Redis
+    with openai.OpenAI(base_url=replica.url + "/v1", api_key=KEY_A, max_retries=0) as other:
+        rest = events_of(other.responses.retrieve(response_id, stream=True, starting_after=first[-1].sequence_number))
     assert rest[0].sequence_number == len(first) and rest[-1].type == "response.completed"
     whole = events_of(oai.responses.retrieve(response_id, stream=True))
     assert [e.sequence_number for e in whole] == list(range(len(whole)))
@@ -257,3 +264,27 @@ def test_a_job_created_under_jobs_is_a_response_too(api: LiveAPI, oai: openai.Op
     assert job_of(seen) == job["id"] and seen.model == "toy"
     assert [text_of(item) for item in oai.responses.input_items.list(seen.id)] == ["From jobs. ANSWER=6"]
     oai.responses.cancel(seen.id)
+
+
+async def test_a_long_completion_window_queues_behind_interactive_work(make_api: ApiFactory, store: JobStore) -> None:
+    api = make_api(workers=0)
+    async with openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=KEY_A, max_retries=0) as oai:
+        later = await oai.responses.create(
+            model="toy", input="Later. ANSWER=1", background=True, background_options={"completion_window": "8h"}
+        )
+        sooner = await oai.responses.create(model="toy", input="Sooner. ANSWER=2", background=True)
+    assert [await store.next_queued(0.1) for _ in range(3)] == [job_of(sooner), job_of(later), None]
+
+
+def test_a_round_reads_as_the_answers_it_holds() -> None:
+    stats = RoundStats(
+        round=0,
+        answers=[AnswerCount(answer="204", count=12), AnswerCount(answer="210", count=3)],
+        no_answer=1,
+        agreement=0.75,
+        answer="204",
+        truncated=0,
+        failed=0,
+        tokens=Usage(prompt_tokens=900, completion_tokens=3210),
+    )
+    assert round_summary(stats, 16, 3) == "round 1 of 3: 12/16 agree on 204; also 210 ×3, no answer ×1 (3,210 tokens)"

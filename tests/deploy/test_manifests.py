@@ -22,7 +22,9 @@ import yaml
 from rsa_service.api.app import create_app
 from rsa_service.api.server_settings import ApiSettings
 from rsa_service.cli import app as cli_app
+from rsa_service.jobs.keys import Keys
 from rsa_service.jobs.worker import DEFAULT_DRAIN_GRACE_S
+from rsa_service.metrics import GENERATIONS_OUTSTANDING
 from rsa_service.observability import ObservabilitySettings
 from rsa_service.settings import Settings
 
@@ -581,3 +583,21 @@ def test_documented_commands_parse() -> None:
     assert len(invocations) >= 3, "the README shows the rsa commands an operator runs"
     for argv in invocations:
         check_rsa_argv(argv)
+
+
+# ---- worker autoscaling (KEDA) ------------------------------------------------------------------------------
+
+
+def test_keda_scales_the_worker_deployment_on_outstanding_generations() -> None:
+    autoscaling = K8S / "autoscaling"
+    assert yaml.safe_load((autoscaling / "kustomization.yaml").read_text())["resources"] == ["worker-scaledobject.yaml"]
+    text = (autoscaling / "worker-scaledobject.yaml").read_text()
+    scaled = yaml.safe_load(text)
+    assert scaled["kind"] == "ScaledObject"
+    target = scaled["spec"]["scaleTargetRef"]["name"]
+    assert named("Deployment", target)["spec"]["template"]["spec"]["containers"][0]["args"] == ["worker"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["query"] == f"max({GENERATIONS_OUTSTANDING.describe()[0].name})"
+    worker_concurrency = named("ConfigMap", "rsa-config")["data"]["RSA_WORKER_CONCURRENCY"]
+    assert trigger["metadata"]["threshold"] == worker_concurrency  # one worker per concurrency's worth
+    assert Keys().demand in text  # the Redis key its comment documents

@@ -7,7 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import REGISTRY
+from rich.console import Console
 
+from rsa_service.backends.base import BackendOptions, ChatMessage, GenerationRequest
+from rsa_service.backends.fleet import FleetBackend
+from rsa_service.cli.progress import render_result
 from rsa_service.core.steps import Usage
 from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.store import JobStore
@@ -76,7 +80,8 @@ async def test_the_token_budget_stops_on_what_was_really_spent(store: JobStore) 
     real cost is past the budget, which counting only the usable answers (about 90 tokens each) never reaches
     within round 0."""
     faults = [{"empty_output": True, "times": 4}]
-    with serve_in_thread(ModelServerConfig(reasoning_words=30, latency_ms=100, faults=faults)) as server:
+    # The latency lets every slot's first request arrive before any answer does, so each meets one empty output.
+    with serve_in_thread(ModelServerConfig(reasoning_words=30, latency_ms=200, faults=faults)) as server:
         record, _ = await run_job(store, server, rounds=1, max_total_tokens=500)
     result = record.result
     assert result.stopped_reason is not None and "token budget of 500" in result.stopped_reason
@@ -86,8 +91,8 @@ async def test_the_token_budget_stops_on_what_was_really_spent(store: JobStore) 
 async def test_aborted_requests_count_an_upper_bound_marked_estimated(store: JobStore) -> None:
     """One request outlives the read timeout and is retried; in a second job one slot is cut at the round
     deadline. Neither server answer reports usage: each counts its prompt plus its whole budget, estimated."""
-    pool = BackendPool(Settings(backend_read_timeout_s=0.5, **FAST_RETRIES))
-    with serve_in_thread(ModelServerConfig(reasoning_words=20, faults=[{"delay_s": 3}])) as server:
+    pool = BackendPool(Settings(backend_read_timeout_s=1.5, **FAST_RETRIES))
+    with serve_in_thread(ModelServerConfig(reasoning_words=20, faults=[{"delay_s": 6}])) as server:
         record, metrics = await run_job(store, server, pool, rounds=0)
         spent = server.spent()
     usage = record.result.usage
@@ -98,11 +103,49 @@ async def test_aborted_requests_count_an_upper_bound_marked_estimated(store: Job
     budget = record.spec.params.max_tokens_for(0)
     assert usage.estimated_tokens == prompt + budget  # one aborted request: its prompt and its whole budget
 
-    cut = {"round_deadline_s": 0.5, "straggler_policy": "quorum", "quorum": 0.5, "rounds": 0}
-    with serve_in_thread(ModelServerConfig(reasoning_words=20, faults=[{"delay_s": 10}])) as server:
+    cut = {"round_deadline_s": 2.0, "straggler_policy": "quorum", "quorum": 0.5, "rounds": 0}
+    with serve_in_thread(ModelServerConfig(reasoning_words=20, faults=[{"delay_s": 20}])) as server:
         record, metrics = await run_job(store, server, **cut)
         spent = server.spent()
     usage = record.result.usage
     [straggler] = [s for s in (await store.steps(record.id)).values() if s.status == "straggler"]
     assert straggler.usage.estimated_tokens == straggler.usage.total == prompt + budget
     assert exact_part(usage) == spent["prompt_tokens"] + spent["completion_tokens"] and metrics == usage
+    console = Console(record=True, width=200)
+    render_result(console, record.result)  # what `rsa reason` prints marks the estimate
+    assert f"estimated: {usage.estimated_tokens:,} of the tokens" in console.export_text()
+
+
+async def test_a_trace_lost_after_generating_still_counts(store: JobStore) -> None:
+    """Tails cannot be cut (the tokenizer endpoint fails): every trace of round 0 is lost after the server
+    reported its usage, and the failed job still reports what was spent."""
+    pool = BackendPool(Settings(backend_max_retries=1, **FAST_RETRIES))
+    faults = [{"status": 500, "path": "/tokenize", "always": True}]
+    with serve_in_thread(ModelServerConfig(reasoning_words=200, faults=faults)) as server:
+        record, metrics = await run_job(store, server, pool, rounds=1)
+        spent = server.spent()
+    usage = record.result.usage
+    assert record.status == "failed" and "tokenize" in (record.error.detail or "")
+    assert (
+        (usage.prompt_tokens, usage.completion_tokens) == (spent["prompt_tokens"], spent["completion_tokens"]) != (0, 0)
+    )
+    assert metrics == usage
+
+
+async def test_a_fleet_counts_what_a_failed_replica_spent() -> None:
+    """The first replica never answers in time (aborted: an upper bound); the second answers. The generation
+    reports both, the answer as its usage and the aborted attempt as its retry usage."""
+    options = BackendOptions(model="toy", read_timeout_s=1.0, retry_backoff_s=0.01, retry_max_wait_s=0.05)
+    request = GenerationRequest(messages=(ChatMessage(role="user", content="Sum. ANSWER=3"),), max_tokens=40)
+    slow = ModelServerConfig(faults=[{"delay_s": 10, "always": True}])
+    with serve_in_thread(slow) as first, serve_in_thread() as second:
+        fleet = FleetBackend("pair", [first.base_url, second.base_url], options)
+        try:
+            generation = await fleet.generate(request)
+            prompt = await fleet.count_tokens(request)
+        finally:
+            await fleet.aclose()
+        answered = second.spent()
+    assert generation.usage.total == answered["prompt_tokens"] + answered["completion_tokens"]
+    assert generation.retry_usage == Usage.upper_bound(prompt, 40)
+    assert generation.spent.estimated_tokens == prompt + 40

@@ -64,6 +64,8 @@ def test_a_job_from_the_form_runs_live_and_shows_its_answer_and_tails(browser: A
 
     page.click("g.node[data-round='1'][data-slot='2']")
     page.wait_for_selector("#detail[data-position='r1:s2']")
+    lit = page.eval_on_selector_all("g.node.hl[data-round='0']", "ns => ns.map(n => Number(n.dataset.slot))")
+    assert sorted(lit) == sorted(tail["candidates"])  # its ancestors lit, the other round-0 traces not
     assert page.inner_text("#detail-source mark.tail") == tail["tail"]
     chips = page.eval_on_selector_all("#detail-candidates .chip", "cs => cs.map(c => c.dataset.key)")
     assert chips == [f"0:{c}" for c in tail["candidates"]]
@@ -137,3 +139,22 @@ def test_cancel_from_the_job_page(browser: Any, live_ui: LiveUI) -> None:
     assert page.is_hidden("#cancel")
     with live_ui.api() as client:
         assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen but the graph
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, "job-phone", full_page=True)
+    page.emulate_media(media="print")  # print: the job without the navigation and buttons
+    assert page.is_hidden("header.top") and page.is_visible("#graph")
+    screenshot(page, "job-print", full_page=True)
+
+
+def test_traces_without_an_answer_get_a_neutral_labelled_mark(browser: Any, live_ui: LiveUI) -> None:
+    cut_short = {"trace_tokens": 30, "tail_tokens": 20, "final_tokens": 30}  # stops before any boxed answer
+    job_id = create(live_ui, population=3, subset=1, rounds=0, **cut_short)
+    page = open_page(browser)
+    page.goto(f"{live_ui.url}/jobs/{job_id}")
+    wait_status(page, "completed")
+    page.wait_for_selector("#job[data-nodes='3']", state="attached")
+    assert len(page.query_selector_all("g.node.none.truncated")) == 3
+    legend = " ".join(page.inner_text("#legend").split())
+    assert "no answer ×3" in legend and "truncated by the budget (dashed ring) ×3" in legend

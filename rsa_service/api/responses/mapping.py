@@ -164,9 +164,13 @@ def budget_stopped(record: JobRecord) -> bool:
 
 
 def round_summary(stats: RoundStats, population: int, stages: int) -> str:
-    """One line a chat UI shows while it waits: `round 1 of 3: 12/16 agree on 204 (3,210 tokens)`."""
+    """One line a chat UI shows while it waits, with every answer held:
+    `round 1 of 3: 12/16 agree on 204; also 210 ×3, no answer ×1 (3,210 tokens)`."""
     held = f"{stats.answers[0].count}/{population} agree on {stats.answer}" if stats.answers else "no answer yet"
-    return f"round {stats.round + 1} of {stages}: {held} ({stats.tokens.completion_tokens:,} tokens)"
+    others = [f"{group.answer} ×{group.count}" for group in stats.answers[1:]]
+    others += [f"no answer ×{stats.no_answer}"] if stats.no_answer else []
+    also = f"; also {', '.join(others)}" if others else ""
+    return f"round {stats.round + 1} of {stages}: {held}{also} ({stats.tokens.completion_tokens:,} tokens)"
 
 
 def reasoning_item(record: JobRecord, rounds: list[RoundStats], status: str) -> ReasoningItem:

@@ -37,7 +37,7 @@ from rsa_service.api.routes_jobs import build_spec, check_context, create_idempo
 from rsa_service.api.server_settings import ApiSettings
 from rsa_service.api.views import VIEW_FIELDS, json_response
 from rsa_service.core.conversation import problem_of
-from rsa_service.jobs.events import follow
+from rsa_service.jobs.hub import EventHub, Subscription
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, fingerprint
 from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobNotFound, JobStore
@@ -73,10 +73,16 @@ async def _render(store: JobStore, record: JobRecord, request: StoredRequest) ->
     return to_response(record, request, steps)
 
 
-def _stream(request: Request, record: JobRecord, kept: StoredRequest, *, after: int) -> Response:
+async def _follow(request: Request, record: JobRecord) -> Subscription:
+    """The job's events from its first, through the process's hub (429 at the stream caps)."""
+    hub: EventHub = request.app.state.hub
+    return await hub.subscribe(record.id, tenant=record.tenant)
+
+
+async def _stream(request: Request, record: JobRecord, kept: StoredRequest, *, after: int) -> Response:
     settings: ApiSettings = request.app.state.settings
-    store: JobStore = request.app.state.store
-    return event_stream(store, record, kept, after=after, block_ms=settings.sse_block_ms, ping_s=settings.sse_ping_s)
+    events = await _follow(request, record)
+    return event_stream(request.app.state.store, record, kept, events, after=after, ping_s=settings.sse_ping_s)
 
 
 def _check_window(body: ResponseCreate) -> None:
@@ -122,12 +128,17 @@ async def create(
         extra={RESPONSE_FIELD: kept.model_dump_json()},
     )
     resource_id = response_id(job_id)
-    if body.stream:
-        return _stream(request, *await _read(store, resource_id, owner), after=-1)
-    if not body.background:
-        async for _ in follow(store, job_id, "0-0", settings.sse_block_ms):
-            pass
     record, kept = await _read(store, resource_id, owner)
+    if body.stream:
+        return await _stream(request, record, kept, after=-1)
+    if not body.background:
+        events = await _follow(request, record)
+        try:
+            async for _ in events:
+                pass
+        finally:
+            events.close()
+        record, kept = await _read(store, resource_id, owner)
     return json_response(await _render(store, record, kept), headers=dict(response.headers))
 
 
@@ -148,7 +159,7 @@ async def retrieve(
     store: JobStore = request.app.state.store
     record, kept = await _read(store, response_id, owner)
     if stream:
-        return _stream(request, record, kept, after=-1 if starting_after is None else starting_after)
+        return await _stream(request, record, kept, after=-1 if starting_after is None else starting_after)
     if starting_after is not None:
         raise field_error("starting_after", "only with `stream=true`")
     return json_response(await _render(store, record, kept))

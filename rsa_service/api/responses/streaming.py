@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from rsa_service.api.responses.mapping import (
     budget_stopped,
@@ -25,7 +26,7 @@ from rsa_service.api.responses.mapping import (
 )
 from rsa_service.api.responses.models import ReasoningItem, StoredRequest, SummaryText
 from rsa_service.core.steps import RoundStats
-from rsa_service.jobs.events import follow
+from rsa_service.jobs.hub import Subscription
 from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore
 from rsa_service.wire import Event
@@ -126,12 +127,13 @@ def message_events(record: JobRecord, text: str, status: str) -> list[Payload]:
 
 
 async def numbered(
-    store: JobStore, record: JobRecord, request: StoredRequest, after: int, block_ms: int
+    store: JobStore, record: JobRecord, request: StoredRequest, events: Subscription, after: int
 ) -> AsyncIterator[Payload]:
-    """The response's events with their sequence numbers, those after `after` only, until the job ends."""
+    """The response's events with their sequence numbers, those after `after` only, until the job ends. `events`
+    must follow the job from its first event: the numbering counts from there."""
     translator = Translator(store, record, request)
     sequence = 0
-    async for event in follow(store, record.id, "0-0", block_ms):
+    async for event in events:
         for payload in await translator.on(event):
             if sequence > after:
                 yield {**payload, "sequence_number": sequence}
@@ -139,12 +141,14 @@ async def numbered(
 
 
 def event_stream(
-    store: JobStore, record: JobRecord, request: StoredRequest, *, after: int, block_ms: int, ping_s: float
+    store: JobStore, record: JobRecord, request: StoredRequest, events: Subscription, *, after: int, ping_s: float
 ) -> EventSourceResponse:
     # No SSE `id` lines: the sequence number is in each event, and OpenAI's decoder, which keeps the last id,
     # would turn every keep-alive comment after one into an empty event.
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for payload in numbered(store, record, request, after, block_ms):
+        async for payload in numbered(store, record, request, events, after):
             yield ServerSentEvent(data=json.dumps(payload), event=payload["type"])
 
-    return EventSourceResponse(stream(), ping=ping_s, headers={"Cache-Control": "no-store"})
+    return EventSourceResponse(
+        stream(), ping=ping_s, headers={"Cache-Control": "no-store"}, background=BackgroundTask(events.aclose)
+    )
