@@ -4,11 +4,12 @@ Inductor turns the step's weight reads into fused multiply-reduce loops and its 
 attention at one query, residual merges, the router MLP) into a few generated kernels: C++/OpenMP on a CPU, Triton
 on a GPU. On CUDA it is compiled with inductor's CUDA graphs (the "reduce-overhead" mode's option), which replay it.
 
-By default compilation is on where it pays: on a GPU, or for models of hidden size 1024 and up. For a tiny model
-on a CPU the generated kernels save little and the first compile costs tens of seconds, so it runs eagerly.
-RSA_ENGINE_COMPILE=1 or 0 (or `enabled=`) decides instead. If compiling a function fails, a warning is
-logged and that function runs eagerly from then on; warm-up calls every compiled function before the engine
-reports ready, so a failure shows at start-up, not mid-request.
+By default the service compiles where it pays: on a GPU, or for models of hidden size 1024 and up. For a tiny model
+on a CPU the generated kernels save little against a first compile that delays start-up, so it runs eagerly.
+An explicit option (`BackendOptions.compile`, `rsa engine ... --compile`) or RSA_ENGINE_COMPILE=1 or 0 decides
+instead; `rsa engine bench` compiles unless told not to, since it measures speed. If compiling a function fails, a
+warning is logged and that function runs eagerly from then on; warm-up calls every compiled function before the
+engine reports ready, so a failure shows at start-up, not mid-request.
 """
 
 from __future__ import annotations
