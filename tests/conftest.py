@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from rsa_service.jobs.datadir import server_version
+from rsa_service.jobs.embedded import find_redis_server
 from rsa_service.jobs.store import JobStore
 from tests.redis_topologies import ClusterProcesses, RedisServer, SentinelProcesses
 
@@ -48,9 +50,16 @@ def cli_env(redis_server: RedisServer, namespace: str, tmp_path: Path) -> dict[s
     return env
 
 
+def _needs_redis7() -> None:
+    """Cluster and Sentinel setups use Redis 7 options (`cluster-port`, `redis-cli --cluster`); .ci/run installs it."""
+    if server_version(find_redis_server()).major < 7:
+        pytest.skip("needs redis-server 7 on PATH (apt-get install redis-server)")
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcesses]:
     """Three primaries and three replicas on loopback, started once for the tests that ask for it."""
+    _needs_redis7()
     cluster = ClusterProcesses(tmp_path_factory.mktemp("cluster"))
     try:
         cluster.start()
@@ -62,9 +71,24 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterP
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelProcesses]:
     """A primary, a replica and three sentinels on loopback, started once for the tests that ask for it."""
+    _needs_redis7()
     sentinel = SentinelProcesses(tmp_path_factory.mktemp("sentinel"))
     try:
         sentinel.start()
         yield sentinel
     finally:
         sentinel.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report what each Redis crash test lost: an asynchronous replica may lack the last commits on failover."""
+    lost = [
+        (report.nodeid, value)
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in report.user_properties
+        if name == "committed_steps_lost"
+    ]
+    if lost:
+        terminalreporter.write_sep("-", "committed steps lost in a Redis crash (and generated again)")
+        for nodeid, value in lost:
+            terminalreporter.write_line(f"{value}  {nodeid}")

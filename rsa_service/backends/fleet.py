@@ -8,7 +8,7 @@ taken out for a backoff that doubles with each failure in a row, and the request
 when the backoff ends the replica is in rotation again, and its next answer resets the backoff.
 
 A replica makes one attempt per request (the fleet does the retrying), so a generation is answered by exactly one
-replica and its tokens are counted once.
+replica and its tokens are counted once; what the replicas that failed it spent is the generation's `retry_usage`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from rsa_service.backends.base import (
     Generation,
     GenerationRequest,
     TransientBackendError,
+    Usage,
 )
 from rsa_service.backends.retry import retry_cause
 from rsa_service.core.tails import Tail
@@ -89,18 +90,26 @@ class FleetBackend:
     async def generate(self, request: GenerationRequest) -> Generation:
         failed: set[int] = set()
         last: BackendError | None = None
+        spent = Usage()  # what the replicas that failed this request still cost (see `BackendError.usage`)
         for attempt in range(self.options.max_retries + 1):
             replica = await self._choose(request.lineage, failed)
             try:
-                return await self._serve(replica, replica.backend.generate(request))
+                generation = await self._serve(replica, replica.backend.generate(request))
             except REPLICA_FAULTS as exc:
                 self._take_out(replica, exc)
                 failed.add(id(replica))
                 last = exc
+                spent += exc.usage
                 if attempt < self.options.max_retries:
                     RETRIES.labels(retry_cause(exc)).inc()
+                continue
+            except BackendError as exc:
+                exc.usage = spent + exc.usage
+                raise
+            return generation.model_copy(update={"retry_usage": spent + generation.retry_usage})
         raise BackendUnavailableError(
-            f"backend {self.name!r}: no replica answered in {self.options.max_retries + 1} attempts; last: {last}"
+            f"backend {self.name!r}: no replica answered in {self.options.max_retries + 1} attempts; last: {last}",
+            usage=spent,
         ) from last
 
     async def count_tokens(self, request: GenerationRequest) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 from prometheus_client import REGISTRY
 from rich.console import Console
 
+from rsa_service.backends.base import BackendOptions, ChatMessage, GenerationRequest
+from rsa_service.backends.fleet import FleetBackend
 from rsa_service.cli.progress import render_result
 from rsa_service.core.steps import Usage
 from rsa_service.jobs.backend_pool import BackendPool
@@ -128,3 +130,22 @@ async def test_a_trace_lost_after_generating_still_counts(store: JobStore) -> No
         (usage.prompt_tokens, usage.completion_tokens) == (spent["prompt_tokens"], spent["completion_tokens"]) != (0, 0)
     )
     assert metrics == usage
+
+
+async def test_a_fleet_counts_what_a_failed_replica_spent() -> None:
+    """The first replica never answers in time (aborted: an upper bound); the second answers. The generation
+    reports both, the answer as its usage and the aborted attempt as its retry usage."""
+    options = BackendOptions(model="toy", read_timeout_s=1.0, retry_backoff_s=0.01, retry_max_wait_s=0.05)
+    request = GenerationRequest(messages=(ChatMessage(role="user", content="Sum. ANSWER=3"),), max_tokens=40)
+    slow = ModelServerConfig(faults=[{"delay_s": 10, "always": True}])
+    with serve_in_thread(slow) as first, serve_in_thread() as second:
+        fleet = FleetBackend("pair", [first.base_url, second.base_url], options)
+        try:
+            generation = await fleet.generate(request)
+            prompt = await fleet.count_tokens(request)
+        finally:
+            await fleet.aclose()
+        answered = second.spent()
+    assert generation.usage.total == answered["prompt_tokens"] + answered["completion_tokens"]
+    assert generation.retry_usage == Usage.upper_bound(prompt, 40)
+    assert generation.spent.estimated_tokens == prompt + 40
