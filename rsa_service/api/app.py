@@ -15,7 +15,7 @@ import httpx2
 from fastapi import Depends, FastAPI
 
 from rsa_service.api import chat, errors, health, lineage, responses, routes_backends, routes_jobs, sse, web
-from rsa_service.api.admission import BodyReader, admitted
+from rsa_service.api.admission import BodyReader, HeadAsGet, admitted
 from rsa_service.api.auth import LOCAL_TENANT, KeyRing
 from rsa_service.api.http_metrics import Metrics, MetricsMiddleware
 from rsa_service.api.pass_through import PassThroughSlots, proxy_client
@@ -82,5 +82,6 @@ def create_app(
         app.include_router(module.router)
     web.install(app)
     app.add_middleware(BodyReader, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -154,7 +154,7 @@ async def create(
     owner: Tenant,
     store: Store,
     settings: Options,
-    idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=MAX_KEY_CHARS)] = None,
 ) -> Response:
     spec = build_spec(settings, request, body)
     await check_context(request, spec)
