@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -134,7 +134,7 @@ def _fsync(servers: Sequence[RedisServer], appendfsync: str) -> None:
 
 
 @contextmanager
-def _single(root: Path, appendfsync: str) -> AbstractContextManager[Topology]:  # type: ignore[misc]
+def _single(root: Path, appendfsync: str) -> Iterator[Topology]:
     server = RedisServer(root / "single")
     _fsync([server], appendfsync)
     server.start()
@@ -145,7 +145,7 @@ def _single(root: Path, appendfsync: str) -> AbstractContextManager[Topology]:  
 
 
 @contextmanager
-def _cluster(root: Path, appendfsync: str, primaries: int) -> AbstractContextManager[Topology]:  # type: ignore[misc]
+def _cluster(root: Path, appendfsync: str, primaries: int) -> Iterator[Topology]:
     cluster = ClusterProcesses(root / f"cluster{primaries}", primaries=primaries)
     _fsync(cluster.nodes, appendfsync)
     try:
@@ -156,7 +156,7 @@ def _cluster(root: Path, appendfsync: str, primaries: int) -> AbstractContextMan
 
 
 @contextmanager
-def _sentinel(root: Path, appendfsync: str) -> AbstractContextManager[Topology]:  # type: ignore[misc]
+def _sentinel(root: Path, appendfsync: str) -> Iterator[Topology]:
     sentinel = SentinelProcesses(root / "sentinel")
     _fsync(sentinel.servers, appendfsync)
     try:
@@ -197,9 +197,9 @@ def main() -> None:
                 f"{name:32s} {found.per_s:10,.0f} {found.busiest_cpu_ms:15.3f} ms {found.capacity_per_s:10,.0f}",
                 flush=True,
             )
-        with _sentinel(root / "latency", args.appendfsync) as (url, _):
-            plain = asyncio.run(_commit_latency(url, 0, args.latency_commits))
-            waited = asyncio.run(_commit_latency(url, 1, args.latency_commits))
+        with _sentinel(root / "latency", args.appendfsync) as (latency_url, _):
+            plain = asyncio.run(_commit_latency(latency_url, 0, args.latency_commits))
+            waited = asyncio.run(_commit_latency(latency_url, 1, args.latency_commits))
         print(f"one commit, median: {plain * 1000:.3f} ms; with WAIT 1: {waited * 1000:.3f} ms")
 
 

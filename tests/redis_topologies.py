@@ -8,6 +8,7 @@ promote its replica, then comes back as the new primary's replica.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -181,7 +182,7 @@ class ClusterProcesses:
         else:  # redis-cli creates clusters of three primaries or more: one primary is set up by hand
             self._one_primary()
         for node in self.nodes:
-            _wait_for(lambda port=node.port: _cluster_ok(port) and _synced(port), "the cluster to form and sync")
+            _wait_for(functools.partial(_ready_node, node.port), "the cluster to form and sync")
 
     def _one_primary(self) -> None:
         primary, replica = self.nodes
@@ -212,6 +213,10 @@ class ClusterProcesses:
 def _cluster_ok(port: int) -> bool:
     with redis.Redis(port=port, socket_timeout=2) as client:
         return "cluster_state:ok" in str(client.execute_command("CLUSTER", "INFO"))
+
+
+def _ready_node(port: int) -> bool:
+    return _cluster_ok(port) and _synced(port)
 
 
 def _synced(port: int) -> bool:
@@ -260,7 +265,7 @@ class SentinelProcesses:
                 )
             )
         for port in self.sentinel_ports:
-            _wait_for(lambda port=port: self._sentinel_ready(port), "the sentinels to see each other and the replica")
+            _wait_for(functools.partial(self._sentinel_ready, port), "the sentinels to see each other and the replica")
 
     def _sentinel_ready(self, port: int) -> bool:
         with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as client:

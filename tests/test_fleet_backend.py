@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from rsa_service.backends.base import BackendOptions, ChatMessage, GenerationRequest
+from rsa_service.backends import BackendOptions, ChatMessage, GenerationRequest
 from rsa_service.backends.fleet import FleetBackend
 from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.store import JobStore

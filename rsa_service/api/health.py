@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.datastructures import State
 
 from rsa_service.api.errors import problem, problem_responses
 from rsa_service.api.http_metrics import metrics_endpoint
+from rsa_service.backends.base import probe_backend
+from rsa_service.jobs.backend_pool import BackendPool
 
 router = APIRouter(tags=["health"])
 
@@ -19,32 +23,62 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _check(name: str, probe: Awaitable[object], timeout_s: float) -> str | None:
+async def _check(name: str, probe: Callable[[], Awaitable[object]], timeout_s: float) -> str | None:
     """None when `probe` succeeds in time, else one line saying what failed. Never raises: it reports."""
     try:
         async with asyncio.timeout(timeout_s):
-            await probe
+            await probe()
     except Exception as exc:
-        return f"{name}: {type(exc).__name__}: {exc}"
+        return f"{name}: {type(exc).__name__}: {exc}" if str(exc) else f"{name}: {type(exc).__name__}"
     return None
+
+
+class Readiness:
+    """Redis and every configured backend, probed for real at most once per `cache_s`: probes answer as the
+    dependencies are now (never a listing remembered from start-up), and a burst of probe requests costs one
+    round of checks, which concurrent callers share."""
+
+    def __init__(self, cache_s: float, timeout_s: float) -> None:
+        self.cache_s = cache_s
+        self.timeout_s = timeout_s
+        self._checked_at = -float("inf")
+        self._failures: list[str] = []
+        self._names: list[str] = []
+        self._lock = asyncio.Lock()
+
+    async def failures(self, state: State) -> tuple[list[str], list[str]]:
+        """(what was checked, what failed)."""
+        async with self._lock:
+            if time.monotonic() - self._checked_at >= self.cache_s:
+                await self._check_all(state)
+                self._checked_at = time.monotonic()
+            return self._names, self._failures
+
+    async def _check_all(self, state: State) -> None:
+        checks = {"redis": _check("redis", state.store.redis.ping, self.timeout_s)}
+        pool: BackendPool = state.backends
+        for name in pool.settings.backends:
+
+            async def probe(name: str = name) -> None:
+                await probe_backend(await pool.get(name))
+
+            checks[f"backend {name}"] = _check(f"backend {name}", probe, self.timeout_s)
+        self._names = sorted(checks)
+        self._failures = [failure for failure in await asyncio.gather(*checks.values()) if failure]
 
 
 @router.get(
     "/readyz",
     responses={200: {"description": "Ready"}, **problem_responses(503)},
-    summary="Readiness: Redis and every configured backend answer",
+    summary="Readiness: Redis and every configured backend answer (checked at most every RSA_READINESS_CACHE_S)",
 )
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
-    timeout_s = state.settings.readiness_timeout_s
-    checks = {"redis": _check("redis", state.store.redis.ping(), timeout_s)}
-    for name in state.backends.settings.backends:
-        backend = await state.backends.get(name)
-        checks[f"backend {name}"] = _check(f"backend {name}", backend.capabilities(), timeout_s)
-    failures = [failure for failure in await asyncio.gather(*checks.values()) if failure]
+    checked, failures = await state.readiness.failures(state)
     if failures:
-        return problem(503, "; ".join(failures), kind="not-ready", headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ready", "checks": sorted(checks)})
+        detail = "not ready: " + "; ".join(failures)
+        return problem(503, detail, kind="not-ready", headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready", "checks": checked})
 
 
 router.add_api_route(

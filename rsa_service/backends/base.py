@@ -137,6 +137,16 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class Probed(Protocol):
+    """A backend that can say whether its model server answers right now (readiness), apart from `capabilities`,
+    which may be remembered from an earlier answer."""
+
+    async def probe(self) -> None:
+        """Return when the server answers now; raise BackendError otherwise. Never cached, never retried."""
+        ...
+
+
 class BackendError(Exception):
     """Base of every error a backend raises. `usage` is what the failed call still cost (a server may report
     usage and the answer still be unusable; an aborted request counts an upper bound), zero when nothing ran."""
@@ -194,3 +204,11 @@ async def aborted_usage(backend: Backend, request: GenerationRequest) -> Usage:
         texts = [m.content for m in request.messages] if request.messages is not None else [request.prompt or ""]
         prompt = sum(len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE for text in texts)
     return Usage.upper_bound(prompt, request.max_tokens)
+
+
+async def probe_backend(backend: Backend) -> None:
+    """Readiness of any backend: its `probe` when it has one, else its capabilities (an in-process engine)."""
+    if isinstance(backend, Probed):
+        await backend.probe()
+    else:
+        await backend.capabilities()

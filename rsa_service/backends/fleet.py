@@ -32,6 +32,7 @@ from rsa_service.backends.base import (
     GenerationRequest,
     TransientBackendError,
     Usage,
+    probe_backend,
 )
 from rsa_service.backends.retry import retry_cause
 from rsa_service.core.tails import Tail
@@ -120,6 +121,14 @@ class FleetBackend:
 
     async def capabilities(self) -> Capabilities:
         return await self._any(lambda backend: backend.capabilities())
+
+    async def probe(self) -> None:
+        """Ready while any replica answers; the error names every replica that does not."""
+        probes = [probe_backend(replica.backend) for replica in self.replicas]
+        outcomes = await asyncio.gather(*probes, return_exceptions=True)
+        down = [f"{r.spec}: {o}" for r, o in zip(self.replicas, outcomes, strict=True) if isinstance(o, Exception)]
+        if len(down) == len(self.replicas):
+            raise BackendUnavailableError(f"backend {self.name!r}: no replica answers ({'; '.join(down)})")
 
     async def aclose(self) -> None:
         await asyncio.gather(*(replica.backend.aclose() for replica in self.replicas))

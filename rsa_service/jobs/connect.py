@@ -32,7 +32,8 @@ def raise_if_cancelled() -> None:
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir, appendfsync=settings.appendfsync)
-    url = settings.redis_url or await asyncio.to_thread(embedded.start)  # type: ignore[union-attr]
+    url = settings.redis_url if embedded is None else await asyncio.to_thread(embedded.start)
+    assert url is not None
     client = redis_client(url)
     try:
         # Before any concurrent use: redis-py's cluster client, first used by many tasks at once, maps the slots in

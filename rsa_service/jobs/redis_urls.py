@@ -36,7 +36,7 @@ SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
-class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (it looks the primary up for each new connection) that waits for a free connection."""
 
 
@@ -118,7 +118,7 @@ def redis_client(url: str, max_connections: int = REDIS_MAX_CONNECTIONS) -> Redi
 def _sentinel_client(nodes: Nodes, common: dict[str, Any], max_connections: int) -> Redis:
     if not nodes.path or "/" in nodes.path:
         raise ValueError("RSA_REDIS_URL: name the primary: redis+sentinel://HOST:PORT[,HOST:PORT...]/PRIMARY_NAME")
-    sentinel = Sentinel(
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(nodes.hosts),
         sentinel_kwargs={"socket_timeout": SENTINEL_SOCKET_TIMEOUT_S},
         username=nodes.username,
@@ -166,7 +166,9 @@ def reader_client(client: RedisClient, max_connections: int) -> RedisClient:
     }
     if isinstance(pool, SentinelConnectionPool):
         manager = pool.sentinel_manager
-        own: BlockingConnectionPool = BlockingSentinelPool(pool.service_name, manager, **options, **kwargs)
+        own: BlockingConnectionPool = BlockingSentinelPool(  # type: ignore[no-untyped-call]
+            pool.service_name, manager, **options, **kwargs
+        )
     else:
         own = BlockingConnectionPool(**options, **kwargs)
     return Redis.from_pool(own)

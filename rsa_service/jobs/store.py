@@ -5,7 +5,7 @@ Exceptions, translated here from redis-py so callers never see transport details
     StoreError
     ├── JobNotFound        no such job (or it expired after finishing)
     ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
-    ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+    ├── NotDeadLettered    requeue refused: the job did not fail for a transient reason (poison, backend outage)
     ├── NotReplicated      a commit reached the primary but not RSA_REDIS_MIN_REPLICAS replicas in time
     └── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
 
@@ -67,7 +67,8 @@ class NotDeadLettered(StoreError):
     def __init__(self, job_id: str, status: str, title: str) -> None:
         why = f"{status} ({title})" if title else status
         super().__init__(
-            f"job {job_id} is {why}: only dead-lettered jobs (failed as poison after their attempts) can be requeued"
+            f"job {job_id} is {why}: only jobs that failed for a transient reason (as poison after their attempts, "
+            "or their backend down past the outage budget) can be resumed"
         )
         self.job_id = job_id
         self.status = status
@@ -400,7 +401,14 @@ class JobStore:
     async def commit(self, job_id: str, fence: int, step: StepResult, event: dict[str, Any]) -> bool:
         """Record a step once. True if written now, False if it was already there; LeaseLost if fenced off;
         NotReplicated when `min_replicas` replicas did not confirm it in time."""
-        args = (fence, step.key, step.model_dump_json(), "step", json.dumps(event), self.events_maxlen)
+        args: tuple[str | int, ...] = (
+            fence,
+            step.key,
+            step.model_dump_json(),
+            "step",
+            json.dumps(event),
+            self.events_maxlen,
+        )
         if self.min_replicas:
             outcome = await self._commit_replicated(job_id, args)
         else:
@@ -409,7 +417,7 @@ class JobStore:
             raise LeaseLost(job_id, fence)
         return outcome == 1
 
-    async def _commit_replicated(self, job_id: str, args: Sequence[object]) -> int:
+    async def _commit_replicated(self, job_id: str, args: Sequence[str | int]) -> int:
         """The commit script, then WAIT on the same connection (WAIT counts the replicas that have the writes of
         its own connection, so the two go in one pipeline; on a cluster, to the node that owns the job's slot)."""
         keys = self.keys.job(job_id).all
@@ -417,7 +425,7 @@ class JobStore:
         if isinstance(self.redis, RedisCluster):
             on_node["target_nodes"] = self.redis.get_node_from_key(keys[0])
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_SCRIPT_SOURCES["commit"], len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            pipe.eval(_SCRIPT_SOURCES["commit"], len(keys), *keys, *args)
             pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms, **on_node)
             outcome, acknowledged = await pipe.execute()
         if int(outcome) >= 0 and int(acknowledged) < self.min_replicas:
@@ -472,9 +480,10 @@ class JobStore:
         return str(status)
 
     async def requeue(self, job_id: str) -> str:
-        """Run a dead-lettered job again from its committed steps, counted again against its tenant (whatever its
-        limit: an operator's decision); returns the tenant. JobNotFound, or NotDeadLettered for any job that is not
-        a poison failure (other failures would fail the same way again)."""
+        """Run a job that failed for a transient reason (dead-lettered as poison, or its backend down past the
+        outage budget) again from its committed steps, counted again against its tenant (whatever its limit: an
+        operator's or the owner's decision); returns the tenant. JobNotFound, or NotDeadLettered for any other job
+        (other failures would fail the same way again)."""
         outcome, *rest = [str(part) for part in await self._run("requeue", job_id, self.events_maxlen)]
         if outcome == "missing":
             await self.redis.srem(self.keys.dead, job_id)  # a stale hint: the job expired after failing
@@ -544,7 +553,7 @@ class JobStore:
         if not totals:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in totals:
+            for job_id in map(str, totals):
                 pipe.hget(self.keys.job(job_id).meta, "status")
                 pipe.hlen(self.keys.job(job_id).steps)
             replies = await pipe.execute()

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx2
 
 from tests.api.conftest import KEY_A, KEY_B
+from tests.modelserver import READY_PREFIX, ModelServerConfig, ModelServerHandle, config_argv
 from tests.redis_topologies import RedisServer, _free_port
 
 START_TIMEOUT_S = 60.0
@@ -63,3 +64,41 @@ def rsa_serve(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+class RestartableModelServer:
+    """The test model server as a subprocess on one fixed port, so that it can be killed and started again there
+    (as a restarted model server would be)."""
+
+    def __init__(self, config: ModelServerConfig) -> None:
+        self.config = config
+        self.port = _free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> ModelServerHandle:
+        argv = [sys.executable, "-m", "tests.modelserver", "--port", str(self.port), *config_argv(self.config)]
+        self.process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith(READY_PREFIX):
+            raise RuntimeError(f"modelserver did not start: {line!r}")
+        return ModelServerHandle(f"http://127.0.0.1:{self.port}", self.process)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self.process = None
+
+    def __enter__(self) -> RestartableModelServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.kill()

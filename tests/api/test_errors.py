@@ -138,7 +138,7 @@ def test_idempotent_create_under_concurrent_retries(idle: LiveAPI) -> None:
 
 
 def test_readiness_reports_an_unreachable_backend(make_api: ApiFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    api = make_api(workers=0, readiness_timeout_s=1)
+    api = make_api(workers=0, readiness_timeout_s=1, readiness_cache_s=0)
     with httpx2.Client(base_url=api.url, timeout=10) as http:
         assert http.get("/readyz").json()["status"] == "ready"
         api.app.state.backends.settings.backends["dead"] = "openai:http://127.0.0.1:9/v1"

@@ -1,9 +1,11 @@
 // The lineage graph in hand-written SVG: rounds as columns, one node per trace, each aggregation node joined to the
-// tails it was shown. Nodes and edges are added one by one as steps commit; nothing already drawn is redrawn.
+// tails it was shown. Nodes and edges are added as steps commit; nothing already drawn is redrawn. Each batch's
+// edges are one <path> (thousands of <line>s would cost more to style and lay out than the nodes themselves); a
+// highlighted lineage is drawn over them as one more path.
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLUMN_W = 132;
-const LEFT = 28;
+const LEFT = 48; // room for a column heading centred over the first and last columns
 const TOP = 34;
 
 function svg(tag, attrs) {
@@ -23,7 +25,6 @@ export class LineageGraph {
     this.onOpen = onOpen;
     this.onFocus = onFocus;
     this.nodes = new Map(); // key -> {data, g, circle, label, title}
-    this.inEdges = new Map(); // child key -> [line]
     this.children = new Map(); // parent key -> [child key]
     this.highlighted = [];
     this.selected = null;
@@ -37,7 +38,8 @@ export class LineageGraph {
     root.setAttribute("height", height);
     root.style.minWidth = `${Math.min(width, this.columns * 56)}px`;
     root.classList.toggle("dense", shape.population > 16);
-    this.edgeLayer = svg("g", { class: "edges" });
+    this.edgeLayer = svg("g", { class: "edges base" });
+    this.litLayer = svg("g", { class: "edges lit" });
     this.nodeLayer = svg("g", { class: "nodes" });
     const heads = svg("g", { class: "heads" });
     for (let c = 0; c < this.columns; c++) {
@@ -45,7 +47,7 @@ export class LineageGraph {
       text.textContent = c === this.columns - 1 && c > 0 ? `Round ${c} · final` : `Round ${c}`;
       heads.append(text);
     }
-    root.replaceChildren(heads, this.edgeLayer, this.nodeLayer);
+    root.replaceChildren(heads, this.edgeLayer, this.litLayer, this.nodeLayer);
     this.bindEvents();
   }
 
@@ -57,19 +59,28 @@ export class LineageGraph {
     return TOP + (slot + (this.shape.population - size) / 2) * this.rowH + this.rowH / 2;
   }
 
-  // Add many nodes at once (one DOM insertion), or update those already drawn.
+  // Add many nodes at once (one DOM insertion, their edges one path), or update those already drawn.
   addAll(list) {
     const nodes = document.createDocumentFragment();
-    const edges = document.createDocumentFragment();
-    for (const data of list) this.add(data, nodes, edges);
-    this.edgeLayer.append(edges);
+    let edges = "";
+    for (const data of list) edges += this.add(data, nodes);
     this.nodeLayer.append(nodes);
+    if (edges) this.edgeLayer.append(svg("path", { d: edges }));
   }
 
-  add(data, nodeParent = this.nodeLayer, edgeParent = this.edgeLayer) {
+  // The segment from a parent's right edge to a child's left edge, in path syntax.
+  edge(parentKey, childKey) {
+    const [pr, ps] = parentKey.split(":").map(Number), [cr, cs] = childKey.split(":").map(Number);
+    return `M${this.x(pr) + this.radius} ${this.y(pr, ps)}L${this.x(cr) - this.radius} ${this.y(cr, cs)}`;
+  }
+
+  parents(data) { return (data.candidates || []).map((c) => keyOf(data.round - 1, c)); }
+
+  // Draws a new node into `nodeParent` and returns its edges' path; "" for a node already drawn (repainted).
+  add(data, nodeParent) {
     const key = keyOf(data.round, data.slot);
     const known = this.nodes.get(key);
-    if (known) { known.data = data; this.paint(known); return false; }
+    if (known) { known.data = data; this.paint(known); return ""; }
     const cx = this.x(data.round), cy = this.y(data.round, data.slot);
     const g = svg("g", { class: "node", "data-round": data.round, "data-slot": data.slot, "data-key": key,
       transform: `translate(${cx},${cy})` });
@@ -81,19 +92,13 @@ export class LineageGraph {
     this.nodes.set(key, entry);
     this.paint(entry);
     nodeParent.append(g);
-    const lines = [];
-    const from = data.round - 1;
-    for (const candidate of data.candidates || []) {
-      const parent = keyOf(from, candidate);
-      const line = svg("line", { x1: this.x(from) + this.radius, y1: this.y(from, candidate),
-        x2: cx - this.radius, y2: cy, "data-from": parent, "data-to": key });
-      lines.push(line);
-      edgeParent.append(line);
+    let edges = "";
+    for (const parent of this.parents(data)) {
+      edges += this.edge(parent, key);
       if (!this.children.has(parent)) this.children.set(parent, []);
       this.children.get(parent).push(key);
     }
-    this.inEdges.set(key, lines);
-    return true;
+    return edges;
   }
 
   // Colour, letter and tooltip from the node's data and the clusters known now.
@@ -123,11 +128,7 @@ export class LineageGraph {
         for (const other of next(stack.pop())) if (!seen.has(other)) { seen.add(other); stack.push(other); }
       }
     };
-    walk(key, (k) => {
-      const entry = this.nodes.get(k);
-      if (!entry) return [];
-      return (entry.data.candidates || []).map((c) => keyOf(entry.data.round - 1, c));
-    });
+    walk(key, (k) => { const entry = this.nodes.get(k); return entry ? this.parents(entry.data) : []; });
     walk(key, (k) => this.children.get(k) || []);
     return seen;
   }
@@ -136,16 +137,17 @@ export class LineageGraph {
     for (const node of this.highlighted) node.classList.remove("hl");
     this.highlighted = [];
     this.root.classList.toggle("focusing", key !== null);
-    if (key === null) return;
+    if (key === null) { this.litLayer.replaceChildren(); return; }
     const members = this.lineage(key);
+    let edges = "";
     for (const member of members) {
       const entry = this.nodes.get(member);
-      if (entry) this.highlighted.push(entry.g);
-      for (const line of this.inEdges.get(member) || []) {
-        if (members.has(line.dataset.from)) this.highlighted.push(line);
-      }
+      if (!entry) continue;
+      this.highlighted.push(entry.g);
+      for (const parent of this.parents(entry.data)) if (members.has(parent)) edges += this.edge(parent, member);
     }
     for (const node of this.highlighted) node.classList.add("hl");
+    this.litLayer.replaceChildren(...(edges ? [svg("path", { d: edges })] : []));
   }
 
   select(key, open = false) {
