@@ -193,9 +193,14 @@ async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
     spec = build_spec(settings, request, body, conversation)
     await check_context(request, spec)
     job_id = new_job_id()
-    await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
-    record = await store.get(job_id)
+    # A stream slot first: a server at its stream cap refuses (429) before any job exists to run unwatched.
     events = await request.app.state.hub.subscribe(job_id, tenant=owner)
+    try:
+        await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
+        record = await store.get(job_id)
+    except BaseException:
+        events.close()
+        raise
     if chat.stream:
         stream = _stream_job(store, record, events)
         return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(events.aclose))
