@@ -1,10 +1,10 @@
 """Our ZAYA1 engine against transformers' ZayaForCausalLM.generate, same weights, prompts and device, in one run.
 
 Builds (once, into benchmarks/.cache/) a mid-size random ZAYA1 checkpoint: hidden 512, 8 layers, 8 query / 2 KV
-heads of 64, 16 experts of intermediate 512, vocab 8192. Measures this machine's memory bandwidth in the same run
+heads of 64, 16 experts of intermediate 512, vocab 8192. Measures the machine's memory bandwidth in the same run
 (sum of a 512 MiB tensor, best of several), and prints each decode figure beside the bandwidth bound: the bytes a
 decode step must read (weights it touches plus the KV cache it attends over) divided by that bandwidth. The bound
-counts min(batch, 16) experts per layer (the issue's); a second, tighter one counts the experts uniformly random
+counts min(batch, 16) experts per layer; a second, tighter one counts the experts uniformly random
 routes would hit (~10.3 of 16 at batch 16), which is what a step that reads each expert hit once must read. Our decode
 step is compiled (hidden 512 is below the engine's default compile threshold, so this is asked for explicitly).
 Every figure, ours and the reference's alike, is the best of three timings after one untimed warm-up run.

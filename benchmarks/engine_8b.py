@@ -1,4 +1,4 @@
-"""The real ZAYA1-8B shape on this machine: load time, peak RSS, decode tokens/s at batch 1 and 8 vs the bound.
+"""The real ZAYA1-8B shape: load time, peak RSS, decode tokens/s at batch 1 and 8 vs the bound.
 
 Writes (once) a checkpoint with the published ZAYA1-8B config and random bf16 weights into
 benchmarks/.cache/zaya1-8b/ (about 17 GB, gitignored): safetensors shards of at most 5 GB with an index, written

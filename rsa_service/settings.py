@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     )
     lease_s: float = Field(default=30.0, gt=0, description="A job's lease; a dead worker's job resumes after it.")
     max_attempts: int = Field(default=5, gt=0, description="Claims before a job that kills workers is failed.")
+    max_open_backends: int = Field(
+        default=32, gt=0, description="Open backends per process, one per (backend, model); the least used is closed."
+    )
+    backend_outage_budget_h: float = Field(
+        default=6.0, ge=0, description="A job waits this long for a backend that is down, then fails (resumable)."
+    )
+    backend_outage_retry_max_s: float = Field(
+        default=30.0, gt=0, description="Longest wait between tries of a backend that is down (backoff cap)."
+    )
     retention_s: int = Field(default=7 * 24 * 3600, ge=0, description="Keep finished jobs this long (0: forever).")
     appendfsync: Literal["always", "everysec"] = "everysec"
     worker_concurrency: int = Field(default=32, gt=0, description="Generations one worker runs at once.")

@@ -6,9 +6,9 @@ REST job's `result` and the SDK's `job.result` are one type without the SDK pull
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from rsa_service.core.params import RSAParams
 from rsa_service.core.steps import RoundStats, StepResult, Usage
@@ -70,6 +70,7 @@ class Progress(BaseModel):
     steps_total: int
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    waiting_for: str | None = Field(default=None, description="The backend the job waits for while it is down.")
 
 
 class Event(BaseModel):
@@ -95,7 +96,8 @@ class ProblemDetails(Problem):
 
 
 class _JobCreateBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON's Infinity and NaN are no budget: refused rather than kept as a limit that is shown back as null.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     problem: str = Field(min_length=1, description="The problem text.")
     backend: str | None = Field(
@@ -104,6 +106,15 @@ class _JobCreateBase(BaseModel):
         description="The name of a backend the operator configured (never a URL or path); default: the default.",
     )
     model: str | None = Field(default=None, max_length=256, description="Model name sent to the backend.")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_truth_values_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`true` is not 1: pydantic would take a JSON boolean for a number, and a typo would pass as a setting."""
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
 
 def _optional(name: str) -> tuple[Any, Any]:

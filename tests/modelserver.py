@@ -22,8 +22,8 @@ GET /_requests, POST /_reset, GET|POST /_faults.
 GET /_requests → `{"requests": [...], "in_flight": n, "max_in_flight": n, "tokenize_calls": n, "spent": {...}}`;
 `spent` is `{"prompt_tokens", "completion_tokens"}` summed over every generation the model ran (answered,
 faulted after generating, or abandoned by its client), what a metered server bills; one entry
-per generation request, in arrival order: `{"key", "path", "time", "body", "fault", "status", "session"}` where
-`session` is the X-Session-ID header (or null), `key` is
+per generation request, in arrival order: `{"key", "path", "time", "body", "fault", "status", "session", "cookie"}`
+where `session` is the X-Session-ID header (or null), `cookie` the Cookie header (or null), `key` is
 the sha256 of the canonical JSON of `[messages or prompt, seed, max_tokens]`, `time` the arrival (unix
 seconds), `fault` the index of the fault rule applied (or null), `status` the status sent (null while in
 flight or when the connection was dropped). POST /_reset clears the log, counters and fault rules.
@@ -77,6 +77,8 @@ import uvicorn
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -167,6 +169,8 @@ class ModelServerConfig(BaseModel):
     latency_per_token_ms: float = Field(default=0.0, ge=0, description="Extra latency per completion token.")
     usage: bool = Field(default=True, description="Report `usage`; off mimics servers that omit it.")
     api_key: str | None = Field(default=None, description="Require `Authorization: Bearer KEY`.")
+    gzip: bool = Field(default=False, description="Compress answers for clients that accept gzip.")
+    set_cookie: str | None = Field(default=None, description="A `Set-Cookie` header on every generation answer.")
     faults: list[FaultRule] = Field(default_factory=list)
 
 
@@ -389,6 +393,7 @@ class FaultsAndLog:
             session = Headers(scope=scope).get("x-session-id")
             entry = {"key": key, "path": path, "time": time.time(), "body": parsed, "fault": fault_index}
             entry["session"] = session
+            entry["cookie"] = Headers(scope=scope).get("cookie")
             entry["status"] = None
             state.requests.append(entry)
         state.in_flight += entry is not None
@@ -529,7 +534,8 @@ def build_app(config: ModelServerConfig | None = None) -> FaultsAndLog:
             latency_s = (cfg.latency_ms + cfg.latency_per_token_ms * tokens) / 1000
             arrived = request.scope.get(ARRIVED, time.monotonic())
             await asyncio.sleep(max(0.0, arrived + latency_s - time.monotonic()))
-        return JSONResponse(answer, status_code=status)
+        cookie = {"set-cookie": cfg.set_cookie} if cfg.set_cookie else None
+        return JSONResponse(answer, status_code=status, headers=cookie)
 
     async def tokenize_route(request: Request) -> Response:
         state.tokenize_calls += 1
@@ -562,7 +568,8 @@ def build_app(config: ModelServerConfig | None = None) -> FaultsAndLog:
             Route("/_requests", requests_route),
             Route("/_reset", reset_route, methods=["POST"]),
             Route("/_faults", faults_route, methods=["GET", "POST"]),
-        ]
+        ],
+        middleware=[Middleware(GZipMiddleware, minimum_size=0)] if cfg.gzip else [],
     )
     return FaultsAndLog(app, state)
 

@@ -15,9 +15,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 # Through the service on the first 200 held-out problems (N=8, K=4, T=2, seed 0; benchmarks/README.md), the final
-# stage's mean trace accuracy beat round 0's by 14.7 points (78.5 -> 93.2). On 50 problems the standard error of
-# that lift is about 3.5 points, so requiring half of it (7 points) fails a model on which aggregation does nothing
-# (a lift of 0 is 2 standard errors short) while leaving the real one 2 standard errors of room.
+# stage's mean trace accuracy beat round 0's by 14.7 points (78.5 -> 93.2), and by 12.1 (-> 90.6) with the card's
+# adaptive settings, where a job that stops after round 1 scores its round-1 traces for the final stage. On 50
+# problems the standard error of that lift is about 3.5 points, so requiring 7 points fails a model on which
+# aggregation does nothing (a lift of 0 is 2 standard errors short) while leaving the real one room.
 EVAL_PROBLEMS = 50
 REQUIRED_LIFT = 0.07
 
@@ -29,7 +30,8 @@ def test_the_bundled_model_is_the_default_backend(cli_env: dict[str, str]) -> No
     result = json.loads(done.stdout)
     settings = json.loads((CHECKPOINT_DIR / BUNDLED_SETTINGS_FILE).read_text())
     assert result["status"] == "completed"
-    assert len(result["rounds"]) == settings["rounds"] + 1
+    # The card's adaptive settings may end the job once an aggregated round agrees.
+    assert len(result["rounds"]) == settings["rounds"] + 1 or result["stopped_reason"]
     assert all(
         sum(a["count"] for a in r["answers"]) + r["no_answer"] == settings["population"] for r in result["rounds"]
     )

@@ -22,8 +22,9 @@ from rsa_service.api.auth import tenant
 
 
 class BodyReader:
-    """Read the request body up front: 413 over `max_bytes` (declared or sent, chunked too), 408 when it has not all
-    arrived `timeout_s` after the request began. Requests that announce no body pass straight through."""
+    """Read the request body up front: 415 unless it is JSON, 413 over `max_bytes` (declared or sent, chunked too),
+    408 when it has not all arrived `timeout_s` after the request began. Requests that announce no body pass
+    straight through."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
@@ -34,6 +35,13 @@ class BodyReader:
         headers = dict(scope["headers"]) if scope["type"] == "http" else {}
         if b"content-length" not in headers and b"transfer-encoding" not in headers:
             await self.app(scope, receive, send)
+            return
+        kind = headers.get(b"content-type", b"application/json").split(b";", 1)[0].strip().lower()
+        if kind != b"application/json" and not kind.endswith(b"+json"):
+            detail = (
+                f"the request body must be JSON (Content-Type: application/json), not {kind.decode(errors='replace')}"
+            )
+            await self._refuse(415, detail, "unsupported-media-type", scope, receive, send, close=True)
             return
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -100,3 +108,25 @@ async def admitted(request: Request, owner: str = Depends(tenant)) -> AsyncItera
     gate: asyncio.Semaphore = request.app.state.gate
     async with gate:
         yield owner
+
+
+class HeadAsGet:
+    """Answer HEAD on every GET route (Starlette routes answer only the methods they name): the GET's status and
+    headers, no body. Event streams are left out: a stream's HEAD would hold its subscription open."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or scope["path"].endswith("/events"):
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app(dict(scope, method="GET"), receive, headers_only)

@@ -15,9 +15,10 @@ import httpx2
 from fastapi import Depends, FastAPI
 
 from rsa_service.api import chat, errors, health, lineage, responses, routes_backends, routes_jobs, sse, web
-from rsa_service.api.admission import BodyReader, admitted
+from rsa_service.api.admission import BodyReader, HeadAsGet, admitted
 from rsa_service.api.auth import LOCAL_TENANT, KeyRing
 from rsa_service.api.http_metrics import Metrics, MetricsMiddleware
+from rsa_service.api.pass_through import PassThroughSlots, proxy_client
 from rsa_service.api.server_settings import ApiSettings, named_backends
 from rsa_service.core.prompts import PromptTemplates
 from rsa_service.jobs.backend_pool import BackendPool
@@ -49,7 +50,7 @@ def create_app(
             state.store = store or await stack.enter_async_context(open_store(shared))
             limits = StreamLimits(per_tenant=settings.max_streams_per_tenant, total=settings.max_streams)
             state.hub = await stack.enter_async_context(open_hub(state.store, limits, settings.sse_block_ms))
-            state.http = await stack.enter_async_context(httpx2.AsyncClient(timeout=PROXY_TIMEOUT))
+            state.http = await stack.enter_async_context(proxy_client(PROXY_TIMEOUT))
             stack.push_async_callback(state.backends.aclose)
             if background is not None:
                 await stack.enter_async_context(background(state.store, state.backends))
@@ -73,6 +74,7 @@ def create_app(
     app.state.templates = PromptTemplates.load(settings.prompts_dir)
     errors.install(app)
     app.state.gate = asyncio.Semaphore(settings.max_concurrent_requests)
+    app.state.pass_through = PassThroughSlots(settings.max_pass_through_requests, settings.busy_retry_after_s)
     app.state.readiness = health.Readiness(settings.readiness_cache_s, settings.readiness_timeout_s)
     for module in (routes_jobs, lineage, routes_backends):
         app.include_router(module.router, dependencies=[Depends(admitted)])
@@ -80,5 +82,6 @@ def create_app(
         app.include_router(module.router)
     web.install(app)
     app.add_middleware(BodyReader, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx2
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +22,7 @@ from starlette.background import BackgroundTask
 
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, field_error, problem_responses, validation_errors
+from rsa_service.api.pass_through import limited_body, proxy
 from rsa_service.api.routes_jobs import build_spec, check_context, create_job, resolve_backend
 from rsa_service.api.views import steps_total
 from rsa_service.backends import BackendError, ChatMessage, GenerationRequest, split_spec
@@ -35,11 +35,9 @@ from rsa_service.jobs.hub import Subscription
 from rsa_service.jobs.idempotency import fingerprint
 from rsa_service.jobs.models import JobRecord
 from rsa_service.jobs.store import JobStore, new_job_id
-from rsa_service.settings import backend_api_key
 from rsa_service.wire import JobCreate, JobResult
 
 router = APIRouter(tags=["chat"])
-DEFAULT_PASS_THROUGH_TOKENS = 4096
 SAMPLING_FIELDS = ("temperature", "top_p", "seed")
 
 
@@ -195,9 +193,14 @@ async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
     spec = build_spec(settings, request, body, conversation)
     await check_context(request, spec)
     job_id = new_job_id()
-    await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
-    record = await store.get(job_id)
+    # A stream slot first: a server at its stream cap refuses (429) before any job exists to run unwatched.
     events = await request.app.state.hub.subscribe(job_id, tenant=owner)
+    try:
+        await create_job(request, store, owner, spec, job_id, fingerprint(body.model_dump(mode="json")))
+        record = await store.get(job_id)
+    except BaseException:
+        events.close()
+        raise
     if chat.stream:
         stream = _stream_job(store, record, events)
         return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(events.aclose))
@@ -209,37 +212,14 @@ async def _run_rsa(request: Request, chat: ChatRequest, owner: str) -> Response:
     return JSONResponse(await _finished(store, job_id))
 
 
-async def _proxy(request: Request, base_url: str) -> Response:
-    """Forward the request as it came to an OpenAI-compatible backend and relay its answer, streaming or not."""
-    client: httpx2.AsyncClient = request.app.state.http
-    key = backend_api_key(request.app.state.shared)
-    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {key}"} if key else {})
-    upstream = client.build_request(
-        "POST", base_url + "/chat/completions", content=await request.body(), headers=headers
-    )
-    try:
-        answer = await client.send(upstream, stream=True)
-    except httpx2.HTTPError as exc:
-        raise ApiError(502, f"the backend did not answer: {type(exc).__name__}", kind="backend-unavailable") from None
-    if answer.status_code >= 500:
-        detail = (await answer.aread())[:300].decode(errors="replace")
-        await answer.aclose()
-        raise ApiError(502, f"the backend answered {answer.status_code}: {detail}", kind="backend-error")
-    relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "retry-after")}
-    return StreamingResponse(
-        answer.aiter_raw(), status_code=answer.status_code, headers=relayed, background=BackgroundTask(answer.aclose)
-    )
-
-
-async def _generate(request: Request, chat: ChatRequest, name: str) -> Response:
+async def _generate(request: Request, chat: ChatRequest, name: str, body: dict[str, Any]) -> Response:
     """Pass-through for a backend that is not HTTP: one Backend.generate call, shaped as a chat completion."""
-    extra = chat.model_extra or {}
     try:
         messages = tuple(ChatMessage(role=m.role, content=_text(m.content)) for m in chat.messages)
         generation_request = GenerationRequest(
             messages=messages,
-            max_tokens=extra.get("max_completion_tokens") or extra.get("max_tokens") or DEFAULT_PASS_THROUGH_TOKENS,
-            **{name: extra[name] for name in SAMPLING_FIELDS if extra.get(name) is not None},
+            max_tokens=body.get("max_completion_tokens") or body["max_tokens"],
+            **{name: body[name] for name in SAMPLING_FIELDS if body.get(name) is not None},
         )
     except ValidationError as exc:
         errors = validation_errors(exc.errors())
@@ -288,8 +268,9 @@ async def chat_completions(request: Request, chat: ChatRequest, owner: str = Dep
     pool: BackendPool = request.app.state.backends
     name = resolve_backend(pool.settings, None)
     spec = pool.resolve(name)
+    body = limited_body(json.loads(await request.body()), request.app.state.settings)
     if isinstance(spec, str):  # one server: proxied as is; a fleet's replicas are chosen by its backend
         scheme, location = split_spec(spec)
         if scheme == "openai":
-            return await _proxy(request, location.rstrip("/"))
-    return await _generate(request, chat, name)
+            return await proxy(request, location.rstrip("/"), body)
+    return await _generate(request, chat, name, body)

@@ -67,9 +67,13 @@ def validation_errors(items: Iterable[Any], *, drop_prefix: str = "") -> list[Fi
         if loc and loc[0] == drop_prefix:
             loc = loc[1:]
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
-        # A model-level check has no location; its message starts with the field it is about.
+        if item.get("type") == "json_invalid":  # its location is a character offset into the body, not a field
+            loc, message = [], f"{message} (at character {loc[0] if loc else 0})"
+        # A model-level check has no location; its message starts with the field it is about. Any other error
+        # without one is about the body as a whole (not an object, say).
         named = message.split(" ", 1)[0]
-        field = ".".join(loc) or (named if named.isidentifier() else "body")
+        model_check = item.get("type") in ("value_error", "assertion_error")
+        field = ".".join(loc) or (named if model_check and named.isidentifier() else "body")
         found.append(FieldError(field=field, message=message))
     return found
 

@@ -15,7 +15,7 @@ from rsa_service.api.views import json_response, owned_record, progress_many, re
 from rsa_service.backends.base import BackendError, ContextLengthError
 from rsa_service.core.conversation import Conversation
 from rsa_service.core.params import RSAParams, check_problem
-from rsa_service.jobs.errors import TooManyActive
+from rsa_service.jobs.errors import NotDeadLettered, TooManyActive
 from rsa_service.jobs.idempotency import MAX_KEY_CHARS, KeyInFlight, KeyReused, create_once, fingerprint
 from rsa_service.jobs.listing import BadCursor, list_jobs
 from rsa_service.jobs.models import JobSpec
@@ -104,7 +104,7 @@ async def check_context(request: Request, spec: JobSpec) -> None:
             kind="context-length-exceeded",
             errors=[FieldError(field=field, message=str(exc).removeprefix(f"{field}: "))],
         ) from None
-    except BackendError as exc:
+    except (BackendError, ValueError) as exc:  # ValueError: the configured spec cannot be opened here
         log.warning("backend %s: context check skipped, the backend did not answer: %s", spec.backend, exc)
 
 
@@ -155,7 +155,7 @@ async def create(
     owner: Tenant,
     store: Store,
     settings: Options,
-    idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=MAX_KEY_CHARS)] = None,
 ) -> Response:
     spec = build_spec(settings, request, body)
     await check_context(request, spec)
@@ -228,6 +228,24 @@ async def get(job_id: str, owner: Tenant, store: Store, settings: Options) -> Re
 async def cancel(job_id: str, owner: Tenant, store: Store) -> Job:
     await owned_record(store, job_id, owner)
     await store.cancel(job_id)
+    return await read_job(store, job_id, owner)
+
+
+@router.post(
+    "/{job_id}/resume",
+    response_model=Job,
+    status_code=202,
+    responses=problem_responses(*COMMON, 409),
+    summary="Run a job that failed for a transient reason again, from its committed steps",
+)
+async def resume(job_id: str, owner: Tenant, store: Store) -> Job:
+    """A job failed because its backend stayed down past the outage budget, or as poison after its attempts, is
+    queued again and resumes where it stopped (no committed step is generated twice); 409 for any other job."""
+    await owned_record(store, job_id, owner)
+    try:
+        await store.requeue(job_id)
+    except NotDeadLettered as exc:
+        raise ApiError(409, str(exc), kind="not-resumable", headers={"x-should-retry": "false"}) from None
     return await read_job(store, job_id, owner)
 
 

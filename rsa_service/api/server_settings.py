@@ -37,6 +37,13 @@ class ApiSettings(BaseSettings):
     max_concurrent_requests: int = Field(
         default=64, gt=0, description="Authenticated job requests using Redis at once; the rest wait for a slot."
     )
+    max_pass_through_tokens: int = Field(
+        default=32768, gt=0, description="max_tokens a plain chat completion may ask the backend for."
+    )
+    max_pass_through_n: int = Field(default=8, gt=0, description="`n` a plain chat completion may ask for.")
+    max_pass_through_requests: int = Field(
+        default=32, gt=0, description="Plain chat completions in flight per process; 429 beyond."
+    )
     header_timeout_s: float = Field(default=10.0, gt=0, description="A request's headers must arrive within this.")
     body_timeout_s: float = Field(default=30.0, gt=0, description="A request's body must arrive within this (408).")
     max_active_jobs: int = Field(default=100, gt=0, description="Unfinished jobs per tenant.")

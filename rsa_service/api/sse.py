@@ -49,7 +49,7 @@ async def _sse(subscription: Subscription) -> AsyncIterator[ServerSentEvent]:
             "The terminal event is the last; resuming at or after it replays it at once.",
             "content": {"text/event-stream": {"schema": {}}},
         },
-        **problem_responses(400, 401, 404, 429, 503),
+        **problem_responses(400, 401, 404, 422, 429, 503),  # 422: an id over its length limit
     },
     response_class=EventSourceResponse,
     summary="Follow a job's events (resumable with Last-Event-ID)",

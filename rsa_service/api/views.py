@@ -16,7 +16,13 @@ from rsa_service.jobs.store import JobStore
 from rsa_service.wire import Job, Progress, StepRecord
 
 # The progress commit.lua and emit.lua keep in the job hash, and the fields a job resource shows besides it.
-PROGRESS_FIELDS = ("progress_steps", "progress_round", "progress_completion_tokens", "progress_prompt_tokens")
+PROGRESS_FIELDS = (
+    "progress_steps",
+    "progress_round",
+    "progress_completion_tokens",
+    "progress_prompt_tokens",
+    "progress_waiting",
+)
 VIEW_FIELDS = ("status", "tenant", "spec", "created_ms", "updated_ms", "finished_ms", "result", "error", "v")
 EXCERPT_CHARS = 200
 
@@ -30,10 +36,12 @@ def progress_from_events(spec: JobSpec, entries: Sequence[tuple[str, dict[str, s
     progress = Progress(stages=spec.params.stages, steps_total=steps_total(spec))
     for _, fields in entries:
         kind = fields.get("type")
-        if kind not in ("step", "round"):
+        if kind not in ("step", "round", "waiting", "backend_back"):
             continue
         data = json.loads(fields.get("data") or "{}")
-        if kind == "step":
+        if kind in ("waiting", "backend_back"):
+            progress.waiting_for = data.get("backend") if kind == "waiting" else None
+        elif kind == "step":
             progress.steps_done += 1
             progress.completion_tokens += int(data.get("completion_tokens") or 0)
             progress.round = max(progress.round, int(data.get("round") or 0))
@@ -55,6 +63,7 @@ def kept_progress(spec: JobSpec, fields: dict[str, str], committed: int) -> Prog
         steps_total=steps_total(spec),
         completion_tokens=int(fields.get("progress_completion_tokens", 0)),
         prompt_tokens=int(fields.get("progress_prompt_tokens", 0)),
+        waiting_for=fields.get("progress_waiting") or None,
     )
 
 

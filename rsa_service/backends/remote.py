@@ -2,7 +2,7 @@
 
 One request per completion (never `n`: llama.cpp rejects it and vLLM splits it anyway), explicit timeouts per
 phase, retries only where `rsa_service.retry` says a retry can help, a client-side rate limit and a concurrency
-cap. aiohttp errors and error statuses are translated here, at the boundary, into the `backends.base` tree.
+cap. aiohttp errors and error statuses are translated at the boundary (`openai_wire`) into the `backends.base` tree.
 
 aiohttp rather than httpx2 (which the SDK uses): this client sits on the critical path of every round, between
 one round's answers and the next round's requests, and aiohttp's C parser and pool cost about a third of the
@@ -27,7 +27,7 @@ from typing import Any, Self
 import aiohttp
 import httpx2
 from asyncio_throttle import Throttler
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from rsa_service.backends.aiohttp_retry import AIOHTTP_ERRORS, tenacity_wait
@@ -36,8 +36,6 @@ from rsa_service.backends.base import (
     BackendOptions,
     BackendUnavailableError,
     Capabilities,
-    ContextLengthError,
-    FinishReason,
     Generation,
     GenerationRequest,
     PermanentBackendError,
@@ -45,11 +43,26 @@ from rsa_service.backends.base import (
     Usage,
     aborted_usage,
 )
+from rsa_service.backends.openai_wire import (
+    BODY_EXCERPT_CHARS,
+    FINISH_REASONS,
+    Aborted,
+    Answer,
+    Choice,
+    Completion,
+    ModelList,
+    NotOpenAI,
+    ReportedUsage,
+    Unreachable,
+    http_error,
+    reported_usage,
+    transport_error,
+)
 from rsa_service.backends.token_counting import OffsetCounter, ServerCounter, TokenCounter
 from rsa_service.core.reasoning import THINK_OPEN, split_reasoning
 from rsa_service.core.tails import Tail
 from rsa_service.metrics import RETRIES
-from rsa_service.retry import HTTPFailure, RetryPolicy, decide
+from rsa_service.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -59,137 +72,12 @@ AUXILIARY_CONNECTIONS = 8
 # once instead of after minutes of backoff; once it has answered, a refused connection is a restart and gets the
 # whole retry budget.
 FIRST_CONTACT_ATTEMPTS = 2
-# How much of a non-JSON body an error message quotes.
-BODY_EXCERPT_CHARS = 200
-_FINISH_REASONS: Mapping[str, FinishReason] = {
-    "stop": "stop",
-    "eos": "stop",
-    "tool_calls": "stop",
-    "length": "length",
-    "max_tokens": "length",
-    "abort": "cancelled",
-    "cancelled": "cancelled",
-    "error": "error",
-}
-
-
-class _Unreachable(TransientBackendError):
-    """Could not connect at all; once retries are spent this becomes BackendUnavailableError."""
-
-
-class _Aborted(TransientBackendError):
-    """The request reached the server and no answer came back (a read timeout, a dropped connection): the server
-    may have generated up to the whole budget and reports nothing, so an upper bound is counted."""
-
-
-class _NotOpenAI(BackendUnavailableError):
-    """The server answered, but not with OpenAI-style JSON."""
-
-
-class _Message(BaseModel):
-    content: str | None = None
-    reasoning_content: str | None = None
-    reasoning: str | None = None
-
-
-class _Choice(BaseModel):
-    message: _Message | None = None
-    text: str | None = None
-    finish_reason: str | None = None
-
-
-class _Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class _Completion(BaseModel):
-    """A chat or plain completion response; unknown fields are ignored."""
-
-    choices: list[_Choice] = Field(min_length=1)
-    usage: _Usage | None = None
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    max_model_len: int | None = None
-
-
-class _ModelList(BaseModel):
-    data: list[_Model]
 
 
 @dataclass(frozen=True)
 class _Counters:
     prompts: TokenCounter
     tails: TokenCounter
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """A whole HTTP answer, read before its connection went back to the pool."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def is_json(self) -> bool:
-        return "json" in self.headers.get("content-type", "")
-
-    def excerpt(self) -> str:
-        return self.body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:BODY_EXCERPT_CHARS].strip()
-
-
-def _error_text(answer: _Answer) -> str:
-    """The server's error message: OpenAI `error.message`, vLLM `message`, FastAPI `detail`, or raw text."""
-    try:
-        body = json.loads(answer.body)
-    except ValueError:
-        return answer.excerpt()
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and "message" in error:
-            return str(error["message"])
-        for key in ("message", "detail", "error"):
-            if key in body:
-                return str(body[key])
-    return str(body)[:BODY_EXCERPT_CHARS]
-
-
-def _http_error(method: str, url: str, answer: _Answer) -> BackendError:
-    """Translate an error status into the base.py tree; the message names the status and the server's text."""
-    status = answer.status
-    text = _error_text(answer)
-    message = f"{method} {url} → {status}: {text}"
-    if status in (404, 405, 501) and not answer.is_json:
-        return _NotOpenAI(f"{url} is not an OpenAI-compatible endpoint ({status}: {text})")
-    decision = decide(HTTPFailure(status=status, headers=answer.headers, message=text))
-    if decision.verdict == "retry":
-        return TransientBackendError(message, retry_after_s=decision.retry_after_s)
-    if decision.verdict == "context_length":
-        return ContextLengthError(message)
-    return PermanentBackendError(message)
-
-
-def _transport_error(method: str, url: str, exc: aiohttp.ClientError | TimeoutError) -> BackendError:
-    message = f"{method} {url}: {type(exc).__name__}: {exc or 'no detail'}"
-    if not AIOHTTP_ERRORS.is_transient(exc):  # TLS failures included: a certificate does not heal on retry
-        return BackendUnavailableError(message)
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return _Unreachable(message)
-    return _Aborted(message)
-
-
-def _reported_usage(data: Any) -> Usage:
-    """The `usage` an answer reports even when the rest of it is unusable; zero when it has none."""
-    try:
-        reported = _Usage.model_validate(data.get("usage") if isinstance(data, dict) else None)
-    except ValidationError:
-        return Usage()
-    return Usage(prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens)
 
 
 def _count_retry(state: RetryCallState) -> None:
@@ -283,22 +171,22 @@ class RemoteBackend:
             raise
         retry_usage = await self._spent_on(failures, request)
         try:
-            completion = _Completion.model_validate(data)
+            completion = Completion.model_validate(data)
         except ValidationError as exc:
-            spent = retry_usage + _reported_usage(data)
-            raise _NotOpenAI(f"{url} answered JSON that is not an OpenAI completion: {exc}", usage=spent) from exc
+            spent = retry_usage + reported_usage(data)
+            raise NotOpenAI(f"{url} answered JSON that is not an OpenAI completion: {exc}", usage=spent) from exc
         choice = completion.choices[0]
         opened = not chat and (request.prompt or "").rstrip().endswith(THINK_OPEN)
         reasoning, answer = self._split(choice, opened=opened)
         usage = await self._usage(completion.usage, request, reasoning + answer)
-        finish = _FINISH_REASONS.get(choice.finish_reason or "stop", "stop")
+        finish = FINISH_REASONS.get(choice.finish_reason or "stop", "stop")
         return Generation(text=answer, reasoning=reasoning, finish_reason=finish, usage=usage, retry_usage=retry_usage)
 
     async def _spent_on(self, failures: list[BackendError], request: GenerationRequest) -> Usage:
         """What the failed attempts of one generation cost: what the server reported, and an upper bound for
         each attempt it never answered."""
         spent = sum((failure.usage for failure in failures), Usage())
-        aborted = sum(isinstance(failure, _Aborted) for failure in failures)
+        aborted = sum(isinstance(failure, Aborted) for failure in failures)
         if aborted:
             bound = await aborted_usage(self, request)
             spent += sum((bound for _ in range(aborted)), Usage())
@@ -327,8 +215,10 @@ class RemoteBackend:
         await self._attempt("GET", self.base_url + "/models", None, generation=False)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        """Close the connections; a later call opens new ones (a pool may retire a backend a job still holds)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -413,7 +303,7 @@ class RemoteBackend:
                         if failures is not None:
                             failures.append(exc)
                         raise
-        except _Unreachable as exc:
+        except Unreachable as exc:
             raise BackendUnavailableError(f"cannot reach {url}: {exc}") from exc
         raise AssertionError("tenacity ended without a result")  # pragma: no cover
 
@@ -421,9 +311,7 @@ class RemoteBackend:
         """tenacity `stop=`: give up early on connecting to a server that has not answered yet (see
         FIRST_CONTACT_ATTEMPTS)."""
         failed = state.outcome.exception() if state.outcome is not None else None
-        return (
-            isinstance(failed, _Unreachable) and not self._answered and state.attempt_number >= FIRST_CONTACT_ATTEMPTS
-        )
+        return isinstance(failed, Unreachable) and not self._answered and state.attempt_number >= FIRST_CONTACT_ATTEMPTS
 
     async def _attempt(
         self,
@@ -437,21 +325,21 @@ class RemoteBackend:
         async with self._gate(generation):
             try:
                 async with self._http().request(method, url, json=body, proxy=self._proxy, headers=headers) as response:
-                    answer = _Answer(response.status, response.headers, await response.read())
+                    answer = Answer(response.status, response.headers, await response.read())
                 self._answered = True
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _transport_error(method, url, exc) from exc
+                raise transport_error(method, url, exc) from exc
         if not 200 <= answer.status < 300:
-            raise _http_error(method, url, answer)
+            raise http_error(method, url, answer)
         try:
             return json.loads(answer.body)
         except ValueError as exc:
             kind = answer.headers.get("content-type", "no content type")
-            raise _NotOpenAI(f"{url} answered {kind}, not OpenAI-compatible JSON: {answer.excerpt()!r}") from exc
+            raise NotOpenAI(f"{url} answered {kind}, not OpenAI-compatible JSON: {answer.excerpt()!r}") from exc
 
     # -- parsing -------------------------------------------------------------------------------------------
 
-    def _split(self, choice: _Choice, *, opened: bool) -> tuple[str, str]:
+    def _split(self, choice: Choice, *, opened: bool) -> tuple[str, str]:
         """(reasoning, answer): vLLM's separate field (`reasoning_content`/`reasoning`) or inline tags."""
         message = choice.message
         if message is None:
@@ -462,7 +350,7 @@ class RemoteBackend:
             return separate.strip(), (message.content or "").strip()
         return split_reasoning(message.content or "", thinking_opened=opened)
 
-    async def _usage(self, reported: _Usage | None, request: GenerationRequest, output: str) -> Usage:
+    async def _usage(self, reported: ReportedUsage | None, request: GenerationRequest, output: str) -> Usage:
         if reported is not None:
             return Usage(prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens)
         if not self._warned_no_usage:
@@ -480,13 +368,13 @@ class RemoteBackend:
                 return
             url = self.base_url + "/models"
             try:
-                listing = _ModelList.model_validate(await self._call("GET", url, generation=False))
+                listing = ModelList.model_validate(await self._call("GET", url, generation=False))
             except ValidationError as exc:
-                raise _NotOpenAI(f"{url} answered JSON that is not an OpenAI model list: {exc}") from exc
+                raise NotOpenAI(f"{url} answered JSON that is not an OpenAI model list: {exc}") from exc
             except PermanentBackendError:
                 if self._model is None:
                     raise
-                listing = _ModelList(data=[])  # a server without /models still works when the model is named
+                listing = ModelList(data=[])  # a server without /models still works when the model is named
             if self._model is None:
                 if not listing.data:
                     raise BackendUnavailableError(f"{url} lists no models; set the model name")
@@ -529,7 +417,7 @@ class RemoteBackend:
             value = data.get(name) if isinstance(data, dict) else None
             if not isinstance(value, kind):
                 excerpt = str(data)[:BODY_EXCERPT_CHARS]
-                raise _NotOpenAI(f"{url} answered without a `{name}` {kind.__name__}: {excerpt}")
+                raise NotOpenAI(f"{url} answered without a `{name}` {kind.__name__}: {excerpt}")
             return value
 
         async def vllm_count(body: dict[str, object]) -> int:
@@ -542,7 +430,7 @@ class RemoteBackend:
         for count, chat_template in ((vllm_count, True), (llama_count, False)):
             try:
                 await count({"prompt": "probe", "add_special_tokens": False})
-            except (PermanentBackendError, _NotOpenAI):
+            except (PermanentBackendError, NotOpenAI):
                 continue
             return ServerCounter(count, chat_template=chat_template)
         return None

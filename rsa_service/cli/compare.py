@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from rsa_service.batch import BatchProblem, finished_lines, run_batch
+from rsa_service.batch import BatchProblem, ResultLine, finished_lines, run_batch
 from rsa_service.cli.batch import batch_client
 from rsa_service.cli.common import stderr
 from rsa_service.cli.options import JobOptions
@@ -44,7 +44,7 @@ async def run_comparison(
             )
             wall_s = time.monotonic() - started
             if label != "single":
-                lines = finished_lines(path)
+                lines = _of(problems, path)
                 configurations.append(configuration(label, settings, lines, stages=params.stages, wall_s=wall_s))
     return Comparison(
         problems=len(problems),
@@ -53,10 +53,14 @@ async def run_comparison(
         rounds=params.rounds,
         seed=params.seed,
         configurations=configurations,
-        baselines=baselines(
-            finished_lines(out / "plain.jsonl"), finished_lines(out / "single.jsonl"), params.population
-        ),
+        baselines=baselines(_of(problems, out / "plain.jsonl"), _of(problems, out / "single.jsonl"), params.population),
     )
+
+
+def _of(problems: list[BatchProblem], path: Path) -> list[ResultLine]:
+    """The results of these problems only: a reused `--out` folder may hold more."""
+    wanted = {problem.id for problem in problems}
+    return [line for line in finished_lines(path) if line.id in wanted]
 
 
 def comparison_table(comparison: Comparison) -> Table:

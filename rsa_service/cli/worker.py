@@ -1,4 +1,4 @@
-"""`rsa submit`, `rsa worker` and `rsa jobs list|show|cancel|events|requeue`: the queue side of the service."""
+"""`rsa submit`, `rsa worker` and `rsa jobs list|show|cancel|events|requeue|resume`: the queue side of the service."""
 
 from __future__ import annotations
 
@@ -198,14 +198,16 @@ async def _requeue(job_ids: list[str], all_dead: bool) -> list[dict[str, Any]]:
     return outcomes
 
 
+@jobs_app.command("resume")
 @jobs_app.command("requeue")
 def requeue(
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Dead-lettered job ids.", show_default=False)] = None,
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Ids of failed jobs.", show_default=False)] = None,
     all_dead: Annotated[bool, typer.Option("--all-dead", help="Every job in the dead-letter set.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run dead-lettered (poison) jobs again: queued with a fresh attempt budget, resuming from their committed
-    steps. Any other job is refused; the exit code is 1 if one was."""
+    """Resume jobs that failed for a transient reason (poison after their attempts, or their backend down past the
+    outage budget): queued with a fresh attempt budget, from their committed steps. Any other job is refused; the
+    exit code is 1 if one was."""
     if not job_ids and not all_dead:
         fail("give the ids of the jobs to requeue, or --all-dead")
     outcomes = run_async(lambda: _requeue(job_ids or [], all_dead))

@@ -1,4 +1,4 @@
-"""Adaptive compute: where a run may skip the model without changing what it would answer.
+"""Adaptive compute: where a run skips the model because its traces already agree.
 
 Two decisions, both taken only from committed steps and the job seed, so a resumed job takes them again exactly:
 - the consensus short-cut: an aggregation slot whose K candidates all finished with one answer (up to

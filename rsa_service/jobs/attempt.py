@@ -23,6 +23,7 @@ from rsa_service.jobs.errors import LeaseLost, StoreUnavailable
 from rsa_service.jobs.execution import JobRunner
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
+from rsa_service.jobs.outage import OutagePolicy
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore
 from rsa_service.observability import log_context, span
 from rsa_service.wire import JobResult
@@ -103,6 +104,7 @@ async def run_attempt(
     gate: Gate | None = None,
     steal_from: str = "",
     routed: dict[str, Backend] | None = None,
+    outage: OutagePolicy | None = None,
 ) -> AttemptOutcome:
     claim = await store.claim(
         job_id, owner, lease_ms=int(lease_s * 1000), max_attempts=max_attempts, steal_from=steal_from
@@ -119,7 +121,9 @@ async def run_attempt(
         log.info("job %s: claimed by %s (fence %d, attempt %d)", job_id, owner, claim.fence, claim.attempts)
         try:
             job = await store.get(job_id)
-            runner = JobRunner(store, backend, job, lease, gate=gate, concurrency=concurrency, routed=routed)
+            runner = JobRunner(
+                store, backend, job, lease, gate=gate, concurrency=concurrency, routed=routed, outage=outage
+            )
             result = await _run_leased(store, runner, lease)
         except asyncio.CancelledError:
             await asyncio.shield(_hand_back(store, lease))

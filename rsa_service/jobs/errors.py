@@ -3,7 +3,7 @@
     StoreError
     ├── JobNotFound        no such job (or it expired after finishing)
     ├── LeaseLost          the caller's fence is stale: the job was cancelled, released or taken over
-    ├── NotDeadLettered    requeue refused: the job is not a poison job failed after its attempts
+    ├── NotDeadLettered    requeue refused: the job did not fail for a transient reason (poison, backend outage)
     ├── TooManyActive      create refused: the tenant is at its limit of unfinished jobs
     └── StoreUnavailable   Redis did not answer or refused the command: retry later, nothing committed is lost
         └── NotReplicated  a commit reached the primary but not RSA_REDIS_MIN_REPLICAS replicas in time
@@ -46,7 +46,8 @@ class NotDeadLettered(StoreError):
     def __init__(self, job_id: str, status: str, title: str) -> None:
         why = f"{status} ({title})" if title else status
         super().__init__(
-            f"job {job_id} is {why}: only dead-lettered jobs (failed as poison after their attempts) can be requeued"
+            f"job {job_id} is {why}: only jobs that failed for a transient reason (as poison after their attempts, "
+            "or their backend down past the outage budget) can be resumed"
         )
         self.job_id = job_id
         self.status = status

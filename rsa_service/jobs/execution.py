@@ -28,6 +28,7 @@ from rsa_service.core.tails import Tail, estimate_part_tokens
 from rsa_service.jobs.gate import Gate
 from rsa_service.jobs.lease import Lease
 from rsa_service.jobs.models import JobRecord
+from rsa_service.jobs.outage import OutagePolicy, OutageWait, is_outage
 from rsa_service.jobs.requests import generation_request
 from rsa_service.jobs.store import JobStore
 from rsa_service.metrics import (
@@ -94,6 +95,7 @@ class JobRunner:
         gate: Gate | None = None,
         concurrency: int | None = None,
         routed: Mapping[str, Backend] | None = None,
+        outage: OutagePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -106,6 +108,7 @@ class JobRunner:
         self.fence = lease.fence
         self.clock = clock
         self.gate = gate or Gate(concurrency or self.params.population)
+        self._outage = OutageWait(job.id, outage or OutagePolicy(), self._emit, clock)
         self._steps: dict[str, StepResult] = {}
         self._ran_before_s = 0.0  # wall time of earlier attempts (since the first claim)
         # Slots started before their round (see `_start_ready`), by (round, slot).
@@ -183,6 +186,9 @@ class JobRunner:
             for task in early.values():
                 task.cancel()
             await asyncio.gather(*early.values(), return_exceptions=True)
+
+    async def _emit(self, kind: str, data: dict[str, object]) -> None:
+        await self.store.emit(self.job.id, self.fence, kind, data)
 
     async def _after_round(self, round_index: int) -> None:
         slots = self.params.population_of(round_index)
@@ -402,17 +408,13 @@ class JobRunner:
                 lineage=f"{self.job.id}/s{slot}",
             )
             tried = base.model_copy(update={"seed": seed, "attempts": attempt + 1})
-            self._spending[base.key] = (spent, request)
-            started = self.clock()
             try:
-                generation = await backend.generate(request)
+                generation, spent = await self._generate_through_outages(name, backend, request, stage, spent, base)
             except BackendError as exc:
-                self._observe_generation(name, None, exc.usage, stage, self.clock() - started)
                 log.warning("job %s %s: generation failed: %s", self.job.id, base.key, exc)
                 return tried.model_copy(update={"status": "failed", "error": str(exc), "usage": spent + exc.usage})
             spent += generation.spent
             self._spending[base.key] = (spent, None)
-            self._observe_generation(name, generation, generation.spent, stage, self.clock() - started)
             if _usable(generation):
                 try:
                     return await self._record(tried, backend, generation, spent)
@@ -427,6 +429,28 @@ class JobRunner:
                 "usage": spent,
             }
         )
+
+    async def _generate_through_outages(
+        self, name: str, backend: Backend, request: GenerationRequest, stage: str, spent: Usage, base: StepResult
+    ) -> tuple[Generation, Usage]:
+        """`backend.generate(request)`, waiting while the backend is down (see `jobs.outage`); with `spent` plus
+        what the failed calls cost. A permanent error is raised; so is JobFailed once the outage budget is spent."""
+        while True:
+            self._spending[base.key] = (spent, request)
+            started = self.clock()
+            try:
+                generation = await backend.generate(request)
+            except BackendError as exc:
+                self._observe_generation(name, None, exc.usage, stage, self.clock() - started)
+                if not is_outage(exc):
+                    raise
+                spent += exc.usage
+                if not await self._outage.wait(name, exc, self.lease.check):
+                    raise JobFailed(self._outage.spent(name, exc)) from exc
+                continue
+            self._observe_generation(name, generation, generation.spent, stage, self.clock() - started)
+            await self._outage.over(name)
+            return generation, spent
 
     def _backend_for(self, round_index: int) -> tuple[str, Backend]:
         """The name and open backend of the stage `round_index` belongs to (see `RSAParams.stage_of`)."""

@@ -449,9 +449,10 @@ class JobStore:
         return str(status)
 
     async def requeue(self, job_id: str) -> str:
-        """Run a dead-lettered job again from its committed steps, counted again against its tenant (whatever its
-        limit: an operator's decision); returns the tenant. JobNotFound, or NotDeadLettered for any job that is not
-        a poison failure (other failures would fail the same way again)."""
+        """Run a job that failed for a transient reason (dead-lettered as poison, or its backend down past the
+        outage budget) again from its committed steps, counted again against its tenant (whatever its limit: an
+        operator's or the owner's decision); returns the tenant. JobNotFound, or NotDeadLettered for any other job
+        (other failures would fail the same way again)."""
         outcome, *rest = [str(part) for part in await self._run("requeue", job_id, self.events_maxlen)]
         if outcome == "missing":
             await self.redis.srem(self.keys.dead, job_id)  # a stale hint: the job expired after failing

@@ -26,6 +26,7 @@ from rsa_service.jobs.connect import raise_if_cancelled
 from rsa_service.jobs.errors import JobNotFound, StoreUnavailable
 from rsa_service.jobs.gate import Gate, SharedRate
 from rsa_service.jobs.models import JobRecord, NewerFormat
+from rsa_service.jobs.outage import OutagePolicy
 from rsa_service.jobs.store import DEFAULT_MAX_ATTEMPTS, JobStore
 from rsa_service.observability import log_context
 from rsa_service.settings import Settings
@@ -67,6 +68,7 @@ class Worker:
         rate: SharedRate | None = None,
         drain_grace_s: float = DEFAULT_DRAIN_GRACE_S,
         requeue_pending_after_s: float = DEFAULT_REQUEUE_PENDING_AFTER_S,
+        outage: OutagePolicy | None = None,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -76,6 +78,7 @@ class Worker:
         self.gate = Gate(concurrency, rate)
         self.drain_grace_s = drain_grace_s
         self.requeue_pending_after_s = requeue_pending_after_s
+        self.outage = outage or OutagePolicy()
         self.outcomes: Counter[str] = Counter()
         self._attempts: dict[asyncio.Task[None], int] = {}  # running attempt → slots it reserves
         self._room = asyncio.Event()
@@ -90,6 +93,9 @@ class Worker:
             "rate": rate,
             "drain_grace_s": settings.drain_grace_s,
             "requeue_pending_after_s": settings.requeue_pending_after_s,
+            "outage": OutagePolicy(
+                budget_s=settings.backend_outage_budget_h * 3600, max_wait_s=settings.backend_outage_retry_max_s
+            ),
         }
         return cls(store, backends, **(options | overrides))  # type: ignore[arg-type]
 
@@ -171,6 +177,7 @@ class Worker:
                     max_attempts=self.max_attempts,
                     gate=self.gate,
                     routed=routed,
+                    outage=self.outage,
                 )
                 self.outcomes[outcome.end] += 1
                 if outcome.end != "busy":

@@ -288,3 +288,21 @@ def test_a_round_reads_as_the_answers_it_holds() -> None:
         tokens=Usage(prompt_tokens=900, completion_tokens=3210),
     )
     assert round_summary(stats, 16, 3) == "round 1 of 3: 12/16 agree on 204; also 210 ×3, no answer ×1 (3,210 tokens)"
+
+
+def test_idempotency_and_the_tenant_limit_hold_as_for_jobs(make_api: ApiFactory) -> None:
+    api = make_api(workers=0, max_active_jobs=1)
+    with openai.OpenAI(base_url=api.url + "/v1", api_key=KEY_A, max_retries=0) as oai:
+        key = {"Idempotency-Key": "order-66"}
+        first = oai.responses.with_raw_response.create(
+            model="toy", input="Once. ANSWER=4", background=True, extra_headers=key
+        )
+        again = oai.responses.with_raw_response.create(
+            model="toy", input="Once. ANSWER=4", background=True, extra_headers=key
+        )
+        assert again.parse().id == first.parse().id and again.headers["Idempotent-Replayed"] == "true"
+        with pytest.raises(openai.UnprocessableEntityError):
+            oai.responses.create(model="toy", input="Other. ANSWER=4", background=True, extra_headers=key)
+        with pytest.raises(openai.RateLimitError) as limited:
+            oai.responses.create(model="toy", input="Twice. ANSWER=4", background=True)
+        assert limited.value.response.headers["Retry-After"]

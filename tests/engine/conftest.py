@@ -1,7 +1,10 @@
-"""Shared fixtures for the engine tests: tiny checkpoints built once per session, torch on one thread."""
+"""Shared fixtures for the engine tests: tiny checkpoints built once per session, torch on one thread, the CPU
+kernels built before the first test, and the device under test (RSA_TEST_DEVICE, default cpu; scripts/gpu-check.sh
+sets cuda)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,9 +12,32 @@ from pathlib import Path
 import pytest
 from checkpoints import TinySpec, build_checkpoint
 
-# Compiling the decode step takes tens of seconds per shape here: tests run it eagerly, except the one test that
-# compiles the tiniest config on purpose (test_decode.py). Set before any engine is built.
+# Compiling the decode step takes tens of seconds per shape: tests run it eagerly, except those that compile the
+# tiniest configs on purpose (marked with COMPILE_TIMEOUT_S). Set before any engine is built.
 os.environ.setdefault("RSA_ENGINE_COMPILE", "0")
+# The device the engine tests load models on; the service's setting follows it, so `rsa` subprocesses and backends
+# built from settings use it too.
+TEST_DEVICE = os.environ.get("RSA_TEST_DEVICE", "cpu")
+os.environ.setdefault("RSA_ENGINE_DEVICE", TEST_DEVICE)
+# A test that compiles (inductor's C++ build of every generated kernel) on a loaded two-core machine: minutes, not
+# the suite's default of two. Compiled graphs land in inductor's on-disk cache, shared by every test and subprocess
+# of the run (and the next run), so a graph two tests share is built once.
+COMPILE_TIMEOUT_S = 900
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build (or find in torch's cache) the CPU kernels before any engine test runs, outside every test's timeout:
+    the first build compiles kernels.cpp, which takes a while on a busy machine."""
+    if not any("tests/engine/" in item.nodeid for item in session.items):
+        return
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    from rsa_service.backends.engine.accel import kernels
+
+    kernels.available(torch.float32, torch.device("cpu"))
+
 
 # Test modules guard themselves with pytest.importorskip("torch") / ("transformers"); nothing here imports torch
 # at collection time, so the directory is skipped cleanly without the engine extra.
@@ -61,7 +87,7 @@ def open_engine() -> object:
     from rsa_service.backends.engine.runner import ModelRunner
 
     def make(directory: Path, *, max_batch: int = 8, chunk: int = 512, dtype: object = None) -> tuple:
-        config, model = load_model(directory, dtype=dtype or torch.float32)
+        config, model = load_model(directory, dtype=dtype or torch.float32, device=TEST_DEVICE)
         runner = ModelRunner(model, config)
         batcher = Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=max_batch, step_tokens=chunk)
         return config, runner, batcher

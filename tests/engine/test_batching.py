@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from conftest import COMPILE_TIMEOUT_S
 
 from rsa_service.backends.engine.batcher import GenSequence
 from rsa_service.backends.engine.sampling import SamplingParams
@@ -81,6 +82,7 @@ def test_a_long_prompt_is_chunked_while_others_keep_decoding(tiny_checkpoint: Pa
     assert long.output_ids == batcher.generate(_seqs([long.prompt_ids], max_tokens=4))[0].output_ids
 
 
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, raised while it compiles
 @pytest.mark.parametrize(
     ("dtype", "skip_returns_input", "tolerance", "kernels"),

@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import COMPILE_TIMEOUT_S
 from torch import Tensor
 
-from rsa_service.backends.engine.compiler import Compiled, input_guards_only, lower_as_stored_copy
+from rsa_service.backends.engine.accel.inductor import input_guards_only, lower_as_stored_copy
+from rsa_service.backends.engine.compiler import Compiled
+
+pytestmark = pytest.mark.timeout(COMPILE_TIMEOUT_S)  # every test here compiles
 
 CPU = torch.device("cpu")
 

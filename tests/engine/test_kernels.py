@@ -1,4 +1,4 @@
-"""The hand-written CPU kernels (`engine/kernels.cpp`) against torch's own ops, and the fallback when they are absent.
+"""The hand-written CPU kernels (`engine/accel/kernels.cpp`) against torch's own ops, and the fallback without them.
 
 The kernels are built on first use (~5-10 s, cached). On a CPU without AVX-512 (BF16 for bf16) the comparisons
 skip; the fallback tests run everywhere.
@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 import torch
 import torch.nn.functional as F
 
-from rsa_service.backends.engine import kernels
+from rsa_service.backends.engine.accel import kernels
 
 pytestmark = pytest.mark.engine
 

@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from checkpoints import TinySpec, build_checkpoint
+from conftest import COMPILE_TIMEOUT_S
 
 pytestmark = pytest.mark.engine
 
@@ -45,6 +46,7 @@ print(json.dumps({"before_kb": before, "peak_kb": status_kb("VmHWM"), "after_kb"
 """
 
 
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)  # builds a large checkpoint, then a subprocess with 120 s of its own
 def test_loading_peaks_below_1_3x_checkpoint_size(tmp_path: Path) -> None:
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc to reset the peak-RSS counter")

@@ -182,7 +182,8 @@ def test_blocked_prefill_attention_matches_sdpa(dtype: torch.dtype, batch: int, 
     block."""
     import torch.nn.functional as F
 
-    from rsa_service.backends.engine.model import attention_layout, blocked_attention
+    from rsa_service.backends.engine.attention import attention_layout
+    from rsa_service.backends.engine.dispatch import blocked_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, length, heads, 16, generator=gen) for heads in (8, 2, 2))
@@ -204,7 +205,7 @@ def test_dense_linear_matches_f_linear(dtype: torch.dtype) -> None:
     such a view as dense rows)."""
     import torch.nn.functional as F
 
-    from rsa_service.backends.engine.model import dense_linear
+    from rsa_service.backends.engine.ops import dense_linear
 
     gen = torch.Generator().manual_seed(0)
     x, bias = torch.randn(3, 5, 24, generator=gen, dtype=dtype), torch.randn(16, generator=gen, dtype=dtype)

@@ -10,15 +10,17 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from conftest import COMPILE_TIMEOUT_S
 
 from rsa_service.backends.engine.loader import load_model
-from rsa_service.backends.engine.model import expert_mlp
+from rsa_service.backends.engine.ops import expert_mlp
 from rsa_service.backends.engine.prefill import prefill_ops
 from rsa_service.backends.engine.runner import ModelRunner
 
 pytestmark = pytest.mark.engine
 
 
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, raised while it compiles
 def test_compiled_prefill_matches_eager_at_any_rows_and_tokens(checkpoints_dir: dict[str, Path]) -> None:
     """One graph per piece (the router's two) serves fresh and continued chunks of any rows and tokens, one token and

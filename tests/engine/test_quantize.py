@@ -13,18 +13,20 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from conftest import COMPILE_TIMEOUT_S
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from rsa_service.backends.engine import kernels
-from rsa_service.backends.engine import model as model_module
+from rsa_service.backends.engine import ops as ops_module
+from rsa_service.backends.engine.accel import kernels
 from rsa_service.backends.engine.backend import EngineBackend
 from rsa_service.backends.engine.bench import Agreement, agreement, decode_step_bytes, greedy_continuations, top1_tokens
 from rsa_service.backends.engine.cli import engine_app
 from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.loader import load_model
-from rsa_service.backends.engine.model import ZayaForCausalLM, weight_of
-from rsa_service.backends.engine.quantize import Int8Weight, quantize_into, quantize_rows
+from rsa_service.backends.engine.model import ZayaForCausalLM
+from rsa_service.backends.engine.ops import weight_of
+from rsa_service.backends.engine.quantize import Int8Weight, int8_weights, quantize_into, quantize_rows
 from rsa_service.backends.engine.runner import ModelRunner
 from rsa_service.settings import Settings, backend_options
 
@@ -148,7 +150,7 @@ def _twins(directory: Path, dtype: torch.dtype) -> tuple[ZayaConfig, ZayaForCaus
     config, quantized = load_model(directory, dtype=dtype, quantize="int8")
     _, twin = load_model(directory, dtype=dtype)
     with torch.no_grad():
-        for (module, name), (twin_module, _) in zip(quantized._int8_weights(), twin._int8_weights(), strict=True):
+        for (module, name), (twin_module, _) in zip(int8_weights(quantized), int8_weights(twin), strict=True):
             getattr(twin_module, name).copy_(weight_of(module, name).dequantize())
     return config, quantized, twin
 
@@ -177,7 +179,7 @@ def test_int8_model_computes_with_its_dequantized_weights(
     products go through the int8 `gemv` up to `gemv_rows` rows, else through a dequantized copy."""
     if use_kernels:
         _need(torch.float32)
-    monkeypatch.setattr(model_module, "INT8_GEMV_MAX_ROWS", gemv_rows)
+    monkeypatch.setattr(ops_module, "INT8_GEMV_MAX_ROWS", gemv_rows)
     config, quantized, twin = _twins(checkpoints_dir[name], torch.float32)
     outputs = []
     for model in (quantized, twin):
@@ -187,6 +189,7 @@ def test_int8_model_computes_with_its_dequantized_weights(
     assert _relative_error(outputs[0], outputs[1]) < 1e-5
 
 
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
 def test_compiled_int8_decode_matches_eager(checkpoints_dir: dict[str, Path]) -> None:
     """The compiled step at 1 row (int8 values widened inside the fused multiply-reduce) and at 2 and 4 rows (the
     int8 `gemv` where the CPU has it) against the eager int8 model."""
@@ -198,7 +201,8 @@ def test_compiled_int8_decode_matches_eager(checkpoints_dir: dict[str, Path]) ->
     assert _relative_error(outputs[1], outputs[0]) < 1e-5
 
 
-@pytest.mark.parametrize("lone_min", [0, model_module.LONE_INT8_MIN_ELEMENTS], ids=["kernel", "fused"])
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
+@pytest.mark.parametrize("lone_min", [0, ops_module.LONE_INT8_MIN_ELEMENTS], ids=["kernel", "fused"])
 def test_compiled_bf16_int8_decode_tracks_its_dequantized_weights(
     checkpoints_dir: dict[str, Path], monkeypatch: pytest.MonkeyPatch, lone_min: int
 ) -> None:
@@ -208,7 +212,7 @@ def test_compiled_bf16_int8_decode_tracks_its_dequantized_weights(
     error of a plain bf16 model of those weights: on these tiny random models one rounding difference can flip a
     route, after which a row's logits differ as between unrelated models, so the errors are summed over three."""
     _need(torch.bfloat16)
-    monkeypatch.setattr(model_module, "LONE_INT8_MIN_ELEMENTS", lone_min)
+    monkeypatch.setattr(ops_module, "LONE_INT8_MIN_ELEMENTS", lone_min)
     ours, bf16 = torch.zeros(2), torch.zeros(2)  # mean error of every output row; the first one-row step's largest
     for name in ("tied", "untied-3layer", "mqa-8expert"):
         config, _, exact = _twins(checkpoints_dir[name], torch.float32)
@@ -225,23 +229,23 @@ def test_compiled_bf16_int8_decode_tracks_its_dequantized_weights(
 
 def test_one_row_takes_the_int8_kernel_for_large_weights_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    rows = model_module.LONE_INT8_MIN_ELEMENTS // 512
+    rows = ops_module.LONE_INT8_MIN_ELEMENTS // 512
     large, small = (
         Int8Weight(torch.zeros(n, 512, dtype=torch.int8), torch.ones(n), torch.bfloat16) for n in (rows, 64)
     )
-    assert model_module.lone_int8(large) and not model_module.lone_int8(small)
-    assert not model_module.lone_int8(large._replace(dtype=torch.float32))  # fp32 compute: the exact fused loop
+    assert ops_module.lone_int8(large) and not ops_module.lone_int8(small)
+    assert not ops_module.lone_int8(large._replace(dtype=torch.float32))  # fp32 compute: the exact fused loop
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert not model_module.lone_int8(large)  # each call would split its work: the fused loop splits better
+        assert not ops_module.lone_int8(large)  # each call would split its work: the fused loop splits better
     finally:
         torch.set_num_threads(threads)
 
 
 def test_int8_weights_halve_bf16s_bytes(checkpoints_dir: dict[str, Path]) -> None:
     _, quantized, twin = _twins(checkpoints_dir["untied-3layer"], torch.bfloat16)
-    for (module, name), (twin_module, _) in zip(quantized._int8_weights(), twin._int8_weights(), strict=True):
+    for (module, name), (twin_module, _) in zip(int8_weights(quantized), int8_weights(twin), strict=True):
         values, full = getattr(module, name), getattr(twin_module, name)
         assert values.dtype == torch.int8 and values.shape == full.shape
         assert getattr(module, f"{name}_scale").shape == full.shape[:-1]

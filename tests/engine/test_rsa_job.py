@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import COMPILE_TIMEOUT_S
 
 from tests.jobs.helpers import rsa
 
 pytestmark = pytest.mark.engine
 
 
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)  # a subprocess that loads the engine, given 300 s of its own below
 def test_rsa_job_runs_fully_in_process(tiny_checkpoint: Path, cli_env: dict[str, str]) -> None:
     args = [
         "reason",

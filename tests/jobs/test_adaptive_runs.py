@@ -1,18 +1,15 @@
-"""Adaptive compute on real jobs: the consensus short-cut and the early stops skip model calls, and a job
-interrupted mid-round and resumed takes exactly the choices an uninterrupted run takes."""
+"""Adaptive compute on real jobs: the consensus short-cut and the early stops skip model calls, and a job whose
+worker is killed mid-round is finished by another with exactly the choices an uninterrupted run takes."""
 
 from __future__ import annotations
 
-import asyncio
+from pathlib import Path
 from typing import Any
 
 from rsa_service.core.plan import generation_seed
 from rsa_service.core.steps import Usage
-from rsa_service.jobs.backend_pool import BackendPool
 from rsa_service.jobs.store import JobStore
-from rsa_service.jobs.worker import Worker
-from rsa_service.settings import Settings
-from tests.jobs.helpers import LEASE_S, finished, job_spec, running, wait_until
+from tests.jobs.helpers import LEASE_S, WorkerProcess, finished, job_spec, running, wait_until, worker_env
 from tests.modelserver import AGGREGATION_MARKERS, ModelServerConfig, serve_in_thread
 
 # With this seed, round 1 has short-cut slots and keeps round 0's answer at 5/6: the stability stop ends the job.
@@ -51,24 +48,28 @@ async def test_shortcut_slots_send_no_request_and_record_zero_tokens(store: JobS
     assert result.usage == sum((step.usage for step in steps.values()), Usage())
 
 
-async def test_a_job_interrupted_mid_round_makes_the_same_choices_when_resumed(store: JobStore) -> None:
+async def test_a_worker_killed_mid_round_leaves_the_same_choices_to_its_successor(
+    store: JobStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = worker_env(cli_env, lease_s=LEASE_S, worker_concurrency=2)  # two at a time: round 1 is left half done
     with serve_in_thread(ModelServerConfig(p_correct=0.6, latency_ms=150)) as server:
         whole = await store.create(job_spec(server.base_url, **ADAPTIVE))
         async with running(store):
             assert await finished(store, whole) == "completed"
 
         resumed = await store.create(job_spec(server.base_url, **ADAPTIVE))
-        pool = BackendPool(Settings())
-        first = Worker(store, pool, concurrency=2, lease_s=LEASE_S)  # two at a time: round 1 is left half done
-        task = asyncio.create_task(first.run(asyncio.Event()))
-        await wait_until(lambda: _round_one_started(store, resumed), 30, "round 1 to be under way")
-        task.cancel()  # the attempt dies mid-round; its lease is handed back and the job queued again
-        await asyncio.gather(task, return_exceptions=True)
-        await pool.aclose()
+        first = WorkerProcess(env, tmp_path / "first.log")
+        try:
+            await wait_until(lambda: _round_one_started(store, resumed), 60, "round 1 to be under way")
+        finally:
+            first.kill()  # SIGKILL mid-round: its lease runs out and another worker takes the job over
         interrupted = await store.steps(resumed)
         assert 6 < len(interrupted) < 12
-        async with running(store):
-            assert await finished(store, resumed) == "completed"
+        second = WorkerProcess(env, tmp_path / "second.log")
+        try:
+            assert await finished(store, resumed, 60) == "completed"
+        finally:
+            second.stop()
 
     expected, got = (await store.get(whole)).result, (await store.get(resumed)).result
     assert expected is not None and got is not None

@@ -143,7 +143,7 @@ async def test_requeue_resumes_a_dead_lettered_job_from_its_steps(
     assert (record.status, record.attempts, record.error, record.result, record.owner) == ("queued", 0, None, None, "")
     assert all([await store.redis.ttl(key) == -1 for key in store.keys.job(dead).all])  # no expiry mid-run
     assert not await store.redis.sismember(store.keys.dead, dead)
-    with pytest.raises(NotDeadLettered, match="only dead-lettered jobs"):
+    with pytest.raises(NotDeadLettered, match="only jobs that failed for a transient reason"):
         await store.requeue(dead)  # queued now: nothing to requeue
 
     async with running(store):

@@ -4,11 +4,13 @@ details of /v1/jobs. `background: true` answers at once, `stream: true` streams,
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
 
+from rsa_service.api.admission import admitted
 from rsa_service.api.auth import tenant
 from rsa_service.api.errors import field_error, problem_responses
 from rsa_service.api.responses.mapping import (
@@ -47,6 +49,7 @@ RESPONSE_FIELD = "response"  # the job hash field that keeps the request as the 
 MAX_PAGE = 100
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
 Tenant = Annotated[str, Depends(tenant)]
+Admitted = Annotated[str, Depends(admitted)]  # the tenant, holding one of the gate's slots for plain requests
 COMMON = (401, 404, 422, 503)
 
 
@@ -86,6 +89,11 @@ async def _stream(request: Request, record: JobRecord, kept: StoredRequest, *, a
     return event_stream(request.app.state.store, record, kept, events, after=after, ping_s=settings.sse_ping_s)
 
 
+def _gate(request: Request) -> asyncio.Semaphore:
+    gate: asyncio.Semaphore = request.app.state.gate
+    return gate
+
+
 def _check_window(body: ResponseCreate) -> None:
     if body.completion_window == "soonest":
         return
@@ -109,27 +117,10 @@ async def create(
     owner: Tenant,
     idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
 ) -> Response:
-    settings: ApiSettings = request.app.state.settings
     store: JobStore = request.app.state.store
-    _check_window(body)
-    messages = messages_of(body)
-    backend = backend_of(body.model, request.app.state.shared.backends, settings.model_aliases)
-    conversation = conversation_of(body, messages)
-    spec = build_spec(settings, request, job_body(body, backend, problem_of(conversation)), conversation)
-    await check_context(request, spec)
-    kept = stored_request(body, messages)
-    job_id = await create_idempotent(
-        request,
-        response,
-        owner,
-        idempotency_key,
-        fingerprint(body.model_dump(mode="json", exclude_none=True)),
-        spec,
-        priority="interactive" if body.completion_window == "soonest" else "background",
-        extra={RESPONSE_FIELD: kept.model_dump_json()},
-    )
-    resource_id = response_id(job_id)
-    record, kept = await _read(store, resource_id, owner)
+    async with _gate(request):  # the creation is a plain request; waiting for the job or streaming it is not
+        job_id = await _create_job(request, response, body, owner, idempotency_key)
+        record, kept = await _read(store, response_id(job_id), owner)
     if body.stream:
         return await _stream(request, record, kept, after=-1)
     if not body.background:
@@ -139,8 +130,30 @@ async def create(
                 pass
         finally:
             events.close()
-        record, kept = await _read(store, resource_id, owner)
+        record, kept = await _read(store, response_id(job_id), owner)
     return json_response(await _render(store, record, kept), headers=dict(response.headers))
+
+
+async def _create_job(
+    request: Request, response: Response, body: ResponseCreate, owner: str, idempotency_key: str | None
+) -> str:
+    settings: ApiSettings = request.app.state.settings
+    _check_window(body)
+    messages = messages_of(body)
+    backend = backend_of(body.model, request.app.state.shared.backends, settings.model_aliases)
+    conversation = conversation_of(body, messages)
+    spec = build_spec(settings, request, job_body(body, backend, problem_of(conversation)), conversation)
+    await check_context(request, spec)
+    return await create_idempotent(
+        request,
+        response,
+        owner,
+        idempotency_key,
+        fingerprint(body.model_dump(mode="json", exclude_none=True)),
+        spec,
+        priority="interactive" if body.completion_window == "soonest" else "background",
+        extra={RESPONSE_FIELD: stored_request(body, messages).model_dump_json()},
+    )
 
 
 @router.get(
@@ -158,12 +171,13 @@ async def retrieve(
     include: Annotated[list[str] | None, Query(description="Accepted; responses carry no optional parts.")] = None,
 ) -> Response:
     store: JobStore = request.app.state.store
-    record, kept = await _read(store, response_id, owner)
     if stream:
+        record, kept = await _read(store, response_id, owner)
         return await _stream(request, record, kept, after=-1 if starting_after is None else starting_after)
     if starting_after is not None:
         raise field_error("starting_after", "only with `stream=true`")
-    return json_response(await _render(store, record, kept))
+    async with _gate(request):
+        return json_response(await _render(store, *await _read(store, response_id, owner)))
 
 
 @router.post(
@@ -172,7 +186,7 @@ async def retrieve(
     responses=problem_responses(*COMMON),
     summary="Cancel a response (idempotent): its job stops and keeps its committed steps",
 )
-async def cancel(request: Request, response_id: str, owner: Tenant) -> Response:
+async def cancel(request: Request, response_id: str, owner: Admitted) -> Response:
     store: JobStore = request.app.state.store
     record, kept = await _read(store, response_id, owner)
     await store.cancel(record.id)
@@ -186,7 +200,7 @@ async def cancel(request: Request, response_id: str, owner: Tenant) -> Response:
     responses=problem_responses(401, 404, 409, 422, 503),
     summary="Delete a finished response and its job",
 )
-async def delete(request: Request, response_id: str, owner: Tenant) -> Response:
+async def delete(request: Request, response_id: str, owner: Admitted) -> Response:
     store: JobStore = request.app.state.store
     await _read(store, response_id, owner)
     await delete_finished(store, job_id_of(response_id), owner)
@@ -202,7 +216,7 @@ async def delete(request: Request, response_id: str, owner: Tenant) -> Response:
 async def input_items(
     request: Request,
     response_id: str,
-    owner: Tenant,
+    owner: Admitted,
     after: Annotated[str | None, Query(max_length=128, description="An item id: list the items after it.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
     order: Literal["asc", "desc"] = "desc",

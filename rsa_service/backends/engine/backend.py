@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 from pathlib import Path
-
-import torch
 
 from rsa_service.backends.base import (
     BackendOptions,
@@ -21,8 +17,7 @@ from rsa_service.backends.base import (
 )
 from rsa_service.backends.engine.batcher import DEFAULT_STEP_TOKENS, Batcher, GenSequence
 from rsa_service.backends.engine.config import ZayaConfig
-from rsa_service.backends.engine.loader import load_model
-from rsa_service.backends.engine.runner import ModelRunner
+from rsa_service.backends.engine.factory import open_engine
 from rsa_service.backends.engine.sampling import SamplingParams
 from rsa_service.backends.engine.scheduler import AsyncScheduler
 from rsa_service.backends.engine.tokenizer import ChatTokenizer, thinking_opened
@@ -30,32 +25,6 @@ from rsa_service.core.reasoning import split_reasoning
 from rsa_service.core.tails import Tail, fitting_tail
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def checkpoint_dtype(directory: Path) -> str:
-    """The dtype config.json records (`dtype`, or `torch_dtype` in older files); bf16, as published, if none."""
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "bfloat16"  # the loader reports the missing or broken file properly
-    recorded = config.get("dtype") or config.get("torch_dtype")
-    return recorded if recorded in _DTYPES else "bfloat16"
-
-
-def default_threads() -> int:
-    """Every core but one: the event loop, the Redis client and tokenization keep the last. On a busy machine a
-    torch thread pool wider than the idle cores is far slower than a narrow one (threads spin waiting for each
-    other), so erring narrow is the safe side."""
-    return max(1, (os.cpu_count() or 1) - 1)
-
-
-def resolve_device(device: str) -> str:
-    """`auto`: CUDA where present, else the CPU; any other name as given."""
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class EngineBackend:
@@ -94,30 +63,15 @@ class EngineBackend:
         compiled for every batch size up to `options.max_concurrency` before this returns.
         """
         directory = Path(location).expanduser()
-        torch.set_num_threads(options.threads or default_threads())
-        config, model = load_model(
+        engine = open_engine(
             directory,
-            dtype=_DTYPES[checkpoint_dtype(directory) if options.dtype == "auto" else options.dtype],
-            device=resolve_device(options.device),
+            options,
             skip_returns_input=skip_returns_input,
-            quantize=options.quantize,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+            compile_decode=compile_decode,
         )
-        compile_step = options.compile if compile_decode is None else compile_decode
-        runner = ModelRunner(model, config, compile_decode=compile_step)
-        runner.warm_up(range(1, options.max_concurrency + 1))
-        batcher = Batcher(
-            runner,
-            eos_token_ids=config.eos_token_ids,
-            max_batch=options.max_concurrency,
-            step_tokens=prefill_chunk_tokens,
-        )
-        return cls(
-            config,
-            ChatTokenizer.from_checkpoint(directory, config),
-            batcher,
-            name=options.model or directory.name,
-            enable_thinking=enable_thinking,
-        )
+        name = options.model or directory.name
+        return cls(engine.config, engine.tokenizer, engine.batcher, name=name, enable_thinking=enable_thinking)
 
     def render(self, request: GenerationRequest) -> tuple[list[int], bool]:
         """Prompt token ids of `request`, and whether the prompt leaves a <think> block open."""

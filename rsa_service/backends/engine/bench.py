@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from rsa_service.backends.engine.batcher import Batcher, GenSequence
-from rsa_service.backends.engine.model import ZayaDims
+from rsa_service.backends.engine.config import ZayaDims
 from rsa_service.backends.engine.runner import ModelRunner
 from rsa_service.backends.engine.sampling import SamplingParams
 
@@ -149,7 +149,7 @@ def decode_step_bytes(
     dims: ZayaDims, batch: int, context: int, dtype: torch.dtype, *, distinct_experts: bool = False, int8: bool = False
 ) -> int:
     """Bytes one decode step must read: every layer's attention, conv and router weights, min(batch, E) experts per
-    layer (one at batch 1, nearly all at batch 16: the issue's bound), or with `distinct_experts` the number
+    layer (one at batch 1, nearly all at batch 16: a loose bound), or with `distinct_experts` the number
     uniformly random routes hit (`expected_experts`, a tighter bound for a step that reads each expert hit once), the
     output embedding for the logits, and the KV cache. `int8`: the matrices `quantize="int8"` stores as int8 count one
     byte an element plus a 4-byte scale a row."""

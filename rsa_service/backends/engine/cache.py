@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rsa_service.backends.engine.model import LayerState, StepContext, ZayaDims, conv_state_width
+from rsa_service.backends.engine.config import ZayaDims, conv_state_width
+from rsa_service.backends.engine.step import LayerState, StepContext
 
 # Columns are allocated in blocks so a stream of slightly longer requests does not reallocate every time.
 COLUMN_BLOCK = 64

@@ -9,7 +9,7 @@ from typing import Annotated, Literal, NoReturn
 
 import typer
 
-from rsa_service.backends.base import BackendError
+from rsa_service.backends.base import BackendError, BackendOptions
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,28 @@ def parse_ids(text: str, vocab_size: int) -> list[int]:
     return ids
 
 
+_COMPILE_WHERE_IT_PAYS = (
+    "Compile the decode step and prefill pieces (default: RSA_ENGINE_COMPILE if set, else only where it pays: on a GPU "
+    "or from hidden size 1024)."
+)
+_DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA where present); default: RSA_ENGINE_DEVICE, else auto."
+_THREADS_HELP = "torch intra-op threads; default: RSA_ENGINE_THREADS, else every core but one."
+
+
+def _options(
+    *, dtype: str, quantize: str, device: str | None, threads: int | None, compile_step: bool | None, batch: int
+) -> BackendOptions:
+    """The service's engine settings (RSA_ENGINE_*), with what this command's flags set instead."""
+    from rsa_service.settings import Settings, backend_options
+
+    options = backend_options(Settings(), None)
+    update = {"dtype": dtype, "quantize": quantize, "max_concurrency": batch, "device": device or options.device}
+    update |= {"threads": threads or options.threads}
+    if compile_step is not None:
+        update["compile"] = compile_step
+    return BackendOptions.model_validate(options.model_dump() | update)
+
+
 @engine_app.command()
 def generate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint directory.")],
@@ -49,14 +71,20 @@ def generate(
     seed: Annotated[int | None, typer.Option()] = None,
     dtype: Annotated[Literal["bfloat16", "float32"], typer.Option(help="Compute dtype.")] = "bfloat16",
     quantize: Annotated[Literal["none", "int8"], typer.Option(help=_QUANTIZE_HELP)] = "none",
+    device: Annotated[str | None, typer.Option("--device", help=_DEVICE_HELP)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help=_THREADS_HELP)] = None,
+    compile_step: Annotated[bool | None, typer.Option("--compile/--no-compile", help=_COMPILE_WHERE_IT_PAYS)] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"token_ids": [...], "text": ...}.')] = False,
 ) -> None:
     """Generate one completion; prints only the generated tokens' text (or JSON)."""
     if (prompt is None) == (prompt_ids is None):
         _fail("give exactly one of --prompt or --prompt-ids")
     try:
+        options = _options(
+            dtype=dtype, quantize=quantize, device=device, threads=threads, compile_step=compile_step, batch=1
+        )
         sampling = (0.0 if greedy else temperature, top_p, top_k, seed)
-        ids, text = _run(checkpoint, prompt, prompt_ids, max_tokens, dtype, quantize, *sampling)
+        ids, text = _run(checkpoint, options, prompt, prompt_ids, max_tokens, *sampling)
     except (BackendError, ValueError, OSError) as exc:
         _fail(str(exc))
     except ImportError as exc:
@@ -66,36 +94,27 @@ def generate(
 
 def _run(
     checkpoint: Path,
+    options: BackendOptions,
     prompt: str | None,
     prompt_ids: str | None,
     max_tokens: int,
-    dtype: str,
-    quantize: str,
     temperature: float,
     top_p: float,
     top_k: int | None,
     seed: int | None,
 ) -> tuple[list[int], str]:
-    import torch
-
-    from rsa_service.backends.engine.backend import default_threads
-    from rsa_service.backends.engine.batcher import Batcher, GenSequence
-    from rsa_service.backends.engine.loader import load_model
-    from rsa_service.backends.engine.runner import ModelRunner
+    from rsa_service.backends.engine.batcher import GenSequence
+    from rsa_service.backends.engine.factory import open_engine
     from rsa_service.backends.engine.sampling import SamplingParams
-    from rsa_service.backends.engine.tokenizer import ChatTokenizer
 
     if not checkpoint.is_dir():
         raise ValueError(f"--checkpoint: {checkpoint} is not a directory")
-    torch.set_num_threads(default_threads())
-    config, model = load_model(checkpoint, dtype=getattr(torch, dtype), quantize=quantize)
-    tokenizer = ChatTokenizer.from_checkpoint(checkpoint, config)
-    ids = tokenizer.encode_plain(prompt) if prompt is not None else parse_ids(prompt_ids or "", config.vocab_size)
+    engine = open_engine(checkpoint, options)
+    tokenizer = engine.tokenizer
+    vocab = engine.config.vocab_size
+    ids = tokenizer.encode_plain(prompt) if prompt is not None else parse_ids(prompt_ids or "", vocab)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    runner = ModelRunner(model, config)
-    runner.warm_up([1])
-    batcher = Batcher(runner, eos_token_ids=config.eos_token_ids, max_batch=1)
-    (seq,) = batcher.generate([GenSequence(ids, params, stream=tokenizer.stream())])
+    (seq,) = engine.batcher.generate([GenSequence(ids, params, stream=tokenizer.stream())])
     return seq.output_ids, seq.text
 
 
@@ -107,26 +126,33 @@ def bench(
     new_tokens: Annotated[int, typer.Option("--new-tokens", min=2, help="Tokens generated per sequence.")] = 64,
     dtype: Annotated[Literal["bfloat16", "float32"], typer.Option(help="Compute dtype.")] = "bfloat16",
     quantize: Annotated[Literal["none", "int8"], typer.Option(help=_QUANTIZE_HELP)] = "none",
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch intra-op threads.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help=_DEVICE_HELP)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help=_THREADS_HELP)] = None,
+    compile_step: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Compile the decode step and prefill pieces before timing (default: on, whatever the model's size, "
+            "unless RSA_ENGINE_COMPILE=0).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
 ) -> None:
     """Prefill and decode tokens/s (aggregate over the batch), peak RSS and KV bytes per token on random prompts.
 
-    The decode step is compiled first unless RSA_ENGINE_COMPILE=0.
+    It measures speed, so the step is compiled (and warmed up, untimed) unless --no-compile or RSA_ENGINE_COMPILE=0.
     """
     try:
-        import torch
-
         from rsa_service.backends.engine.bench import run_bench
-        from rsa_service.backends.engine.loader import load_model
-        from rsa_service.backends.engine.runner import ModelRunner
+        from rsa_service.backends.engine.factory import load_runner
 
-        if threads is not None:
-            torch.set_num_threads(threads)
         if not checkpoint.is_dir():
             raise ValueError(f"--checkpoint: {checkpoint} is not a directory")
-        config, model = load_model(checkpoint, dtype=getattr(torch, dtype), quantize=quantize)
-        result = run_bench(ModelRunner(model, config), batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+        options = _options(
+            dtype=dtype, quantize=quantize, device=device, threads=threads, compile_step=compile_step, batch=batch
+        )
+        _, runner = load_runner(checkpoint, options, compile_decode=options.compile is not False)
+        result = run_bench(runner, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     except (BackendError, ValueError, OSError) as exc:
         _fail(str(exc))
     except ImportError as exc:
@@ -136,7 +162,7 @@ def bench(
         return
     typer.echo(
         f"batch {batch}, prompt {prompt_tokens}, new {new_tokens}, {dtype}"
-        f"{'' if quantize == 'none' else f' with {quantize} weights'}: "
+        f"{'' if quantize == 'none' else f' with {quantize} weights'} on {runner.device}: "
         f"prefill {result.prefill_tokens_per_s:,.0f} tok/s, decode {result.decode_tokens_per_s:,.1f} tok/s "
         f"({result.decode_step_s * 1e3:.2f} ms/step), peak RSS {result.peak_rss_bytes / 2**20:,.0f} MiB, "
         f"KV {result.state_bytes_per_token:,} B/token + {result.state_bytes_per_sequence:,} B/sequence"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -119,6 +119,46 @@ class ZayaConfig(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise UnsupportedConfigError(f"{path}: {_describe(exc)}") from exc
+
+
+class ZayaDims(Protocol):
+    """The config values the model reads (satisfied by the validated `ZayaConfig`)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def num_hidden_layers(self) -> int: ...
+    @property
+    def num_attention_heads(self) -> int: ...
+    @property
+    def num_key_value_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def moe_intermediate_size(self) -> int: ...
+    @property
+    def num_experts(self) -> int: ...
+    @property
+    def router_hidden_size(self) -> int: ...
+    @property
+    def cca_time0(self) -> int: ...
+    @property
+    def cca_time1(self) -> int: ...
+    @property
+    def rms_norm_eps(self) -> float: ...
+    @property
+    def tie_word_embeddings(self) -> bool: ...
+    @property
+    def rope_theta(self) -> float: ...
+    @property
+    def rotary_dim(self) -> int: ...
+
+
+def conv_state_width(dims: ZayaDims) -> int:
+    """Past columns the two stacked causal convolutions need: (t0 - 1) + (t1 - 1)."""
+    return dims.cca_time0 - 1 + dims.cca_time1 - 1
 
 
 def _describe(exc: ValidationError) -> str:

@@ -19,10 +19,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from rsa_service.backends.engine import kernels
+from rsa_service.backends.engine.accel import kernels
+from rsa_service.backends.engine.accel.inductor import input_guards_only
 from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
-from rsa_service.backends.engine.compiler import Compiled, input_guards_only
-from rsa_service.backends.engine.model import LayerState, ZayaForCausalLM, expert_mlp
+from rsa_service.backends.engine.compiler import Compiled
+from rsa_service.backends.engine.dispatch import Dispatch, grouped_experts
+from rsa_service.backends.engine.model import ZayaForCausalLM
+from rsa_service.backends.engine.ops import expert_mlp
+from rsa_service.backends.engine.step import LayerState
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +61,20 @@ class DecodeStep:
         # Prefill and large batches: recompiles once with a dynamic token count.
         self.expert_mlp = Compiled(expert_mlp, enabled=compile_step, device=device, dynamic=None)
         self._marked: list[LayerState] | None = None  # the cache buffers last marked dynamic
-        self.kernels = kernels.available(model.dtype, device)
         self._experts = model.model.layers[0].mlp.experts  # looked up once: each step would walk five modules
+        self.kernels = kernels.available(model.dtype, device)
+
+    @property
+    def kernels(self) -> bool:
+        """Whether attention and (from `ops.KERNEL_MIN_ROWS` rows) the GEMVs and experts go through `zaya_kernels`."""
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, on: bool) -> None:
+        self._kernels = on
+        # One object each for the whole step, built here: the compiled step's graph is specialised to its fields.
+        self._gathered = Dispatch(kernels=on, gather=True)
+        self._grouped = Dispatch(kernels=on, mlp=self.expert_mlp)
 
     @torch.inference_mode()
     def __call__(self, tokens: Tensor, positions: Tensor, active: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -76,9 +92,9 @@ class DecodeStep:
                     _mark_dynamic(self.cache)
                     self._marked = layers
                 torch._dynamo.maybe_mark_dynamic(mask, 3)
-            return self._step.replay(key, self.model, tokens, positions, active, mask, layers, None, self.kernels)
+            return self._step.replay(key, self.model, tokens, positions, active, mask, layers, self._gathered)
         return ZayaForCausalLM.decode_step(
-            self.model, tokens, positions, active, mask, self.cache.layers, self.expert_mlp, self.kernels
+            self.model, tokens, positions, active, mask, self.cache.layers, self._grouped
         )
 
     def warm_up(self, batches: Iterable[int]) -> None:
@@ -97,5 +113,5 @@ class DecodeStep:
             for route in ([0], [count - 1], [0, count - 1, count - 1], [count - 1, 0, 0, 0, count], [0] * 17):
                 routes = torch.tensor(route, device=device)
                 x = torch.zeros(len(route), hidden, dtype=self.model.dtype, device=device)
-                experts(x, routes, torch.ones(len(route), device=device), False, self.expert_mlp)
+                grouped_experts(experts, x, routes, torch.ones(len(route), device=device), False, self.expert_mlp)
         logger.info("engine: decode warmed up for batches %s", buckets)

@@ -21,7 +21,7 @@ import torch
 from rsa_service.backends.engine.config import ZayaConfig
 from rsa_service.backends.engine.errors import CheckpointFileError, TensorLayoutError
 from rsa_service.backends.engine.model import ZayaForCausalLM
-from rsa_service.backends.engine.quantize import quantize_into
+from rsa_service.backends.engine.quantize import apply_quantization, quantize_into
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +143,12 @@ def load_model(
 ) -> tuple[ZayaConfig, ZayaForCausalLM]:
     """Build the model for `directory` and fill it from the checkpoint, without a second copy of the weights.
 
-    `quantize="int8"` stores the weights the model lists (`ZayaForCausalLM`) as int8 with per-row scales."""
+    `quantize="int8"` stores the weights `quantize.int8_weights` lists as int8 with per-row scales."""
     config = ZayaConfig.from_checkpoint(directory)
     table = tensor_table(directory)
     with torch.device("meta"):
-        model = ZayaForCausalLM(config, dtype, skip_returns_input=skip_returns_input, quantize=quantize)
+        model = ZayaForCausalLM(config, dtype, skip_returns_input=skip_returns_input)
+        apply_quantization(model, quantize)
     expected = model.state_dict()
     check_layout(table, expected, config.tie_word_embeddings)
     model.to_empty(device=device)

@@ -13,8 +13,9 @@ from torch import Tensor
 
 from rsa_service.backends.engine.cache import COLUMN_BLOCK, StateCache
 from rsa_service.backends.engine.compiler import COMPILE_MIN_HIDDEN, compile_enabled
+from rsa_service.backends.engine.config import ZayaDims
 from rsa_service.backends.engine.decode import DecodeStep, batch_bucket
-from rsa_service.backends.engine.model import ZayaDims, ZayaForCausalLM
+from rsa_service.backends.engine.model import ZayaForCausalLM
 from rsa_service.backends.engine.prefill import prefill_ops
 
 
@@ -81,7 +82,7 @@ class ModelRunner:
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [B, H] → fp32 logits [B, V]."""
         with torch.inference_mode():
-            return self.model.logits(hidden)
+            return self.model.logits(hidden, self.prefill_ops.ops)
 
     def decode(self, rows: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> Tensor:
         """Feed one token to each of `rows` at `positions`; return next-token logits [len(rows), V] fp32.
@@ -115,7 +116,7 @@ class ModelRunner:
         ctx = self.cache.context([row], [0], [len(tokens)])
         hidden, skips = self.model(self._pad([tokens]), ctx, self.cache.layers, self.prefill_ops)
         self._count(skips)
-        return self.model.logits(hidden[0])
+        return self.model.logits(hidden[0], self.prefill_ops.ops)
 
     def _pad(self, pieces: Sequence[Sequence[int]]) -> Tensor:
         width = max(len(p) for p in pieces)

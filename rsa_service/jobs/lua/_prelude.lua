@@ -5,6 +5,7 @@ local function now_ms()
 end
 local TERMINAL = {completed = true, failed = true, cancelled = true}
 local POISON_TITLE = 'Poison job'  -- the error of a job failed for exhausting its attempts (dead-lettered)
+local OUTAGE_TITLE = 'Backend unavailable'  -- its backend down past the outage budget (jobs/outage.py)
 local function emit(maxlen, kind, data)
   return redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', kind, 'data', data)
 end

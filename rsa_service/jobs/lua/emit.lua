@@ -7,4 +7,10 @@ if ARGV[2] == 'round' and redis.call('HEXISTS', KEYS[1], 'progress_steps') == 1 
   local prompt = type(tokens) == 'table' and tonumber(tokens.prompt_tokens) or 0
   redis.call('HINCRBY', KEYS[1], 'progress_prompt_tokens', prompt)
 end
+-- A job waiting out a backend outage says so in its progress until the backend answers again (jobs/outage.py).
+if ARGV[2] == 'waiting' then
+  redis.call('HSET', KEYS[1], 'progress_waiting', cjson.decode(ARGV[3]).backend or '')
+elseif ARGV[2] == 'backend_back' then
+  redis.call('HDEL', KEYS[1], 'progress_waiting')
+end
 return emit(ARGV[4], ARGV[2], ARGV[3])

@@ -60,7 +60,16 @@ function throttled(read, delay) {
   };
 }
 
-const refreshJob = throttled(async () => showJob(await api(jobPath())), 700);
+// Reads of the job may answer out of order; only one issued after the one shown may replace it.
+let jobReads = 0;
+let jobShown = 0;
+async function readJob(request = () => api(jobPath())) {
+  const issued = ++jobReads;
+  const next = await request();
+  if (issued > jobShown) { jobShown = issued; showJob(next); }
+}
+
+const refreshJob = throttled(readJob, 700);
 
 // New answer spellings get their cluster from the server (math-equivalence lives there); batched.
 const refreshClusters = throttled(async () => {
@@ -192,7 +201,7 @@ async function main() {
     if (key) graph.select(key, true);
   });
   document.getElementById("cancel").addEventListener("click", async () => {
-    showJob(await api(jobPath("/cancel"), { method: "POST" }));
+    await readJob(() => api(jobPath("/cancel"), { method: "POST" }));
   });
   if (!TERMINAL.has(job.status)) {
     await follow(jobId, snapshot.last_event_id, onEvent, {
@@ -203,7 +212,7 @@ async function main() {
       finished: async () => {
         const latest = await api(jobPath()).catch(() => null);
         if (!latest || !TERMINAL.has(latest.status)) return false;
-        showJob(latest); // it ended while we were away: take what it committed meanwhile from the graph
+        await readJob(async () => latest); // it ended while we were away: take what it committed meanwhile
         const fresh = await api(jobPath("/graph"));
         clusters.merge(fresh.clusters);
         graph.addAll(fresh.nodes.filter((d) => !graph.nodes.has(keyOf(d.round, d.slot))));

@@ -84,8 +84,8 @@ struct I8I16 {
 constexpr int64_t kMaxInt16Depth = 8192;
 
 constexpr int64_t kBlock = 4;  // weight rows per tile
-// Weight rows prefetched ahead of the tile: one tile ahead streams at ~34 GB/s on one core here against ~30 without
-// (a plain sum reads at ~36); further ahead is slower.
+// Weight rows prefetched ahead of the tile: one tile ahead brings one core's stream close to a plain sum's read
+// speed; further ahead is slower (benchmarks/README.md).
 #ifndef ZAYA_PF
 #define ZAYA_PF 4
 #endif
@@ -203,8 +203,8 @@ ZAYA_AVX512 void widen(const int8_t* p, int64_t n, c10::BFloat16* out) {
 
 // Int8 weights against inputs of V's type: each tile's weight rows are widened once into a buffer of that type
 // (L1-sized), then multiplied as V's own weights would be, by every input row. The widening is paid once per weight
-// row, not once per four input rows: at 16 rows a per-vector widening made the kernel compute-bound, ~1.5x slower
-// than the bf16 weights it halves.
+// row, not once per four input rows: at 16 rows a per-vector widening made the kernel compute-bound, slower than
+// the bf16 weights it halves.
 template <typename V>
 void int8_rows_times_weight(const int8_t* w, int64_t n, int64_t k, const typename V::X* const* x, int64_t rows,
                             float* const* out) {
@@ -359,9 +359,8 @@ void causal_softmax_(at::Tensor& scores, int64_t start) {
 // cache while each 64-dim slice of it is read.
 constexpr int64_t kValueBlock = 64;
 // Key and value rows are prefetched this many columns ahead. A head's cache is one sequential stream, but the
-// hardware prefetchers stop at every 4 KB page and each page's first lines (and its TLB walk) wait on memory. Cold
-// caches, bf16, one thread: one row at 16K columns 1.00 -> 0.40 ms (head dim 64), 1.92 -> 0.69 ms (128), i.e. ~8.5
-// -> 21-24 GB/s; 8 rows at 4K columns 1.67-1.72 -> 0.76-0.81 ms; 16 rows at 192 columns 184-196 -> 118-123 µs.
+// hardware prefetchers stop at every 4 KB page and each page's first lines (and its TLB walk) wait on memory;
+// prefetching ahead keeps a long cache streaming at more than twice the speed (benchmarks/README.md).
 constexpr int64_t kKeysAhead = 64, kValuesAhead = 32;
 
 // Prefetches the 64-byte lines of [p, p + bytes) that lie before `end` (a prefetch never faults, but a pointer past
@@ -509,7 +508,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
 }
 
 // values [..., n, k] int8 times scale [..., n] → fp32 or bf16 weights for a library GEMM, rows split across threads:
-// memory speed, where ATen's conversion and multiply took ~37 ms for one 4,096 x 2,048 expert on one core here.
+// memory speed, where ATen's conversion and multiply pass through fp32 temporaries, several times slower.
 template <typename T>
 ZAYA_AVX512 void dequantize_rows(const int8_t* values, const float* scale, int64_t k, int64_t begin, int64_t end,
                                  T* out) {
@@ -538,7 +537,7 @@ ZAYA_AVX512 float largest_magnitude(const typename V::T* row, int64_t k) {
 }
 
 // Rows of fp32 or bf16 weights [rows, k] → int8 values and fp32 scales, as `quantize.quantize_into` computes them
-// (max |w| / 127, 1 for a zero row; w / scale rounded half to even): the same bytes, ~10x faster than ATen's passes.
+// (max |w| / 127, 1 for a zero row; w / scale rounded half to even): the same bytes in one pass where ATen takes several.
 template <typename V>
 ZAYA_AVX512 void quantize_weight_rows(const typename V::T* source, int64_t k, int64_t begin, int64_t end,
                                       int8_t* values, float* scale) {

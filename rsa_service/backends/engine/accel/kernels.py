@@ -1,19 +1,20 @@
 """Hand-written CPU kernels for the decode step and prefill attention (`kernels.cpp`), built on first use and cached.
 
 Two places where inductor's generated loops are compute-bound on a CPU, each output being a short reduction with
-its own horizontal sum: the gathered experts (at 16 rows each row re-reads its own expert: ~0.8 ms a bf16 layer) and
-attention at one query (~2.5 µs per cache column and row). `gemv` with a route reads each expert hit once for all
-the rows routed to it, with AVX-512 BF16 dot products (`_mm512_dpbf16_ps`) for bf16 and AVX-512 FMA for fp32; int8
-weights (`quantize`) go against bf16 rows quantized to int16 with AVX-512 VNNI, where inductor's loop widening them
-to fp32 is compute-bound too. `decode_attention` computes sixteen scores with one combined horizontal sum and an fp32
-softmax. They are `torch.library` ops defined in C++ (`zaya_kernels::*`), so the compiled step calls them as extern
-kernels with no Python in between; `Experts.gathered` and `CCAttention.decode_attend` use them when the step is told
-to. For prefill, `causal_softmax_` turns a block of attention scores into probabilities in place (`blocked_attention`).
+its own horizontal sum: the gathered experts (where each row would re-read its own expert) and attention at one
+query. `gemv` with a route reads each expert hit once for all the rows routed to it, with AVX-512 BF16 dot products
+(`_mm512_dpbf16_ps`) for bf16 and AVX-512 FMA for fp32; int8 weights (`quantize`) go against bf16 rows quantized to
+int16 with AVX-512 VNNI, where inductor's loop widening them to fp32 is compute-bound too. `decode_attention`
+computes sixteen scores with one combined horizontal sum and an fp32 softmax. They are `torch.library` ops defined
+in C++ (`zaya_kernels::*`), so the compiled step calls them as extern kernels with no Python in between; the
+engine's `dispatch` uses them when a step is told to. For prefill, `causal_softmax_` turns a block of attention
+scores into probabilities in place (`dispatch.blocked_attention`).
 
-The extension is built with torch's JIT builder (g++, which inductor needs anyway; ~5-10 s once, then cached under
-torch's extensions directory, rebuilt when kernels.cpp changes) the first time `available` is asked. Anywhere else
-(no AVX-512 F, BW and VL, or no AVX-512 BF16 and VNNI for bf16; not x86; no compiler or a failed build, logged once;
-a non-CPU device; RSA_ENGINE_KERNELS=0) `available` is False and the engine keeps its generic path.
+The extension is built with torch's JIT builder (g++, which inductor needs anyway; once, then cached under torch's
+extensions directory, rebuilt when kernels.cpp changes) the first time `available` is asked. Anywhere else (a torch
+release `accel` does not support; no AVX-512 F, BW and VL, or no AVX-512 BF16 and VNNI for bf16; not x86; no
+compiler or a failed build, logged once; a non-CPU device; RSA_ENGINE_KERNELS=0) `available` is False and the engine
+keeps its generic path.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from rsa_service.backends.engine.accel import supported
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ def _gemv_shape(x: Tensor, weight: Tensor, route: Tensor | None = None, scale: T
 @functools.cache
 def available(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the `zaya_kernels` ops run for tensors of `dtype` on `device` (builds on first ask)."""
-    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) or not supported():
         return False
     if platform.machine().lower() not in {"x86_64", "amd64"}:  # AVX-512 is x86 only: do not even try to build
         return False
