@@ -249,8 +249,8 @@ async def _generate(request: Request, chat: ChatRequest, name: str, body: dict[s
         },
     }
     if chat.stream:
-        body = "".join(_sse(chunk) for chunk in chunks(full)) + _sse("[DONE]")
-        return Response(body, media_type="text/event-stream")
+        stream = "".join(_sse(chunk) for chunk in chunks(full)) + _sse("[DONE]")
+        return Response(stream, media_type="text/event-stream")
     return JSONResponse(full)
 
 

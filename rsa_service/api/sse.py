@@ -22,8 +22,7 @@ from rsa_service.api.auth import tenant
 from rsa_service.api.errors import ApiError, problem_responses
 from rsa_service.api.views import owned_record
 from rsa_service.jobs.hub import EventHub, EventIdOutOfRange, Subscription
-from rsa_service.jobs.models import TERMINAL_STATUSES
-from rsa_service.wire import FieldError
+from rsa_service.wire import TERMINAL_STATUSES, FieldError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -21,6 +21,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis.exceptions import RedisError
 
@@ -36,6 +37,7 @@ SUBSCRIBER_BACKLOG = 1000  # events buffered for one slow subscriber before it c
 BACKLOG_READERS = 8  # catch-up reads at once, so a burst of new subscribers queues instead of opening connections
 READ_RETRY_S = 0.5  # a reader's pause after a Redis error before it reads again
 MAX_ID_PART = 2**64 - 1
+Entry = tuple[str, dict[str, str]]  # a stream entry as redis-py returns it with decode_responses
 
 
 class TooManyStreams(Exception):
@@ -193,7 +195,7 @@ class EventHub:
         return feed
 
     async def _start(self, job_id: str) -> _Feed:
-        newest = await self.redis.xrevrange(self.keys.job(job_id).events, count=1)
+        newest = await self._newest(job_id)
         if not newest:
             return self._run(_Feed(job_id, "0-0"))
         last = event_from_entry(*newest[0])
@@ -206,15 +208,19 @@ class EventHub:
         return feed
 
     async def _last_position(self, job_id: str) -> tuple[int, int]:
-        newest = await self.redis.xrevrange(self.keys.job(job_id).events, count=1)
+        newest = await self._newest(job_id)
         return parse_event_id(newest[0][0]) if newest else (0, 0)
+
+    async def _newest(self, job_id: str) -> list[Entry]:
+        return cast(list[Entry], await self.redis.xrevrange(self.keys.job(job_id).events, count=1))
 
     async def _read(self, feed: _Feed) -> None:
         """Read the job's new events as they come and hand each to every subscriber, until the terminal one."""
         key = self.keys.job(feed.job_id).events
         while feed.terminal is None:
             try:
-                answer = await self.redis.xread({key: feed.position}, count=READ_COUNT, block=self.block_ms)
+                read = await self.redis.xread({key: feed.position}, count=READ_COUNT, block=self.block_ms)
+                answer = cast(list[tuple[str, list[Entry]]], read)
             except RedisError as exc:
                 log.warning("event reader for %s: %s; retrying", feed.job_id, exc)
                 await asyncio.sleep(READ_RETRY_S)
@@ -267,7 +273,8 @@ class EventHub:
         key = self.keys.job(job_id).events
         while True:
             async with self._backlog_slots:
-                entries = await self.redis.xrange(key, min=f"({last[0]}-{last[1]}", count=READ_COUNT)
+                read = await self.redis.xrange(key, min=f"({last[0]}-{last[1]}", count=READ_COUNT)
+                entries = cast(list[Entry], read)
             for entry_id, fields in entries:
                 last = parse_event_id(entry_id)
                 yield event_from_entry(entry_id, fields)
