@@ -18,7 +18,7 @@ from tests.jobs.helpers import RSA_CLI, rsa
 from tests.modelserver import ModelServerConfig, serve_in_thread
 
 TINY = ["-n", "2", "-k", "2", "-t", "1", "--trace-tokens", "120", "--tail-tokens", "30", "--final-tokens", "160"]
-AIME = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aime25.jsonl"
+AIME = Path(__file__).resolve().parents[1] / "data" / "aime25.jsonl"
 
 
 def test_formats_jsonl_csv_and_openai_batch(tmp_path: Path) -> None:
@@ -92,7 +92,6 @@ def test_summary_accuracies(tmp_path: Path) -> None:
     assert [x.id for x in finished_lines(torn)] == ["a"] and torn.read_text().endswith("\n")
 
 
-@pytest.mark.skipif(not AIME.exists(), reason="shared/data/aime25.jsonl is not beside the repository")
 def test_aime25_runs_as_is_in_process(cli_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "aime.jsonl"
     with serve_in_thread(ModelServerConfig(reasoning_words=20, max_model_len=100_000)) as server:
