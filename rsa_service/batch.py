@@ -142,7 +142,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 continue
             try:
                 record = json.loads(raw)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 yield number, f"not valid JSON ({exc.msg} at column {exc.colno})"
                 continue
             yield number, record if isinstance(record, dict) else "a JSON object is required"

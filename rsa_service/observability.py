@@ -67,8 +67,10 @@ class ObservabilitySettings(BaseSettings):
 
 
 class _LoggingSettings(Protocol):
-    log_format: str
-    log_level: str
+    @property
+    def log_format(self) -> str: ...
+    @property
+    def log_level(self) -> str: ...
 
 
 class _TracingSettings(Protocol):
@@ -158,16 +160,16 @@ def configure_logging(settings: _LoggingSettings | None = None, *, level: str | 
 
     `level` (e.g. a `--log-level` flag) overrides `settings.log_level`. Returns the installed handler.
     """
-    settings = settings or ObservabilitySettings()
+    chosen: _LoggingSettings = settings or ObservabilitySettings()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if chosen.log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
     root.addHandler(handler)
-    wanted = (level or settings.log_level).upper()
+    wanted = (level or chosen.log_level).upper()
     root.setLevel(int(wanted) if wanted.isdigit() else wanted)
     # httpx2 logs every request at INFO: one line per generation, said again by our metrics and spans. It is
     # still shown at DEBUG.

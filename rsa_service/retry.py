@@ -163,6 +163,6 @@ class RetryPolicy:
         """Seconds to sleep before retry number `attempt` (1-based)."""
         if retry_after_s is not None:
             return min(retry_after_s, self.max_wait_s)
-        ceiling = min(self.max_wait_s, self.backoff_base_s * 2 ** (attempt - 1))
+        ceiling = min(self.max_wait_s, self.backoff_base_s * 2.0 ** (attempt - 1))
         # Equal jitter: never zero (a burst of 429s must spread out), never above the ceiling.
         return ceiling * (0.5 + random.random() / 2)

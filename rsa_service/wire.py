@@ -120,7 +120,7 @@ class _JobCreateBase(BaseModel):
 def _optional(name: str) -> tuple[Any, Any]:
     """The RSAParams field `name`, constraints kept, but optional: None means "the default"."""
     info = RSAParams.model_fields[name]
-    constrained = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    constrained: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
     return constrained | None, Field(default=None, description=info.description)
 
 

@@ -1,7 +1,7 @@
 """Evaluate Markovian RSA on the tiny ZAYA1 exactly as the service runs it (issue #6).
 
 Round 0 samples N traces per held-out problem at temperature 1.0; rounds 1..T aggregate K tails of τ tokens,
-drawn per slot by the service's own subset rule and rendered with its templates (see rsa_service.tinymodel.rsa).
+drawn per slot by the service's own subset rule and rendered with its templates (see tiny_rsa.py).
 Reports, per stage, mean accuracy, pass@N and majority@N, plus single-sample accuracy at low temperature.
 
     .venv/bin/python scripts/eval_tiny_rsa.py --checkpoint rsa_service/tinymodel/checkpoint --problems 200
@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tiny_formats import final_answer, render_chat
+from tiny_rsa import RSASettings, generate, load, run_rsa
+from tiny_task import check, load_heldout
 
 from rsa_service.tinymodel import CHECKPOINT_DIR, HELDOUT_PATH
-from rsa_service.tinymodel.formats import final_answer, render_chat
-from rsa_service.tinymodel.rsa import RSASettings, generate, load, run_rsa
-from rsa_service.tinymodel.task import check, load_heldout
 
 
 def majority(answers: Sequence[str | None]) -> str | None:

@@ -1,6 +1,6 @@
 """Train the tiny ZAYA1 that ships in rsa_service/tinymodel/checkpoint/ (issue #6).
 
-Phase 1 teaches plain solving of the task in rsa_service/tinymodel/task.py. Phase 2 samples the phase-1 model's
+Phase 1 teaches plain solving of the task in scripts/tiny_task.py. Phase 2 samples the phase-1 model's
 *own* candidates (round-0 style: temperature 1.0, budget β), cuts their τ-token tails exactly as the service
 does, and continues on a mix of aggregating (the service's rendered aggregation prompt over own tails, target a
 correct solution) and some solving. Both phases share one cosine schedule that is longer than the run: stopping
@@ -22,12 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
-from transformers import ZayaConfig, ZayaForCausalLM
-
-from rsa_service.core.plan import choose_subset
-from rsa_service.tinymodel import HELDOUT_PATH
-from rsa_service.tinymodel.formats import (
+from tiny_formats import (
     BOS,
     IM_END,
     PAD,
@@ -39,8 +34,13 @@ from rsa_service.tinymodel.formats import (
     save_tokenizer,
     tail,
 )
-from rsa_service.tinymodel.rsa import generate
-from rsa_service.tinymodel.task import Problem, answer_text, check, load_heldout, problems, reasoning_text
+from tiny_rsa import generate
+from tiny_task import Problem, answer_text, check, load_heldout, problems, reasoning_text
+from tokenizers import Tokenizer
+from transformers import ZayaConfig, ZayaForCausalLM
+
+from rsa_service.core.plan import choose_subset
+from rsa_service.tinymodel import HELDOUT_PATH
 
 Example = tuple[list[int], int]  # token ids, number of prompt tokens (not trained on)
 

@@ -64,4 +64,5 @@ def _route(scope: Scope) -> str:
 
 async def metrics_endpoint(request: Request) -> Response:
     state = request.app.state
-    return await state.metrics.render(state.store)
+    metrics: Metrics = state.metrics
+    return await metrics.render(state.store)

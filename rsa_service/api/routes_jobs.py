@@ -34,11 +34,13 @@ COMMON = (401, 404, 422, 503)
 
 # Dependencies are coroutines: a plain function would be run on a worker thread, a hop per request.
 async def _store(request: Request) -> JobStore:
-    return request.app.state.store
+    store: JobStore = request.app.state.store
+    return store
 
 
 async def _settings(request: Request) -> ApiSettings:
-    return request.app.state.settings
+    settings: ApiSettings = request.app.state.settings
+    return settings
 
 
 Store = Annotated[JobStore, Depends(_store)]
@@ -151,7 +153,7 @@ async def create_job(
 async def create(
     request: Request,
     response: Response,
-    body: JobCreate,  # type: ignore[valid-type]
+    body: JobCreate,
     owner: Tenant,
     store: Store,
     settings: Options,

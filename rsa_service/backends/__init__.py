@@ -64,7 +64,8 @@ def _factory(scheme: str) -> Callable[[str, BackendOptions], Backend]:
         known = ", ".join(sorted(found)) or "none installed"
         raise ValueError(f"backend: unknown scheme {scheme!r} (known: {known})")
     try:
-        return found[scheme].load()
+        factory: Callable[[str, BackendOptions], Backend] = found[scheme].load()
+        return factory
     except ImportError as exc:
         extra = " (install the engine extra: pip install 'rsa-service[engine]')" if scheme == "engine" else ""
         raise ValueError(f"backend: {scheme!r} cannot be loaded: {exc}{extra}") from exc

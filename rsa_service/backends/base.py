@@ -17,8 +17,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rsa_service.core.conversation import ChatMessage
-from rsa_service.core.steps import Usage
+from rsa_service.core.conversation import ChatMessage as ChatMessage  # re-exported: part of the Backend protocol
+from rsa_service.core.steps import Usage as Usage  # re-exported: part of the Backend protocol
 from rsa_service.core.tails import Tail
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]

@@ -26,7 +26,7 @@ from typing import Any, Self
 
 import aiohttp
 import httpx2
-from asyncio_throttle import Throttler
+from asyncio_throttle import Throttler  # type: ignore[attr-defined]  # the package has no __all__ or py.typed
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -288,7 +288,8 @@ class RemoteBackend:
         """One logical call, retried per `rsa_service.retry`: the parsed JSON of the successful answer. Each failed
         attempt is appended to `failures`, so a generation can count what its retries cost."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._policy.max_retries + 1) | self._never_answered,
+            # tenacity combines a stop with any predicate of the retry state; its annotations accept only stop_base.
+            stop=stop_after_attempt(self._policy.max_retries + 1) | self._never_answered,  # type: ignore[operator]
             wait=tenacity_wait(self._policy),
             retry=retry_if_exception_type(TransientBackendError),
             before_sleep=_count_retry,
@@ -421,7 +422,8 @@ class RemoteBackend:
             return value
 
         async def vllm_count(body: dict[str, object]) -> int:
-            return await field({"model": model, **body}, "count", int)
+            count: int = await field({"model": model, **body}, "count", int)
+            return count
 
         async def llama_count(body: dict[str, object]) -> int:
             payload = {"content": body["prompt"], "add_special": body["add_special_tokens"]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Generator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -132,13 +132,14 @@ def suffix_search(length: int, total_tokens: int, max_tokens: int) -> Generator[
 
 
 class _Encoding(Protocol):
-    offsets: list[tuple[int, int]]
+    @property
+    def offsets(self) -> list[tuple[int, int]]: ...
 
 
 class OffsetTokenizer(Protocol):
     """What `token_starts` needs of a `tokenizers.Tokenizer` (core imports no tokenizer library)."""
 
-    def encode_batch(self, inputs: list[str], add_special_tokens: bool = ...) -> list[_Encoding]: ...
+    def encode_batch(self, input: Sequence[Any], /, *, add_special_tokens: bool = ...) -> Sequence[_Encoding]: ...
 
 
 def token_starts(tokenizer: OffsetTokenizer, text: str) -> list[int]:

@@ -5,11 +5,12 @@ The store is the only module that talks to Redis; the runner sees backends only 
 """
 
 from rsa_service.jobs.backend_pool import BackendPool
-from rsa_service.jobs.connect import open_store, redis_client
+from rsa_service.jobs.connect import open_store
 from rsa_service.jobs.embedded import EmbeddedRedis
 from rsa_service.jobs.errors import JobNotFound, LeaseLost, StoreError, StoreUnavailable, TooManyActive
 from rsa_service.jobs.execution import JobFailed, JobRunner
 from rsa_service.jobs.models import JobRecord, JobSpec, NewerFormat
+from rsa_service.jobs.redis_urls import redis_client
 from rsa_service.jobs.requests import check_fits, generation_request
 from rsa_service.jobs.store import JobStore, new_job_id
 from rsa_service.jobs.worker import Worker

@@ -41,16 +41,24 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise BadCursor(f"after: {cursor!r} is not a cursor from this API") from exc
 
 
+# A decoded sorted-set reply with scores (redis-py types replies as bytes | str; the store's clients decode).
+Scored = list[tuple[str, float]]
+
+
 async def _older(store: JobStore, tenant: str, before: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
     """Up to `count` (id, score) entries strictly older than `before` in (score, id) order, newest first."""
     key = store.keys.listing(tenant)
     if before is None:
-        entries = await store.redis.zrevrangebyscore(key, "+inf", "-inf", start=0, num=count, withscores=True)
+        entries: Scored = await store.redis.zrevrangebyscore(  # type: ignore[assignment]
+            key, "+inf", "-inf", start=0, num=count, withscores=True
+        )
         return [(member, int(score)) for member, score in entries]
     score, job_id = before
-    same = await store.redis.zrevrangebyscore(key, score, score, withscores=True)
+    same: Scored = await store.redis.zrevrangebyscore(key, score, score, withscores=True)  # type: ignore[assignment]
     ties = [(member, int(s)) for member, s in same if member < job_id]
-    rest = await store.redis.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=count, withscores=True)
+    rest: Scored = await store.redis.zrevrangebyscore(  # type: ignore[assignment]
+        key, f"({score}", "-inf", start=0, num=count, withscores=True
+    )
     return (ties + [(member, int(s)) for member, s in rest])[:count]
 
 

@@ -80,7 +80,7 @@ class JobRecord(BaseModel):
 
         return cls(
             id=job_id,
-            status=fields["status"],  # type: ignore[arg-type]
+            status=fields["status"],
             spec=JobSpec.model_validate_json(fields["spec"]),
             tenant=fields.get("tenant", ""),
             fence=number("fence"),

@@ -1,5 +1,8 @@
 """The job store: every state change is one Lua script over one job's keys (see `lua/`).
 
+redis-py types every reply as `bytes | str`; the store's clients always decode (`redis_urls.redis_client`), so the
+few `type: ignore[assignment]` below state the decoded reply's type.
+
 Every public method raises only the store's own errors (`jobs.errors`): redis-py's are translated at this
 boundary into `StoreUnavailable`, so nothing above the store catches `redis.*`. Transitions are counted in
 `rsa_service.metrics` as they return: no extra round trip.
@@ -110,10 +113,10 @@ class JobStore:
             name: redis.register_script(source) for name, source in _SCRIPT_SOURCES.items()
         }
 
-    async def _run(self, name: str, job_id: str, *args: object) -> Any:
+    async def _run(self, name: str, job_id: str, *args: Any) -> Any:
         return await self._scripts[name](keys=list(self.keys.job(job_id).all), args=list(args))
 
-    async def _run_on(self, name: str, keys: Sequence[str], *args: object) -> Any:
+    async def _run_on(self, name: str, keys: Sequence[str], *args: Any) -> Any:
         return await self._scripts[name](keys=list(keys), args=list(args))
 
     # ---- creation and reads -------------------------------------------------------------------------------
@@ -249,13 +252,13 @@ class JobStore:
             await pipe.execute()
 
     async def get(self, job_id: str) -> JobRecord:
-        fields = await self.redis.hgetall(self.keys.job(job_id).meta)
+        fields: dict[str, str] = await self.redis.hgetall(self.keys.job(job_id).meta)  # type: ignore[assignment]
         if not fields:
             raise JobNotFound(job_id)
         return JobRecord.from_hash(job_id, fields)
 
     async def steps(self, job_id: str) -> dict[str, StepResult]:
-        raw = await self.redis.hgetall(self.keys.job(job_id).steps)
+        raw: dict[str, str] = await self.redis.hgetall(self.keys.job(job_id).steps)  # type: ignore[assignment]
         return {key: StepResult.model_validate_json(value) for key, value in raw.items()}
 
     async def step(self, job_id: str, key: str) -> StepResult | None:
@@ -295,7 +298,9 @@ class JobStore:
         self, job_id: str, *, after: str = "0-0", block_ms: int | None = None, count: int = 500
     ) -> list[Event]:
         """Events after the stream id `after`; with `block_ms`, wait that long for the first new one."""
-        answer = await self.redis.xread({self.keys.job(job_id).events: after}, count=count, block=block_ms)
+        answer: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self.redis.xread(  # type: ignore[assignment]
+            {self.keys.job(job_id).events: after}, count=count, block=block_ms
+        )
         if not answer:
             return []
         _, entries = answer[0]
@@ -466,7 +471,8 @@ class JobStore:
 
     async def dead_lettered(self) -> list[str]:
         """The dead-letter hint: ids of jobs failed as poison (some may have expired since)."""
-        return sorted(await self.redis.smembers(self.keys.dead))
+        dead: set[str] = await self.redis.smembers(self.keys.dead)  # type: ignore[assignment]
+        return sorted(dead)
 
     async def delete(self, job_id: str) -> None:
         record = await self.get(job_id)
@@ -493,11 +499,14 @@ class JobStore:
     async def next_queued(self, timeout_s: float) -> str | None:
         """Pop a job id hint, interactive ones first; None after `timeout_s` without one."""
         popped = await self.redis.brpop([self.keys.queue, self.keys.background_queue], timeout=timeout_s)
-        return popped[1] if popped else None
+        return str(popped[1]) if popped else None
 
     async def expired_leases(self, limit: int = 100) -> Sequence[str]:
         now_ms = await self.now_ms()
-        return await self.redis.zrangebyscore(self.keys.leases, "-inf", now_ms, start=0, num=limit)
+        expired: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+            self.keys.leases, "-inf", now_ms, start=0, num=limit
+        )
+        return expired
 
     async def requeue_stale(self, *, lease_ms: int, stale_pending_ms: int, limit: int = 100) -> list[str]:
         """The janitor's sweep: queue again jobs whose lease expired or whose queue hint may be lost."""

@@ -93,7 +93,7 @@ def conversation_of(create: ResponseCreate, messages: list[InputMessage]) -> Con
     return conversation_from([*system, *((message.role, message.text) for message in messages)])
 
 
-def job_body(create: ResponseCreate, backend: str, problem: str) -> JobCreate:  # type: ignore[valid-type]
+def job_body(create: ResponseCreate, backend: str, problem: str) -> JobCreate:
     """The job a create body asks for: effort preset, then the top-level sampling fields, then `rsa` overrides."""
     overrides = create.rsa or {}
     unknown = sorted(set(overrides) - set(RSAParams.model_fields))
@@ -176,11 +176,11 @@ def round_summary(stats: RoundStats, population: int, stages: int) -> str:
 def reasoning_item(record: JobRecord, rounds: list[RoundStats], status: str) -> ReasoningItem:
     params = record.spec.params
     summary = [SummaryText(text=round_summary(stats, params.population, params.stages)) for stats in rounds]
-    return ReasoningItem(id=item_id("rs", record.id), summary=summary, status=status)  # type: ignore[arg-type]
+    return ReasoningItem(id=item_id("rs", record.id), summary=summary, status=status)
 
 
 def message_item(record: JobRecord, text: str, status: str) -> MessageItem:
-    return MessageItem(id=item_id("msg", record.id), status=status, content=[OutputText(text=text)])  # type: ignore[arg-type]
+    return MessageItem(id=item_id("msg", record.id), status=status, content=[OutputText(text=text)])
 
 
 def item_id(kind: str, job_id: str) -> str:

@@ -69,7 +69,7 @@ class Translator:
 
     def _reasoning(self, status: str = "in_progress") -> Payload:
         summary = [SummaryText(text=line) for _, line in sorted(self.rounds.items())]
-        item = ReasoningItem(id=item_id("rs", self.record.id), summary=summary, status=status)  # type: ignore[arg-type]
+        item = ReasoningItem(id=item_id("rs", self.record.id), summary=summary, status=status)
         return item.model_dump(mode="json")
 
     def _round(self, stats: RoundStats) -> list[Payload]:

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tiny_formats import PAD, aggregation_message, render_chat, tail
 from tokenizers import Tokenizer
 from transformers import ZayaForCausalLM
 
 from rsa_service.core.plan import choose_subset
-from rsa_service.tinymodel.formats import PAD, aggregation_message, render_chat, tail
 
 
 def load(checkpoint: Path) -> tuple[ZayaForCausalLM, Tokenizer]:
-    model = ZayaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = ZayaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model.eval()
     return model, Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
 
 
@@ -44,6 +45,7 @@ def generate(
     encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     pad = tokenizer.token_to_id(PAD)
+    assert pad is not None, f"the tokenizer has no {PAD} token"
     outputs: list[str] = [""] * len(prompts)
     for b, start in enumerate(range(0, len(order), batch_size)):
         chunk = order[start : start + batch_size]
