@@ -10,10 +10,9 @@ from collections.abc import Callable
 def settle_heap() -> None:
     """Take everything alive after start-up (modules, sympy, pydantic schemas, templates) out of the cyclic GC.
 
-    Those objects live as long as the process, yet every full collection walks them all: 70–140 ms paused on the
-    event loop each time in a worker (about a tenth of its CPU per generation at high throughput), 60–180 ms of
-    stalled requests in the API. Frozen, a full collection takes ~5 ms in a worker. Objects created later are
-    collected as usual.
+    Those objects live as long as the process, yet every full collection walks them all, pausing the event loop
+    (and with it every request in flight) far longer than the collection of what is actually garbage. Objects
+    created later are collected as usual.
     """
     gc.collect()
     gc.freeze()
@@ -22,8 +21,8 @@ def settle_heap() -> None:
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed (not on Windows), else asyncio's default.
 
-    A worker spends about a tenth of its CPU in the event loop itself; on uvloop its CPU per generation is ~5%
-    lower (side by side, one worker against a zero-latency server).
+    A worker spends a fair share of its CPU in the event loop itself, and uvloop's is cheaper per generation
+    (`benchmarks/README.md`).
     """
     try:
         import uvloop

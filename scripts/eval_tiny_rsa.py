@@ -1,4 +1,4 @@
-"""Evaluate Markovian RSA on the tiny ZAYA1 exactly as the service runs it (issue #6).
+"""Evaluate Markovian RSA on the tiny ZAYA1 exactly as the service runs it.
 
 Round 0 samples N traces per held-out problem at temperature 1.0; rounds 1..T aggregate K tails of τ tokens,
 drawn per slot by the service's own subset rule and rendered with its templates (see tiny_rsa.py).

@@ -1,4 +1,4 @@
-"""Train the tiny ZAYA1 that ships in rsa_service/tinymodel/checkpoint/ (issue #6).
+"""Train the tiny ZAYA1 that ships in rsa_service/tinymodel/checkpoint/.
 
 Phase 1 teaches plain solving of the task in scripts/tiny_task.py. Phase 2 samples the phase-1 model's
 *own* candidates (round-0 style: temperature 1.0, budget β), cuts their τ-token tails exactly as the service

@@ -5,8 +5,8 @@ phase, retries only where `rsa_service.retry` says a retry can help, a client-si
 cap. aiohttp errors and error statuses are translated at the boundary (`openai_wire`) into the `backends.base` tree.
 
 aiohttp rather than httpx2 (which the SDK uses): this client sits on the critical path of every round, between
-one round's answers and the next round's requests, and aiohttp's C parser and pool cost about a third of the
-CPU per request (`benchmarks/README.md`).
+one round's answers and the next round's requests, and aiohttp's C parser and pool cost less CPU per request
+(`benchmarks/README.md`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _environment_proxy(url: str) -> str | None:
     """The proxy HTTP(S)_PROXY names for `url` unless NO_PROXY exempts it, as httpx honours them.
 
     Looked up once per backend: aiohttp's `trust_env` looks the environment (and ~/.netrc) up again on every
-    request, which measured 0.24 ms a request here, more than the rest of the request.
+    request, which costs more than the rest of the request.
     """
     parts = urllib.parse.urlsplit(url)
     if urllib.request.proxy_bypass(parts.hostname or ""):
@@ -106,7 +106,7 @@ def _environment_proxy(url: str) -> str | None:
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
-    """One TLS context for every client: loading the CA bundle costs ~30 ms, once per process is enough."""
+    """One TLS context for every client: loading the CA bundle is slow, and once per process is enough."""
     return httpx2.create_ssl_context()  # certifi's bundle, honouring SSL_CERT_FILE, as the SDK does
 
 

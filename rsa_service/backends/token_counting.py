@@ -107,7 +107,7 @@ class ServerCounter:
     The search runs over approximate token starts rather than characters: token density varies along a trace
     (prose, formulas, digits), and the approximation follows it, so the first count usually lands in the band.
     Given a `tokens_hint` above the budget it also skips counting the whole text: one round trip a tail
-    instead of two, measured on byte-level BPE and on the test server (`benchmarks/README.md`).
+    instead of two (`benchmarks/README.md`).
 
     `count` takes a vLLM-style body (`prompt` + `add_special_tokens`, or `messages`) and returns the count;
     `chat_template` says the server renders `messages` itself (vLLM, SGLang) rather than only counting text

@@ -32,7 +32,7 @@ def build_app(workers: int) -> FastAPI:
     app = create_app(ApiSettings(), shared, background=background)
     if workers:
         answers.warm_up()  # the workers' answer checker, loaded before the heap is frozen
-    settle_heap()  # full collections otherwise stall every request in flight for 60-180 ms
+    settle_heap()  # full collections otherwise stall every request in flight
     return app
 
 

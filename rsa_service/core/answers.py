@@ -84,7 +84,7 @@ def _timeout() -> int | None:
 
 @lru_cache(maxsize=4096)
 def _math_verify_equal(a: str, b: str) -> bool:
-    """Cached like `_parsed`: a job compares the same few answers every round (~0.05 ms a pair in sympy)."""
+    """Cached like `_parsed`: a job compares the same few answers every round, each pair a sympy call."""
     from math_verify import verify
 
     return bool(verify(_parsed(a), _parsed(b), timeout_seconds=_timeout()))
@@ -109,8 +109,8 @@ def default_equivalence() -> Callable[[str, str], bool]:
 
 
 def warm_up() -> None:
-    """Load the answer checker now: math-verify's first use imports sympy and builds its LaTeX parser (~0.4 s of
-    CPU), which a long-running process should pay at start rather than in the middle of its first job."""
+    """Load the answer checker now: math-verify's first use imports sympy and builds its LaTeX parser (a
+    noticeable pause), which a long-running process should pay at start rather than in the middle of its first job."""
     equivalent("1", "1.0")
 
 

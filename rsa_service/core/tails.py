@@ -145,9 +145,8 @@ class OffsetTokenizer(Protocol):
 def token_starts(tokenizer: OffsetTokenizer, text: str) -> list[int]:
     """Each token's start offset in `text`.
 
-    Through `encode_batch` of one text, not `encode`: the same work (measured: as fast, faster on long texts), but
-    it releases the GIL, so tokenizing a long trace on a worker thread no longer stalls the event loop for the
-    whole encode (16 ms for 68K characters here).
+    Through `encode_batch` of one text, not `encode`: the same work, but it releases the GIL, so tokenizing a long
+    trace on a worker thread does not stall the event loop for the whole encode.
     """
     (encoding,) = tokenizer.encode_batch([text], add_special_tokens=False)
     return [start for start, _ in encoding.offsets]
