@@ -6,11 +6,12 @@ REST job's `result` and the SDK's `job.result` are one type without the SDK pull
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, TypedDict, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from rsa_service.core.params import RSAParams
+from rsa_service.core.params import RSAParams, SelectMode, StragglerPolicy
+from rsa_service.core.reasoning import TailSource
 from rsa_service.core.steps import RoundStats, StepResult, Usage
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "JobCreate",
     "JobGraph",
     "JobPage",
+    "JobParams",
     "JobResult",
     "JobStatus",
     "Problem",
@@ -95,7 +97,10 @@ class ProblemDetails(Problem):
     errors: list[FieldError] | None = None
 
 
-class _JobCreateBase(BaseModel):
+class JobCreate(BaseModel):
+    """The body of POST /v1/jobs; fields mirror the `rsa reason` flags. Each RSA parameter is optional (absent or
+    null: the default) and keeps the constraints of its `RSAParams` field (a test holds the two together)."""
+
     # JSON's Infinity and NaN are no budget: refused rather than kept as a limit that is shown back as null.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -116,21 +121,106 @@ class _JobCreateBase(BaseModel):
             raise ValueError(f"must be a number, not {str(value).lower()}")
         return value
 
+    population: int | None = Field(default=None, gt=0, description="N: traces per round.")
+    subset: int | None = Field(default=None, gt=0, description="K: tails shown in one aggregation prompt.")
+    rounds: int | None = Field(default=None, ge=0, description="T: aggregation rounds (T+1 stages).")
+    trace_tokens: int | None = Field(default=None, gt=0, description="β: max new tokens of a non-final generation.")
+    tail_tokens: int | None = Field(default=None, gt=0, description="τ: tokens of reasoning carried to the next round.")
+    final_tokens: int | None = Field(default=None, gt=0, description="Max new tokens in the final stage.")
+    select: SelectMode | None = Field(default=None)
+    final_n: int | None = Field(
+        default=None,
+        gt=0,
+        description="With select=aggregate: low-temperature aggregations in the final stage, voted on.",
+    )
+    tail_source: TailSource | None = Field(default=None)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, gt=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    select_temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    select_top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    select_top_k: int | None = Field(default=None, gt=0)
+    max_total_tokens: int | None = Field(default=None, gt=0, description="Stop once this many tokens are spent.")
+    max_output_tokens: int | None = Field(
+        default=None, gt=0, description="Stop once the generations have produced this many tokens."
+    )
+    max_wall_s: float | None = Field(default=None, gt=0, description="Stop after this much wall time.")
+    round_deadline_s: float | None = Field(default=None, gt=0, description="Per-round deadline for stragglers.")
+    straggler_policy: StragglerPolicy | None = Field(default=None)
+    quorum: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="With straggler_policy=quorum: share of a round's slots that must succeed for it to proceed.",
+    )
+    stop_agreement: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Stop early once this share of a round agrees on its answer (0: off)."
+    )
+    stop_stability: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Stop early once a round's modal answer, held by this share, is the previous round's (0: off).",
+    )
+    consensus_from_round: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "First round whose agreement counts, to stop after it or to short-cut over its traces "
+            "(1: only aggregated answers, when independent samples can share one slip)."
+        ),
+    )
+    consensus_shortcut: bool | None = Field(
+        default=None,
+        description=(
+            "An aggregation slot whose K candidates all finished with one answer carries one of them forward "
+            "instead of calling the model."
+        ),
+    )
+    initial_backend: str | None = Field(default=None, max_length=64, description="Backend of round 0.")
+    aggregation_backend: str | None = Field(
+        default=None, max_length=64, description="Backend of the aggregation rounds before the last."
+    )
+    final_backend: str | None = Field(
+        default=None, max_length=64, description="Backend of the last round and of the `aggregate` selection call."
+    )
 
-def _optional(name: str) -> tuple[Any, Any]:
-    """The RSAParams field `name`, constraints kept, but optional: None means "the default"."""
-    info = RSAParams.model_fields[name]
-    constrained: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-    return constrained | None, Field(default=None, description=info.description)
 
+class JobParams(TypedDict, total=False):
+    """The RSA parameters of `jobs.create` in the SDK, as keyword arguments an editor can complete."""
 
-# The flat body of POST /v1/jobs: the CLI's job flags, each RSAParams field optional (absent: the default).
-JobCreate: type[_JobCreateBase] = create_model(  # type: ignore[call-overload]
-    "JobCreate",
-    __base__=_JobCreateBase,
-    __doc__="The body of POST /v1/jobs; fields mirror the `rsa reason` flags.",
-    **{name: _optional(name) for name in RSAParams.model_fields},
-)
+    population: int
+    subset: int
+    rounds: int
+    trace_tokens: int
+    tail_tokens: int
+    final_tokens: int
+    select: SelectMode
+    final_n: int
+    tail_source: TailSource
+    temperature: float
+    top_p: float
+    top_k: int | None
+    min_p: float | None
+    seed: int
+    select_temperature: float
+    select_top_p: float
+    select_top_k: int | None
+    max_total_tokens: int | None
+    max_output_tokens: int | None
+    max_wall_s: float | None
+    round_deadline_s: float | None
+    straggler_policy: StragglerPolicy
+    quorum: float
+    stop_agreement: float | None
+    stop_stability: float | None
+    consensus_from_round: int
+    consensus_shortcut: bool
+    initial_backend: str | None
+    aggregation_backend: str | None
+    final_backend: str | None
 
 
 class Job(BaseModel):

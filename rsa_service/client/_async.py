@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, Unpack
 
 import httpx2
 
@@ -22,7 +22,7 @@ from rsa_service.client._base import (
     Timeout,
 )
 from rsa_service.client._errors import status_error
-from rsa_service.wire import TERMINAL_STATUSES, Event, Job, JobPage, JobStatus, StepList
+from rsa_service.wire import TERMINAL_STATUSES, Event, Job, JobPage, JobParams, JobStatus, StepList
 
 
 class AsyncRSAClient(BaseClient):
@@ -94,9 +94,9 @@ class AsyncJobs:
         model: str | None = None,
         idempotency_key: str | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109 (an httpx2 timeout, as in the sync twin)
-        **params: Any,
+        **params: Unpack[JobParams],
     ) -> Job:
-        """Submit a job; `params` are RSA parameters (population, subset, rounds, trace_tokens, ...)."""
+        """Submit a job; `params` are RSA parameters (population, subset, rounds, trace_tokens, ...): `JobParams`."""
         options = self._client._create_options(problem, backend, model, params, idempotency_key, timeout)
         response = await self._client.request(options)
         return Job.model_validate_json(response.content)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, Unpack
 
 import httpx2
 
@@ -21,7 +21,7 @@ from rsa_service.client._base import (
     Timeout,
 )
 from rsa_service.client._errors import status_error
-from rsa_service.wire import TERMINAL_STATUSES, Event, Job, JobPage, JobStatus, StepList
+from rsa_service.wire import TERMINAL_STATUSES, Event, Job, JobPage, JobParams, JobStatus, StepList
 
 
 class RSAClient(BaseClient):
@@ -93,9 +93,9 @@ class Jobs:
         model: str | None = None,
         idempotency_key: str | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,
-        **params: Any,
+        **params: Unpack[JobParams],
     ) -> Job:
-        """Submit a job; `params` are RSA parameters (population, subset, rounds, trace_tokens, ...)."""
+        """Submit a job; `params` are RSA parameters (population, subset, rounds, trace_tokens, ...): `JobParams`."""
         options = self._client._create_options(problem, backend, model, params, idempotency_key, timeout)
         response = self._client.request(options)
         return Job.model_validate_json(response.content)
