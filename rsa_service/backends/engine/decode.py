@@ -61,7 +61,7 @@ class DecodeStep:
         # Prefill and large batches: recompiles once with a dynamic token count.
         self.expert_mlp = Compiled(expert_mlp, enabled=compile_step, device=device, dynamic=None)
         self._marked: list[LayerState] | None = None  # the cache buffers last marked dynamic
-        self._experts = model.model.layers[0].mlp.experts  # looked up once: each step would walk five modules
+        self._experts = model.decoder_layers()[0].mlp.experts  # looked up once: each step would walk five modules
         self.kernels = kernels.available(model.dtype, device)
 
     @property

@@ -13,7 +13,7 @@ Shapes: B sequences, T new tokens each, H hidden, R router hidden, E experts, L 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -231,6 +231,10 @@ class ZayaForCausalLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.norm.weight.dtype
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The layers, typed as what they are (iterating a ModuleList yields plain Modules)."""
+        return [cast(DecoderLayer, layer) for layer in self.model.layers]
 
     def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions [...] → cos, sin [..., 1, rot], computed in fp32 and cast to the compute dtype."""

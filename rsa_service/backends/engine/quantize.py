@@ -58,7 +58,7 @@ def int8_weights(model: ZayaForCausalLM) -> Iterator[tuple[nn.Module, str]]:
     """The weights `quantize="int8"` stores as int8: every matrix a decode step streams (the attention projections,
     the experts, the embedding and output head), not the router's (a few KB a layer, and the route is a hard choice
     that rounding would flip) nor the convs' and norms' vectors."""
-    for layer in model.model.layers:
+    for layer in model.decoder_layers():
         qkv = layer.self_attn.qkv_proj
         for projection in (qkv.q_proj, qkv.k_proj, qkv.v_proj_current, qkv.v_proj_delayed, layer.self_attn.o_proj):
             yield projection, "weight"
