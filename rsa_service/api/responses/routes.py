@@ -121,6 +121,9 @@ async def create(
     async with _gate(request):  # the creation is a plain request; waiting for the job or streaming it is not
         job_id = await _create_job(request, response, body, owner, idempotency_key)
         record, kept = await _read(store, response_id(job_id), owner)
+    if body.background and not body.stream and record.status == "in_progress":
+        # The answer describes the job as created; a worker may have claimed it between the write and this read.
+        record = record.model_copy(update={"status": "queued"})
     if body.stream:
         return await _stream(request, record, kept, after=-1)
     if not body.background:
